@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Creates (or re-validates) a virtual environment, installs the pinned torch and the test tools,
+# and builds torchext into it. Used by tests/run.sh, examples/run.sh and .ci/run.
+#
+#   TORCHEXT_VENV     where the environment lives (default: .venv in the checkout)
+#   TORCHEXT_PYTHON   interpreter to create it with (default: python3)
+#   TORCHEXT_CPU_ONLY=1  skip the CUDA kernels;  MAX_JOBS  parallel compile jobs (default 2)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${TORCHEXT_VENV:-$ROOT/.venv}"
+PY="${TORCHEXT_PYTHON:-python3}"
+TORCH_PIN="torch==2.14.1"
+export MAX_JOBS="${MAX_JOBS:-2}"
+
+valid_env() {
+  [ -x "$VENV/bin/python" ] || return 1
+  "$VENV/bin/python" - <<'PY' >/dev/null 2>&1 || return 1
+import importlib, sys
+import torch
+assert torch.__version__.split("+")[0] == "2.14.1", torch.__version__
+for mod in ("pytest", "hypothesis", "numpy", "ninja", "setuptools", "wheel"):
+    importlib.import_module(mod)
+PY
+}
+
+if valid_env; then
+  echo "== reusing validated environment $VENV"
+else
+  echo "== creating environment $VENV"
+  rm -rf "$VENV"
+  "$PY" -m venv "$VENV"
+  # (pip's notes about index locations are noise here; real errors still fail the install)
+  "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | { grep -v "^WARNING: Location" || true; }
+  "$VENV/bin/python" -m pip install -q "$TORCH_PIN" numpy pytest hypothesis ninja setuptools wheel 2>&1 \
+    | { grep -v "^WARNING: Location" || true; }
+  valid_env || { echo "environment $VENV failed validation after install" >&2; exit 1; }
+fi
+
+# Without build isolation: an isolated build would fetch another torch and compile against its ABI.
+echo "== building torchext (MAX_JOBS=$MAX_JOBS${TORCHEXT_CPU_ONLY:+, TORCHEXT_CPU_ONLY=$TORCHEXT_CPU_ONLY})"
+LOG="$(mktemp)"
+t0=$(date +%s)
+if ! (cd "$ROOT" && "$VENV/bin/python" -m pip install -v --no-build-isolation --no-deps -e . >"$LOG" 2>&1); then
+  tail -n 60 "$LOG" >&2
+  echo "build failed (full log: $LOG)" >&2
+  exit 1
+fi
+t1=$(date +%s)
+{ grep -oE "torchext: building.*" "$LOG" || true; } | head -n 1
+# One line per CUDA object, showing the targets it was compiled for.
+{ grep -E "nvcc .* -c [^ ]+\.cu " "$LOG" || true; } | while read -r line; do
+  src=$(echo "$line" | grep -oE "[^ /]+/[^ /]+\.cu " | head -n 1 || true)
+  archs=$(echo "$line" | grep -oE "code=(sm|compute)_[0-9]+" | sed 's/code=//' | sort -u | tr '\n' ' ' || true)
+  echo "   nvcc compiled ${src% } for: $archs"
+done
+echo "== build took $((t1 - t0)) s"
+rm -f "$LOG"
+"$VENV/bin/python" -m torchext.info

@@ -1,0 +1,46 @@
+"""Plot speed-up vs size for each op from the JSON files the bench_*.py scripts write.
+
+    python benchmarks/plot.py benchmarks/out/*.json -o benchmarks/speedup.png
+"""
+import argparse
+import json
+from collections import defaultdict
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("json_files", nargs="+")
+    p.add_argument("-o", "--output", default="speedup.png")
+    args = p.parse_args()
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = defaultdict(list)  # (op, device, dtype, mode) -> [(size label, speedup)]
+    for path in args.json_files:
+        with open(path) as f:
+            data = json.load(f)
+        for r in data["rows"]:
+            series[(r["op"], r["device"], r["dtype"], r["mode"])].append((r["shape"], r["speedup"]))
+
+    ops = sorted({key[0] for key in series})
+    fig, axes = plt.subplots(len(ops), 1, figsize=(10, 3.2 * len(ops)), squeeze=False)
+    for ax, op in zip(axes[:, 0], ops):
+        for key, points in sorted(series.items()):
+            if key[0] != op:
+                continue
+            labels = [pt[0] for pt in points]
+            ax.plot(range(len(points)), [pt[1] for pt in points], marker="o", label="%s %s %s" % key[1:])
+            ax.set_xticks(range(len(points)), labels, rotation=20, fontsize=7)
+        ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+        ax.set_title(op)
+        ax.set_ylabel("speed-up vs torch")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.output, dpi=110)
+    print("wrote", args.output)
+
+
+if __name__ == "__main__":
+    main()

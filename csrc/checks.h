@@ -1,0 +1,38 @@
+// Argument checks shared by the CPU and CUDA kernels. Messages name the op and the argument, and
+// the exception types follow torch (TypeError for dtypes, ValueError/RuntimeError for shapes).
+#pragma once
+
+#include <ATen/MemoryOverlap.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace torchext {
+
+inline bool is_supported_float(at::ScalarType t) {
+  return t == at::kDouble || t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+}
+
+inline void check_floating(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_TYPE(is_supported_float(t.scalar_type()), "torchext.", op, ": expected '", name,
+                   "' to be a float64, float32, float16 or bfloat16 tensor, but got ", t.scalar_type());
+  TORCH_CHECK(t.layout() == at::kStrided, "torchext.", op, ": expected '", name,
+              "' to be a dense (strided) tensor, but got layout ", t.layout());
+}
+
+inline void check_same_shape_dtype(const char* op, const char* name_a, const at::Tensor& a, const char* name_b,
+                                   const at::Tensor& b) {
+  TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), "torchext.", op, ": expected '", name_b,
+                   "' to have dtype ", a.scalar_type(), " like '", name_a, "', but got ", b.scalar_type());
+  TORCH_CHECK(a.sizes() == b.sizes(), "torchext.", op, ": expected '", name_b, "' to have shape ", a.sizes(),
+              " like '", name_a, "', but got ", b.sizes());
+  TORCH_CHECK(a.device() == b.device(), "torchext.", op, ": expected '", name_b, "' on ", a.device(), " like '",
+              name_a, "', but got ", b.device());
+}
+
+inline void check_no_internal_overlap(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(at::has_internal_overlap(t) != at::MemOverlap::Yes, "torchext.", op,
+              ": unsupported operation: more than one element of '", name,
+              "' refers to the same memory location (e.g. an expanded tensor); clone it before an in-place op");
+}
+
+}  // namespace torchext

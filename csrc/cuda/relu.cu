@@ -1,0 +1,128 @@
+// ReLU on CUDA. Memory bound: forward moves 2 elements, backward 3; 16-byte vector accesses.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include "checks.h"
+#include "cuda/vectorized.cuh"
+
+namespace torchext {
+namespace cuda {
+namespace {
+
+template <typename T>
+__device__ __forceinline__ T relu_value(T x) {
+  const float v = static_cast<float>(x);
+  return v < 0.f ? T(0.f) : x;  // NaN passes through, as in torch.relu
+}
+template <>
+__device__ __forceinline__ double relu_value<double>(double x) {
+  return x < 0.0 ? 0.0 : x;
+}
+
+// x and y may be the same pointer (in-place).
+template <typename T>
+__global__ void relu_kernel(const T* x, T* y, int64_t n, bool vectorized) {
+  constexpr int V = Vec16<T>::kSize;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  int64_t done = 0;
+  if (vectorized) {
+    const int64_t nvec = n / V;
+    for (int64_t i = tid; i < nvec; i += stride) {
+      Vec16<T> v = load16(x + i * V);
+#pragma unroll
+      for (int k = 0; k < V; ++k) v.v[k] = relu_value(v.v[k]);
+      store16(y + i * V, v);
+    }
+    done = nvec * V;
+  }
+  for (int64_t i = done + tid; i < n; i += stride) y[i] = relu_value(x[i]);
+}
+
+template <typename T>
+__global__ void relu_backward_kernel(const T* __restrict__ g, const T* __restrict__ r, T* __restrict__ out,
+                                     int64_t n, bool vectorized) {
+  constexpr int V = Vec16<T>::kSize;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  int64_t done = 0;
+  if (vectorized) {
+    const int64_t nvec = n / V;
+    for (int64_t i = tid; i < nvec; i += stride) {
+      Vec16<T> gv = load16(g + i * V);
+      const Vec16<T> rv = load16(r + i * V);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        if (static_cast<float>(rv.v[k]) <= 0.f) gv.v[k] = T(0.f);
+      }
+      store16(out + i * V, gv);
+    }
+    done = nvec * V;
+  }
+  for (int64_t i = done + tid; i < n; i += stride) out[i] = static_cast<float>(r[i]) <= 0.f ? T(0.f) : g[i];
+}
+
+void launch_relu(const at::Tensor& x, const at::Tensor& y) {
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "torchext::relu_cuda", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = static_cast<scalar_t*>(y.data_ptr());
+    const bool vec = aligned16(xp) && aligned16(yp);
+    const int64_t items = vec ? n / Vec16<scalar_t>::kSize + 1 : n;
+    relu_kernel<scalar_t><<<grid_for(items), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(xp, yp, n, vec);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+at::Tensor relu_cuda(const at::Tensor& self) {
+  check_floating("relu", "self", self);
+  const c10::cuda::CUDAGuard guard(self.device());
+  const at::Tensor x = self.is_non_overlapping_and_dense() ? self : self.contiguous();
+  at::Tensor y = at::empty_like(x);
+  launch_relu(x, y);
+  return y;
+}
+
+void relu_inplace_cuda(at::Tensor& self) {
+  check_floating("relu_", "self", self);
+  check_no_internal_overlap("relu_", "self", self);
+  const c10::cuda::CUDAGuard guard(self.device());
+  at::Tensor x = self.is_non_overlapping_and_dense() ? self : self.contiguous();
+  launch_relu(x, x);
+  if (!x.is_same(self)) self.copy_(x);
+}
+
+at::Tensor relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& result) {
+  check_floating("relu_backward", "grad_output", grad_output);
+  check_same_shape_dtype("relu_backward", "grad_output", grad_output, "result", result);
+  const c10::cuda::CUDAGuard guard(grad_output.device());
+  const at::Tensor g = grad_output.contiguous();
+  const at::Tensor r = result.contiguous();
+  at::Tensor out = at::empty_like(g, at::MemoryFormat::Contiguous);
+  const int64_t n = g.numel();
+  if (n == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "torchext::relu_backward_cuda", [&] {
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* rp = r.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    const bool vec = aligned16(gp) && aligned16(rp) && aligned16(op);
+    const int64_t items = vec ? n / Vec16<scalar_t>::kSize + 1 : n;
+    relu_backward_kernel<scalar_t>
+        <<<grid_for(items), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(gp, rp, op, n, vec);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace torchext
+
+TORCH_LIBRARY_IMPL(torchext, CUDA, m) {
+  m.impl("relu", &torchext::cuda::relu_cuda);
+  m.impl("relu_", &torchext::cuda::relu_inplace_cuda);
+  m.impl("relu_backward", &torchext::cuda::relu_backward_cuda);
+}

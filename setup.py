@@ -1,0 +1,136 @@
+"""Build torchext._C: hand-written CPU kernels, plus CUDA kernels when torch and a toolkit allow.
+
+The CUDA kernels are compiled whenever torch was built with CUDA and a CUDA toolkit is found,
+whether or not a GPU is visible (CI compiles and links them without one).
+Environment:
+  TORCHEXT_CPU_ONLY=1      build the CPU kernels only
+  CUDA_HOME / CUDA_PATH    the toolkit to use (else /usr/local/cuda, else the real nvcc on PATH)
+  TORCH_CUDA_ARCH_LIST     target archs; default "8.0;9.0+PTX" when no GPU is visible
+  MAX_JOBS                 parallel compile jobs (ninja)
+"""
+import glob
+import os
+import re
+import shutil
+import site
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+VERSION = "0.1.0"
+DEFAULT_ARCHS = "8.0;9.0+PTX"
+
+
+def _is_toolkit(home):
+    return bool(home) and os.path.isfile(os.path.join(home, "bin", "nvcc")) and os.path.isfile(
+        os.path.join(home, "include", "cuda_runtime.h"))
+
+
+def find_cuda_home():
+    """CUDA_HOME, CUDA_PATH, /usr/local/cuda, then the directory of the real nvcc on PATH.
+
+    A wrapper script named nvcc (e.g. /usr/local/bin/nvcc exec'ing the real one) would make torch
+    guess /usr/local as the toolkit, so a candidate only counts if it holds bin/nvcc and the headers.
+    """
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+        try:  # a wrapper script that execs the real compiler: read the path it names
+            with open(nvcc, "rb") as f:
+                head = f.read(4096)
+            if not head.startswith(b"\x7fELF"):
+                for path in re.findall(rb"(/[^\s\"']+)/bin/nvcc", head):
+                    candidates.append(path.decode())
+        except OSError:
+            pass
+    for home in candidates:
+        if _is_toolkit(home):
+            return os.path.realpath(home)
+    return None
+
+
+def nvidia_pip_includes(cuda_home):
+    """Headers torch's CUDA headers include but a slim toolkit may lack ship in the nvidia wheels."""
+    needed = ["cublas_v2.h", "cusparse.h"]
+    missing = [h for h in needed if not os.path.isfile(os.path.join(cuda_home, "include", h))]
+    if not missing:
+        return []
+    dirs = []
+    roots = list(site.getsitepackages()) + [site.getusersitepackages()]
+    import torch
+    roots.append(os.path.dirname(os.path.dirname(torch.__file__)))
+    for root in roots:
+        for inc in sorted(glob.glob(os.path.join(root, "nvidia", "*", "include"))):
+            if any(os.path.isfile(os.path.join(inc, h)) for h in missing) and inc not in dirs:
+                dirs.append(inc)
+    return dirs
+
+
+def main():
+    import torch
+
+    cpu_only = os.environ.get("TORCHEXT_CPU_ONLY", "0") not in ("", "0")
+    cuda_home = None if cpu_only or not torch.version.cuda else find_cuda_home()
+    with_cuda = cuda_home is not None
+    if with_cuda:
+        # Must be set before torch.utils.cpp_extension is imported: it reads CUDA_HOME once.
+        os.environ["CUDA_HOME"] = cuda_home
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else ""
+    if with_cuda and not archs:
+        archs = ";".join("%d.%d" % torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count()))
+
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    if with_cuda:
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    macros = [("TORCHEXT_TORCH_VERSION", '"%s"' % torch.__version__),
+              ("TORCHEXT_CUDA_ARCHS", '"%s"' % archs)]
+    if with_cuda:
+        macros.append(("TORCHEXT_WITH_CUDA", "1"))
+    cxx_flags = ["-O3", "-fopenmp"]  # no -march=native: SIMD level is chosen at run time
+    nvcc_flags = ["-O3", "-Xptxas=-O3", "--expt-relaxed-constexpr",
+                  "-lineinfo"]
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    if with_cuda:
+        include_dirs += nvidia_pip_includes(cuda_home)
+    ext_cls = CUDAExtension if with_cuda else CppExtension
+    ext = ext_cls(
+        name="torchext._C",
+        sources=sources,
+        include_dirs=include_dirs,
+        define_macros=macros,
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags} if with_cuda else {"cxx": cxx_flags},
+        extra_link_args=["-fopenmp"],
+    )
+    print("torchext: building %s kernels (torch %s%s)" % (
+        "CPU+CUDA" if with_cuda else "CPU-only", torch.__version__,
+        ", CUDA_HOME=%s, archs=%s" % (cuda_home, archs) if with_cuda else ""), file=sys.stderr)
+
+    # Recorded for the import-time ABI check and `python -m torchext.info`.
+    with open(os.path.join(ROOT, "torchext", "_build_info.py"), "w") as f:
+        f.write("# Generated by setup.py; do not edit.\n")
+        f.write("TORCH_VERSION = %r\n" % torch.__version__)
+        f.write("TORCH_CUDA_VERSION = %r\n" % (torch.version.cuda if with_cuda else None))
+        f.write("WITH_CUDA = %r\n" % with_cuda)
+        f.write("CUDA_ARCHS = %r\n" % archs)
+
+    setup(
+        name="torchext",
+        version=VERSION,
+        description="Hand-written C++/CUDA kernels for Linear, ReLU, MSE loss and fused optimizers",
+        packages=find_packages(include=["torchext", "torchext.*"]),
+        ext_modules=[ext],
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+        python_requires=">=3.9",
+        install_requires=["torch"],
+        zip_safe=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""torchext.functional.relu / torchext.nn.ReLU against torch.relu."""
+import pytest
+import torch
+
+import torchext
+from conftest import ALL_DTYPES, DEVICES
+
+F = torchext.functional
+
+SHAPES = [(0,), (1,), (7,), (33, 1), (1000,), (1023, 3), (4, 0, 5), (2, 3, 5, 7), (70000,)]
+
+
+def _data(shape, dtype, device):
+    x = torch.randn(shape, dtype=torch.float64, device=device) * 3
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_backward_match_torch(shape, dtype, device):
+    x = _data(shape, dtype, device).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    y = F.relu(x)
+    y_ref = torch.relu(x_ref)
+    assert y.dtype == dtype and y.shape == y_ref.shape
+    torch.testing.assert_close(y, y_ref, atol=0, rtol=0)  # relu is exact
+    g = torch.randn(shape, dtype=torch.float64, device=device).to(dtype)
+    y.backward(g)
+    y_ref.backward(g)
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("view", ["transposed", "sliced", "expanded", "channels_last"])
+def test_non_contiguous(view, dtype, device):
+    base = _data((9, 33, 5, 6), dtype, device)
+    x = {
+        "transposed": base.transpose(0, 2),
+        "sliced": base[:, 1::3, :, ::2],
+        "expanded": base[:1, :1].expand(4, 3, 5, 6),
+        "channels_last": base.contiguous(memory_format=torch.channels_last),
+    }[view]
+    y = F.relu(x)
+    torch.testing.assert_close(y, torch.relu(x), atol=0, rtol=0)
+    if view in ("transposed", "channels_last"):  # dense layouts keep their strides
+        assert y.stride() == torch.relu(x).stride()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_and_gradgradcheck(device):
+    # Keep values away from the kink at 0, where the derivative is undefined.
+    x = torch.randn(5, 17, dtype=torch.float64, device=device)
+    x = (x + 0.1 * x.sign()).requires_grad_()
+    assert torch.autograd.gradcheck(F.relu, (x,))
+    assert torch.autograd.gradgradcheck(F.relu, (x,))
+    xt = x.detach().t().requires_grad_()  # non-contiguous input
+    assert torch.autograd.gradcheck(F.relu, (xt,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_inplace(dtype, device):
+    x = _data((17, 9), dtype, device)
+    expected = torch.relu(x)
+    leaf = x.clone().requires_grad_()
+    y = leaf * 1  # a non-leaf to modify in place
+    ptr = y.data_ptr()
+    out = F.relu(y, inplace=True)
+    assert out is y and out.data_ptr() == ptr
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+    g = torch.randn_like(out)
+    out.backward(g)
+    torch.testing.assert_close(leaf.grad, torch.where(expected > 0, g, torch.zeros_like(g)), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inplace_on_non_contiguous_view_writes_through(device):
+    base = torch.randn(8, 10, device=device)
+    expected = base.clone()
+    expected[:, ::3] = torch.relu(expected[:, ::3])
+    F.relu(base[:, ::3], inplace=True)
+    torch.testing.assert_close(base, expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inplace_on_leaf_requiring_grad_raises_like_torch(device):
+    x = torch.randn(4, device=device, requires_grad=True)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        torch.relu_(x)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        F.relu(x, inplace=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nan_and_inf_propagate_like_torch(device):
+    x = torch.tensor([float("nan"), float("inf"), -float("inf"), -1.0, 0.0, 2.5], device=device,
+                     requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    y, y_ref = F.relu(x), torch.relu(x_ref)
+    torch.testing.assert_close(y, y_ref, equal_nan=True, atol=0, rtol=0)
+    y.sum().backward()
+    y_ref.sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, equal_nan=True, atol=0, rtol=0)
+
+
+def test_module_matches_torch_module():
+    assert repr(torchext.nn.ReLU()) == repr(torch.nn.ReLU())
+    assert repr(torchext.nn.ReLU(inplace=True)) == repr(torch.nn.ReLU(inplace=True))
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(torchext.nn.ReLU()(x), torch.nn.ReLU()(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.complex64])
+def test_rejects_unsupported_dtypes_with_type_error(dtype):
+    x = torch.ones(3, dtype=dtype)
+    with pytest.raises(TypeError, match="'self'"):
+        F.relu(x)
+
+
+def test_rejects_overlapping_inplace():
+    x = torch.randn(1, 3).expand(4, 3)
+    with pytest.raises(RuntimeError, match="same memory location"):
+        F.relu(x, inplace=True)
+
+
+def test_ops_are_registered_in_one_namespace():
+    for name in ["relu", "relu_", "relu_backward"]:
+        assert hasattr(torch.ops.torchext, name)

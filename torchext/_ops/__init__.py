@@ -1,0 +1,2 @@
+"""Python side of each op: its fake (meta) kernel for torch.compile and its autograd.Function."""
+from . import relu  # noqa: F401

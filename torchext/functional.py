@@ -1,0 +1,4 @@
+"""Functional drop-ins for torch.nn.functional."""
+from ._ops.relu import relu
+
+__all__ = ["relu"]

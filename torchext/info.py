@@ -1,0 +1,34 @@
+"""`python -m torchext.info`: what this torchext build is and what it runs on."""
+import platform
+import sys
+
+
+def collect():
+    import torch
+
+    import torchext
+    from torchext import _C
+
+    cuda_archs = _C.cuda_archs()
+    return {
+        "torchext": torchext.__version__,
+        "built against torch": _C.built_torch_version(),
+        "running torch": torch.__version__,
+        "torch CUDA": torch.version.cuda or "none",
+        "CUDA kernels compiled": "yes (archs: %s)" % cuda_archs if _C.with_cuda() else "no (CPU-only build)",
+        "CUDA device": torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible",
+        "CPU SIMD level": _C.cpu_capability(),
+        "CPU threads": torch.get_num_threads(),
+        "python": "%s (%s)" % (platform.python_version(), sys.platform),
+    }
+
+
+def main():
+    info = collect()
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        print("%s : %s" % (key.ljust(width), value))
+
+
+if __name__ == "__main__":
+    main()

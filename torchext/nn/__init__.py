@@ -1,0 +1,4 @@
+"""Module drop-ins for torch.nn."""
+from .activation import ReLU
+
+__all__ = ["ReLU"]
