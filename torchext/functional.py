@@ -1,4 +1,5 @@
 """Functional drop-ins for torch.nn.functional."""
+from ._ops.linear import linear, linear_relu
 from ._ops.relu import relu
 
-__all__ = ["relu"]
+__all__ = ["linear", "linear_relu", "relu"]

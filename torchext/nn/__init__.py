@@ -1,4 +1,5 @@
 """Module drop-ins for torch.nn."""
 from .activation import ReLU
+from .linear import Linear, LinearReLU
 
-__all__ = ["ReLU"]
+__all__ = ["Linear", "LinearReLU", "ReLU"]
