@@ -1,5 +1,5 @@
 // Argument checks of the Linear ops, shared by the CPU and CUDA kernels. A dtype outside the four
-// float types is a TypeError (as for every torchext op); a dtype *mismatch* between input, weight
+// float types is a NotImplementedError (as for every torchext op); a dtype *mismatch* between input, weight
 // and bias is a RuntimeError, as torch.nn.functional.linear raises.
 #pragma once
 

@@ -9,6 +9,7 @@ import math
 
 import torch
 
+from ._util import autocast_inputs
 from .relu import ReLUBackward
 
 _ops = torch.ops.torchext
@@ -147,6 +148,7 @@ def _check_args(name, input, weight, bias):
 
 def _apply(fn, name, input, weight, bias):
     _check_args(name, input, weight, bias)
+    input, weight, bias = autocast_inputs("lower", input, weight, bias)  # as torch.autocast treats aten::linear
     # Any leading dims are flattened into the batch ([..., in] -> [B, in]) and restored after;
     # a 1-D input [in] is a batch of one whose output is [out], as in torch.
     lead = input.shape[:-1]
