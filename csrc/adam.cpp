@@ -11,6 +11,10 @@
 #include "cpu/dispatch.h"
 #include "cpu/optim.h"
 
+// sqrt may set errno, which keeps GCC from vectorising it. Nothing here reads errno, so let the
+// kernels below use the ISA's vector square root.
+#pragma GCC optimize("no-math-errno")
+
 namespace torchext {
 namespace {
 
@@ -22,7 +26,6 @@ struct AdamScalars {
   bool amsgrad, maximize, decoupled;
 };
 
-// std::sqrt may set errno, which keeps GCC from vectorising it; the builtin of the ISA does not.
 template <typename M>
 TORCHEXT_INLINE M fast_sqrt(M x) {
   return __builtin_sqrt(x);
@@ -32,39 +35,52 @@ TORCHEXT_INLINE float fast_sqrt<float>(float x) {
   return __builtin_sqrtf(x);
 }
 
-template <typename T>
-TORCHEXT_INLINE void adam_impl(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
+// Master weights and amsgrad change which arrays are touched, so they are compile-time: the loop
+// then has no conditional memory access and GCC vectorises it at every ISA level.
+template <typename T, bool kMaster, bool kAmsgrad>
+TORCHEXT_INLINE void adam_loop(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
                                T* __restrict__ vmax, float* __restrict__ master, int64_t n,
-                               AdamScalars<typename cpu::OpMath<T>::type> s) {
+                               const AdamScalars<typename cpu::OpMath<T>::type>& s) {
   using M = typename cpu::OpMath<T>::type;
   const M one_minus_beta1 = M(1) - s.beta1;
   const M one_minus_beta2 = M(1) - s.beta2;
+  const M beta2 = s.beta2, eps = s.eps, step_size = s.step_size, bc2_sqrt = s.bias_correction2_sqrt;
   const M decay = s.decoupled ? M(1) - s.lr * s.weight_decay : M(1);
   const M l2 = s.decoupled ? M(0) : s.weight_decay;
+  const M grad_factor = s.maximize ? -s.inv_scale : s.inv_scale;  // unscale and maximize in one multiply
   for (int64_t i = 0; i < n; ++i) {
-    M gv = static_cast<M>(g[i]) * s.inv_scale;
-    if (s.maximize) gv = -gv;
-    M pv = master ? static_cast<M>(master[i]) : static_cast<M>(p[i]);
+    M pv = kMaster ? static_cast<M>(master[i]) : static_cast<M>(p[i]);
     pv *= decay;
-    gv += l2 * pv;
+    const M gv = static_cast<M>(g[i]) * grad_factor + l2 * pv;
     M mv = static_cast<M>(m[i]);
     mv += one_minus_beta1 * (gv - mv);  // torch's lerp for weight < 0.5
-    const M vv = s.beta2 * static_cast<M>(v[i]) + one_minus_beta2 * gv * gv;
+    const M vv = beta2 * static_cast<M>(v[i]) + one_minus_beta2 * gv * gv;
     m[i] = static_cast<T>(mv);
     v[i] = static_cast<T>(vv);
     M vd = vv;
-    if (s.amsgrad) {
-      // torch keeps max_exp_avg_sq in the param dtype: compare the stored (rounded) values.
-      const M stored = static_cast<M>(static_cast<T>(vv));
-      const M mx = std::max(static_cast<M>(vmax[i]), stored);
-      vmax[i] = static_cast<T>(mx);
-      vd = mx;
+    if (kAmsgrad) {
+      // Compared in float like the rest of the math: a half-rounded v can flush to 0 and leave only
+      // eps in the denominator.
+      const M old = static_cast<M>(vmax[i]);
+      vd = old > vv ? old : vv;
+      vmax[i] = static_cast<T>(vd);
     }
-    const M denom = fast_sqrt<M>(vd) / s.bias_correction2_sqrt + s.eps;
-    pv -= s.step_size * mv / denom;
-    if (master) master[i] = static_cast<float>(pv);
+    const M denom = fast_sqrt<M>(vd) / bc2_sqrt + eps;
+    pv -= step_size * mv / denom;
+    if (kMaster) master[i] = static_cast<float>(pv);
     p[i] = static_cast<T>(pv);
   }
+}
+
+template <typename T>
+TORCHEXT_INLINE void adam_impl(T* p, const T* g, T* m, T* v, T* vmax, float* master, int64_t n,
+                               AdamScalars<typename cpu::OpMath<T>::type> s) {
+  if (master) {
+    if (s.amsgrad) return adam_loop<T, true, true>(p, g, m, v, vmax, master, n, s);
+    return adam_loop<T, true, false>(p, g, m, v, vmax, master, n, s);
+  }
+  if (s.amsgrad) return adam_loop<T, false, true>(p, g, m, v, vmax, master, n, s);
+  return adam_loop<T, false, false>(p, g, m, v, vmax, master, n, s);
 }
 TORCHEXT_CPU_DISPATCH(adam_kernel, adam_impl)
 

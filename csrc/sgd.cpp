@@ -18,24 +18,39 @@ struct SgdScalars {
 };
 
 // master (fp32) replaces p as the value being updated when present; p then receives its rounding.
-template <typename T>
-TORCHEXT_INLINE void sgd_impl(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ buf,
-                              float* __restrict__ master, int64_t n, SgdScalars<typename cpu::OpMath<T>::type> s) {
+// Which arrays exist is compile-time so the loop has no conditional memory access and vectorises.
+template <typename T, bool kMaster, bool kMomentum>
+TORCHEXT_INLINE void sgd_loop(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ buf,
+                              float* __restrict__ master, int64_t n,
+                              const SgdScalars<typename cpu::OpMath<T>::type>& s) {
   using M = typename cpu::OpMath<T>::type;
+  const M grad_factor = s.maximize ? -s.inv_scale : s.inv_scale;  // unscale and maximize in one multiply
+  const M lr = s.lr, wd = s.weight_decay, momentum = s.momentum;
+  const M keep = s.first ? M(0) : momentum;            // the first step's buffer is the gradient itself
+  const M take = s.first ? M(1) : M(1) - s.dampening;
   for (int64_t i = 0; i < n; ++i) {
-    M gv = static_cast<M>(g[i]) * s.inv_scale;
-    if (s.maximize) gv = -gv;
-    M pv = master ? static_cast<M>(master[i]) : static_cast<M>(p[i]);
-    gv += s.weight_decay * pv;
-    if (s.use_momentum) {
-      const M b = s.first ? gv : s.momentum * static_cast<M>(buf[i]) + (M(1) - s.dampening) * gv;
+    const M pv = kMaster ? static_cast<M>(master[i]) : static_cast<M>(p[i]);
+    M gv = static_cast<M>(g[i]) * grad_factor + wd * pv;
+    if (kMomentum) {
+      const M b = keep * static_cast<M>(buf[i]) + take * gv;
       buf[i] = static_cast<T>(b);
-      gv = s.nesterov ? gv + s.momentum * b : b;
+      gv = s.nesterov ? gv + momentum * b : b;
     }
-    pv -= s.lr * gv;
-    if (master) master[i] = static_cast<float>(pv);
-    p[i] = static_cast<T>(pv);
+    const M out = pv - lr * gv;
+    if (kMaster) master[i] = static_cast<float>(out);
+    p[i] = static_cast<T>(out);
   }
+}
+
+template <typename T>
+TORCHEXT_INLINE void sgd_impl(T* p, const T* g, T* buf, float* master, int64_t n,
+                              SgdScalars<typename cpu::OpMath<T>::type> s) {
+  if (master) {
+    if (s.use_momentum) return sgd_loop<T, true, true>(p, g, buf, master, n, s);
+    return sgd_loop<T, true, false>(p, g, buf, master, n, s);
+  }
+  if (s.use_momentum) return sgd_loop<T, false, true>(p, g, buf, master, n, s);
+  return sgd_loop<T, false, false>(p, g, buf, master, n, s);
 }
 TORCHEXT_CPU_DISPATCH(sgd_kernel, sgd_impl)
 

@@ -72,7 +72,7 @@ class FusedOptimizer(Optimizer):
     def _check_state(self, work):
         for group, items in work:
             for p in items:
-                for name, t in self._state_tensors(p, self.state[p], group).items():
+                for name, t in self._state_tensors(p, self.state.get(p, {}), group).items():
                     want = torch.float32 if name == "master_param" else p.dtype
                     if t.shape != p.shape or t.dtype != want or t.device != p.device:
                         raise RuntimeError(
@@ -100,6 +100,8 @@ class FusedOptimizer(Optimizer):
                 self._init_state(p, state, group)
                 if group["master_weights"] and p.dtype in _HALF and "master_param" not in state:
                     state["master_param"] = p.detach().to(torch.float32, copy=True)
+                if not state:  # like torch, a param needing no state gets no entry
+                    del self.state[p]
         self._check_state(work)
         for group, items in work:
             buckets = defaultdict(list)
@@ -116,7 +118,7 @@ class FusedOptimizer(Optimizer):
         return loss
 
     def _masters(self, params):
-        masters = [self.state[p].get("master_param") for p in params]
+        masters = [self.state.get(p, {}).get("master_param") for p in params]
         if all(m is None for m in masters):
             return []
         if any(m is None for m in masters):  # e.g. a group switched master_weights on after a load
