@@ -149,7 +149,8 @@ class FusedOptimizer(Optimizer):
             self._export_entry(entry, groups.get(idx, {}))
             for k in _PRIVATE_KEYS:
                 entry.pop(k, None)
-            state[idx] = entry
+            if entry:
+                state[idx] = entry
         sd["state"] = state
         return sd
 
