@@ -91,28 +91,10 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
                    double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
                    bool maximize, bool decoupled_weight_decay, const c10::optional<at::Tensor>& lr_tensor,
                    const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf) {
-  const char* op = "adam_step_";
   if (params.empty()) return;
-  cpu::check_optimizer_lists(op, params, grads,
-                             {{"exp_avgs", &exp_avgs, true},
-                              {"exp_avg_sqs", &exp_avg_sqs, true},
-                              {"max_exp_avg_sqs", &max_exp_avg_sqs, true},
-                              {"master_params", &master_params, false}});
-  TORCH_CHECK(exp_avgs.size() == params.size() && exp_avg_sqs.size() == params.size(), "torchext.", op,
-              ": expected one exp_avg and one exp_avg_sq per param");
-  TORCH_CHECK(!amsgrad || max_exp_avg_sqs.size() == params.size(), "torchext.", op,
-              ": amsgrad needs one max_exp_avg_sq per param");
-  const at::Device device = params[0].device();
-  cpu::check_counters(op, "state_steps", state_steps, params, device);
-  TORCH_CHECK(state_steps.size() == params.size(), "torchext.", op, ": expected one state step per param");
-  TORCH_CHECK(master_params.empty() || params[0].scalar_type() == at::kHalf || params[0].scalar_type() == at::kBFloat16,
-              "torchext.", op, ": master_params are only supported for float16 and bfloat16 params");
-  cpu::check_amp_scalar(op, "grad_scale", grad_scale, device);
-  cpu::check_amp_scalar(op, "found_inf", found_inf, device);
-  if (lr_tensor.has_value()) {
-    TORCH_CHECK(lr_tensor->numel() == 1, "torchext.", op, ": 'lr_tensor' must have one element");
-    lr = lr_tensor->item<double>();
-  }
+  check_adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, master_params, amsgrad,
+                  grad_scale, found_inf, lr_tensor);
+  if (lr_tensor.has_value()) lr = lr_tensor->item<double>();
   if (found_inf.has_value() && found_inf->item<float>() != 0.f) return;  // skipped step: touch nothing
   const double inv_scale = grad_scale.has_value() ? 1.0 / static_cast<double>(grad_scale->item<float>()) : 1.0;
 

@@ -61,25 +61,11 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
                   double dampening, double weight_decay, bool nesterov, bool maximize,
                   const c10::optional<at::Tensor>& lr_tensor, const c10::optional<at::Tensor>& grad_scale,
                   const c10::optional<at::Tensor>& found_inf) {
-  const char* op = "sgd_step_";
   if (params.empty()) return;
   const bool use_momentum = momentum != 0.0;
-  cpu::check_optimizer_lists(op, params, grads,
-                             {{"momentum_buffers", &momentum_buffers, true}, {"master_params", &master_params, false}});
-  TORCH_CHECK(!use_momentum || momentum_buffers.size() == params.size(), "torchext.", op,
-              ": momentum != 0 needs one momentum buffer per param");
-  const at::Device device = params[0].device();
-  cpu::check_counters(op, "momentum_counts", momentum_counts, params, device);
-  TORCH_CHECK(!use_momentum || momentum_counts.size() == params.size(), "torchext.", op,
-              ": momentum != 0 needs one momentum count per param");
-  TORCH_CHECK(master_params.empty() || params[0].scalar_type() == at::kHalf || params[0].scalar_type() == at::kBFloat16,
-              "torchext.", op, ": master_params are only supported for float16 and bfloat16 params");
-  cpu::check_amp_scalar(op, "grad_scale", grad_scale, device);
-  cpu::check_amp_scalar(op, "found_inf", found_inf, device);
-  if (lr_tensor.has_value()) {
-    TORCH_CHECK(lr_tensor->numel() == 1, "torchext.", op, ": 'lr_tensor' must have one element");
-    lr = lr_tensor->item<double>();
-  }
+  check_sgd_step(params, grads, momentum_buffers, momentum_counts, master_params, use_momentum, grad_scale,
+                 found_inf, lr_tensor);
+  if (lr_tensor.has_value()) lr = lr_tensor->item<double>();
   if (found_inf.has_value() && found_inf->item<float>() != 0.f) return;  // skipped step: touch nothing
   const double inv_scale = grad_scale.has_value() ? 1.0 / static_cast<double>(grad_scale->item<float>()) : 1.0;
 
