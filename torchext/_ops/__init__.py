@@ -1,2 +1,3 @@
 """Python side of each op: its fake (meta) kernel for torch.compile and its autograd.Function."""
 from . import relu  # noqa: F401
+from . import mse_loss  # noqa: F401

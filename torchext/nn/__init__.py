@@ -1,4 +1,5 @@
 """Module drop-ins for torch.nn."""
 from .activation import ReLU
+from .loss import MSELoss
 
-__all__ = ["ReLU"]
+__all__ = ["MSELoss", "ReLU"]
