@@ -136,6 +136,10 @@ class FusedOptimizer(Optimizer):
             out.append(g)
         return out
 
+    def __repr__(self):
+        # torch's printout, without our one extra group key while it is at its default.
+        return super().__repr__().replace("    master_weights: False\n", "")
+
     def zero_grad(self, set_to_none=True):
         super().zero_grad(set_to_none=set_to_none)
 
