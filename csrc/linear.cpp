@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 
 #include "cpu/dispatch.h"
 #include "linear_checks.h"
@@ -117,8 +118,9 @@ TORCHEXT_INLINE void pack_b(const GemmProblem<T>& g, int64_t j0, int64_t cols, i
 // MR x (2 vectors) register tile over kc steps of packed panels. `partial` (ld = ldp) holds the sum
 // over earlier kc slices when !first; the tile is written back there unless this is the last slice,
 // in which case bias and ReLU are applied and the valid part goes to C in T.
-template <typename T, typename Acc, int VB, int MR>
-TORCHEXT_INLINE void micro_kernel(int64_t kc, const Acc* __restrict__ ap, const Acc* __restrict__ bp,
+// kDirectA: `ap` is the caller's row-major A itself (row stride lda), read without packing.
+template <typename T, typename Acc, int VB, int MR, bool kDirectA>
+TORCHEXT_INLINE void micro_kernel(int64_t kc, const Acc* __restrict__ ap, int64_t lda, const Acc* __restrict__ bp,
                                   Acc* __restrict__ partial, int64_t ldp, bool first, bool last,
                                   const GemmProblem<T>& g, int64_t i0, int64_t j0, int64_t rows, int64_t cols) {
   using V = typename VecOf<Acc, VB>::type;
@@ -134,10 +136,9 @@ TORCHEXT_INLINE void micro_kernel(int64_t kc, const Acc* __restrict__ ap, const 
     V b0, b1;
     std::memcpy(&b0, bp + k * NR, VB);
     std::memcpy(&b1, bp + k * NR + VL, VB);
-    const Acc* a = ap + k * MR;
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      const Acc av = a[r];
+      const Acc av = kDirectA ? ap[r * lda + k] : ap[k * MR + r];
       c0[r] += av * b0;
       c1[r] += av * b1;
     }
@@ -184,17 +185,30 @@ TORCHEXT_INLINE void gemm_tasks_impl(const GemmProblem<T>* gp, const Blocking* b
     const int64_t j0 = (t % bl.tiles_n) * bl.nc;
     const int64_t rows = std::min(bl.mc, g.M - i0);
     const int64_t cols = std::min(bl.nc, g.N - j0);
+    // A row-major float/double input needs no packing: the micro-kernel broadcasts straight from
+    // its MR rows (MR unit-stride streams the prefetcher follows). Only a ragged last panel is
+    // packed, for its zero padding.
+    const int64_t direct_rows = std::is_same<T, Acc>::value && g.sak == 1 ? rows / MR * MR : 0;
     for (int64_t k0 = 0; k0 < g.K; k0 += bl.kc) {
       const int64_t kc = std::min(bl.kc, g.K - k0);
       const bool first = k0 == 0;
       const bool last = k0 + kc >= g.K;
-      pack_a<T, Acc, MR>(g, i0, rows, k0, kc, pa);
+      if (rows > direct_rows) pack_a<T, Acc, MR>(g, i0 + direct_rows, rows - direct_rows, k0, kc, pa);
       pack_b<T, Acc, NR>(g, j0, cols, k0, kc, pb);
       for (int64_t ir = 0; ir < rows; ir += MR) {
+        const int64_t mr = std::min<int64_t>(MR, rows - ir);
         for (int64_t jr = 0; jr < cols; jr += NR) {
-          micro_kernel<T, Acc, VB, MR>(kc, pa + ir * kc, pb + jr * kc, pc + ir * bl.nc + jr, bl.nc, first, last, g,
-                                       i0 + ir, j0 + jr, std::min<int64_t>(MR, rows - ir),
-                                       std::min<int64_t>(NR, cols - jr));
+          const int64_t nr = std::min<int64_t>(NR, cols - jr);
+          Acc* part = pc + ir * bl.nc + jr;
+          if constexpr (std::is_same<T, Acc>::value) {
+            if (ir < direct_rows) {
+              micro_kernel<T, Acc, VB, MR, true>(kc, g.a + (i0 + ir) * g.sam + k0, g.sam, pb + jr * kc, part, bl.nc,
+                                                 first, last, g, i0 + ir, j0 + jr, mr, nr);
+              continue;
+            }
+          }
+          micro_kernel<T, Acc, VB, MR, false>(kc, pa + (ir - direct_rows) * kc, MR, pb + jr * kc, part, bl.nc,
+                                              first, last, g, i0 + ir, j0 + jr, mr, nr);
         }
       }
     }
