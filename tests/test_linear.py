@@ -314,3 +314,37 @@ def test_ops_pass_opcheck(op):
 def test_ops_are_registered_in_one_namespace():
     for name in ["linear", "linear_relu", "linear_bias_grad", "linear_relu_grad"]:
         assert hasattr(torch.ops.torchext, name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "linear_relu"])
+def test_cuda_float32_uses_tf32_only_when_allowed(relu):
+    x, w, b = _inputs(129, 1000, 70, torch.float64, "cuda")
+    ref = _torch_fn(relu)(x, w, b)
+    x, w, b = x.float(), w.float(), b.float()
+    saved = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        exact = _ours_fn(relu)(x, w, b)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        fast = _ours_fn(relu)(x, w, b)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    torch.testing.assert_close(exact.double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.double(), ref, rtol=1e-2, atol=1e-2)  # TF32 keeps 10 mantissa bits
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_cuda_large_ragged_shape(dtype):
+    # Several 64 x 64 tiles in each direction, none of M, N, K a multiple of the tile sizes.
+    x, w, b = _inputs(1000, 1023, 333, dtype, "cuda")
+    _compare_forward_backward(x, w, b, True, dtype)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_cuda_runs_on_the_inputs_device():
+    x, w, b = _inputs(33, 17, 9, torch.float32, "cuda:1")
+    y = F.linear(x, w, b)
+    assert y.device == x.device
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, w, b), rtol=1e-4, atol=1e-4)
