@@ -61,6 +61,35 @@ struct Blocking {
   int64_t tiles_m, tiles_n;
 };
 
+constexpr int64_t kPackBlock = 16;  // k extent of one transpose block while packing
+
+// Transposes an 8 x 8 float block: rows src[r * ld .. + 8) for r < 8 become dst[k * ldd .. + 8).
+// Three rounds of pairwise shuffles (1-, 2-, 4-element interleaves) instead of 64 scalar moves.
+TORCHEXT_INLINE void transpose8x8(const float* src, int64_t ld, float* dst, int64_t ldd) {
+  typedef float v8 __attribute__((vector_size(32)));
+  typedef int i8 __attribute__((vector_size(32)));
+  v8 v[8], t[8], u[8];
+  for (int r = 0; r < 8; ++r) std::memcpy(&v[r], src + r * ld, 32);
+  const i8 lo1 = {0, 8, 1, 9, 4, 12, 5, 13}, hi1 = {2, 10, 3, 11, 6, 14, 7, 15};
+  const i8 lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
+  const i8 lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
+  for (int r = 0; r < 8; r += 2) {
+    t[r] = __builtin_shuffle(v[r], v[r + 1], lo1);
+    t[r + 1] = __builtin_shuffle(v[r], v[r + 1], hi1);
+  }
+  for (int h = 0; h < 8; h += 4) {
+    u[h] = __builtin_shuffle(t[h], t[h + 2], lo2);
+    u[h + 1] = __builtin_shuffle(t[h], t[h + 2], hi2);
+    u[h + 2] = __builtin_shuffle(t[h + 1], t[h + 3], lo2);
+    u[h + 3] = __builtin_shuffle(t[h + 1], t[h + 3], hi2);
+  }
+  for (int q = 0; q < 4; ++q) {
+    const v8 a = __builtin_shuffle(u[q], u[q + 4], lo4), b = __builtin_shuffle(u[q], u[q + 4], hi4);
+    std::memcpy(dst + q * ldd, &a, 32);
+    std::memcpy(dst + (q + 4) * ldd, &b, 32);
+  }
+}
+
 // Packs rows [i0, i0 + rows) x cols [k0, k0 + kc) of A into MR-row micro-panels: panel p holds,
 // for each k, MR consecutive values. Rows past the edge are zero so the micro-kernel needs no
 // row masking.
@@ -72,12 +101,15 @@ TORCHEXT_INLINE void pack_a(const GemmProblem<T>& g, int64_t i0, int64_t rows, i
     Acc* d = dst + p * kc;
     const T* src = g.a + (i0 + p) * g.sam + k0 * g.sak;
     if (g.sak == 1) {  // row-major A: read each row contiguously
-      for (int r = 0; r < MR; ++r) {
-        if (r < valid) {
-          const T* s = src + r * g.sam;
-          for (int64_t k = 0; k < kc; ++k) d[k * MR + r] = static_cast<Acc>(s[k]);
-        } else {
-          for (int64_t k = 0; k < kc; ++k) d[k * MR + r] = Acc(0);
+      for (int64_t kb = 0; kb < kc; kb += kPackBlock) {
+        const int64_t ke = std::min(kc, kb + kPackBlock);
+        for (int r = 0; r < MR; ++r) {
+          if (r < valid) {
+            const T* s = src + r * g.sam;
+            for (int64_t k = kb; k < ke; ++k) d[k * MR + r] = static_cast<Acc>(s[k]);
+          } else {
+            for (int64_t k = kb; k < ke; ++k) d[k * MR + r] = Acc(0);
+          }
         }
       }
     } else {  // column-major or general A: walk k outside so the inner reads stride by sam
@@ -98,12 +130,26 @@ TORCHEXT_INLINE void pack_b(const GemmProblem<T>& g, int64_t j0, int64_t cols, i
     Acc* d = dst + p * kc;
     const T* src = g.b + (j0 + p) * g.sbn + k0 * g.sbk;
     if (g.sbk == 1 && g.sbn != 1) {  // weight row-major [N, K]: each output column is contiguous in k
-      for (int c = 0; c < NR; ++c) {
-        if (c < valid) {
-          const T* s = src + c * g.sbn;
-          for (int64_t k = 0; k < kc; ++k) d[k * NR + c] = static_cast<Acc>(s[k]);
-        } else {
-          for (int64_t k = 0; k < kc; ++k) d[k * NR + c] = Acc(0);
+      // A transpose: walk k in short blocks so the NR-strided writes stay within a few KiB of L1.
+      int64_t k_done = 0;
+      if constexpr (std::is_same<T, float>::value) {
+        const int64_t full_cols = valid / 8 * 8;
+        k_done = kc / 8 * 8;
+        for (int64_t kb = 0; kb < k_done; kb += 8) {
+          for (int64_t c = 0; c < full_cols; c += 8) transpose8x8(src + c * g.sbn + kb, g.sbn, d + kb * NR + c, NR);
+          for (int64_t c = full_cols; c < NR; ++c)
+            for (int64_t k = kb; k < kb + 8; ++k) d[k * NR + c] = c < valid ? src[c * g.sbn + k] : Acc(0);
+        }
+      }
+      for (int64_t kb = k_done; kb < kc; kb += kPackBlock) {
+        const int64_t ke = std::min(kc, kb + kPackBlock);
+        for (int c = 0; c < NR; ++c) {
+          if (c < valid) {
+            const T* s = src + c * g.sbn;
+            for (int64_t k = kb; k < ke; ++k) d[k * NR + c] = static_cast<Acc>(s[k]);
+          } else {
+            for (int64_t k = kb; k < ke; ++k) d[k * NR + c] = Acc(0);
+          }
         }
       }
     } else {  // weight given as a transposed view (backward): NR consecutive values per k
