@@ -167,18 +167,32 @@ def test_only_requested_grads_are_computed(relu, device):
     x.requires_grad_()
     _ours_fn(relu)(x, w2, b).sum().backward()
     assert x.grad is not None and w2.grad is None
-    # Only the weight's backward GEMM runs when only the weight needs a gradient.
-    calls = []
-    real = torchext._ops.linear.LinearFunction.apply
-    try:
-        torchext._ops.linear.LinearFunction.apply = lambda *a: calls.append(a) or real(*a)
-        w3 = w.detach().requires_grad_()
-        y = _ours_fn(relu)(x.detach(), w3, b)
-        calls.clear()
-        y.sum().backward()
-    finally:
-        torchext._ops.linear.LinearFunction.apply = real
-    assert len(calls) == 1 and calls[0][0].shape == (3, 8)  # dW = linear(dY.t(), X.t())
+    # Only the weight's backward GEMM runs when only the weight needs a gradient, with or
+    # without a graph of the gradient being recorded.
+    for create_graph in (False, True):
+        calls = []
+        module = torchext._ops.linear
+        real_fn, real_ops = module.LinearFunction.apply, module._ops
+
+        class CountingOps:
+            def __getattr__(self, name):
+                op = getattr(real_ops, name)
+                return (lambda *a: calls.append(a) or op(*a)) if name == "linear" else op
+
+        try:
+            module.LinearFunction.apply = lambda *a: calls.append(a) or real_fn(*a)
+            module._ops = CountingOps()
+            w3 = w.detach().requires_grad_()
+            y = _ours_fn(relu)(x.detach(), w3, b)
+            calls.clear()
+            torch.autograd.grad(y.sum(), w3, create_graph=create_graph)
+        finally:
+            module.LinearFunction.apply = real_fn
+            module._ops = real_ops
+        # dW = linear(dY.t(), X.t()): counted once (the Function calls the op, which also counts
+        # when it runs eagerly inside the Function's forward).
+        shapes = {tuple(c[0].shape) for c in calls}
+        assert shapes == {(3, 8)}, shapes
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -59,13 +59,17 @@ class BiasGrad(torch.autograd.Function):
 
 def _linear_backward(ctx_needs, grad_z, input, weight, has_bias):
     """Gradients of z = input @ weight.T + bias for the inputs marked in ctx_needs (3 flags)."""
+    # Grad mode is on inside backward only under create_graph=True: then the graph of the
+    # gradients is recorded through the Functions; otherwise the ops are called directly, which
+    # saves the per-call overhead of autograd.Function on small layers.
+    graph = torch.is_grad_enabled()
     grad_input = grad_weight = grad_bias = None
     if ctx_needs[0]:
-        grad_input = LinearFunction.apply(grad_z, weight.t(), None)
+        grad_input = (LinearFunction.apply if graph else _ops.linear)(grad_z, weight.t(), None)
     if ctx_needs[1]:
-        grad_weight = LinearFunction.apply(grad_z.t(), input.t(), None)
+        grad_weight = (LinearFunction.apply if graph else _ops.linear)(grad_z.t(), input.t(), None)
     if has_bias and ctx_needs[2]:
-        grad_bias = BiasGrad.apply(grad_z)
+        grad_bias = BiasGrad.apply(grad_z) if graph else _ops.linear_bias_grad(grad_z)
     return grad_input, grad_weight, grad_bias
 
 
@@ -123,7 +127,10 @@ class LinearReLUFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad
         if not any(needs):
             return None, None, None
-        grad_z, grad_bias = ReLUGrad.apply(grad_output, result)
+        if torch.is_grad_enabled():
+            grad_z, grad_bias = ReLUGrad.apply(grad_output, result)
+        else:
+            grad_z, grad_bias = _ops.linear_relu_grad(grad_output, result)
         grad_input, grad_weight, _ = _linear_backward((needs[0], needs[1], False), grad_z, input, weight, False)
         return grad_input, grad_weight, grad_bias if (ctx.has_bias and needs[2]) else None
 
