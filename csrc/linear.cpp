@@ -189,6 +189,52 @@ TORCHEXT_INLINE void micro_kernel(int64_t kc, const Acc* __restrict__ ap, int64_
       c1[r] += av * b1;
     }
   }
+  if (rows == MR && cols == NR) {
+    // Full tile: the epilogue stays in vector registers (a scalar one costs ~10% at kc = 256).
+    if (!first) {
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r) {
+        V p0, p1;
+        std::memcpy(&p0, partial + r * ldp, VB);
+        std::memcpy(&p1, partial + r * ldp + VL, VB);
+        c0[r] += p0;
+        c1[r] += p1;
+      }
+    }
+    if (!last) {
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r) {
+        std::memcpy(partial + r * ldp, &c0[r], VB);
+        std::memcpy(partial + r * ldp + VL, &c1[r], VB);
+      }
+      return;
+    }
+    alignas(64) Acc bias[NR];
+    for (int c = 0; c < NR; ++c) bias[c] = g.bias ? static_cast<Acc>(g.bias[(j0 + c) * g.sbias]) : Acc(0);
+    V b0, b1;
+    std::memcpy(&b0, bias, VB);
+    std::memcpy(&b1, bias + VL, VB);
+    const V zero = V{};
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      V v0 = c0[r] + b0, v1 = c1[r] + b1;
+      if (g.relu) {  // NaN compares false and passes through, as in torch.relu
+        v0 = v0 < zero ? zero : v0;
+        v1 = v1 < zero ? zero : v1;
+      }
+      T* out = g.c + (i0 + r) * g.ldc + j0;
+      if constexpr (std::is_same<T, Acc>::value) {
+        std::memcpy(out, &v0, VB);
+        std::memcpy(out + VL, &v1, VB);
+      } else {
+        alignas(64) Acc row[NR];
+        std::memcpy(row, &v0, VB);
+        std::memcpy(row + VL, &v1, VB);
+        for (int c = 0; c < NR; ++c) out[c] = static_cast<T>(row[c]);
+      }
+    }
+    return;
+  }
   alignas(64) Acc tile[MR * NR];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
