@@ -345,7 +345,7 @@ void run_gemm(const GemmProblem<T>& g) {
   const int64_t mr = tile.mr;
   const int64_t nr = 2 * tile.vb / static_cast<int64_t>(sizeof(Acc));
   Blocking bl;
-  bl.kc = 256;  // an MR x kc A panel (12 KiB) stays in L1; the kc x nc B block (256 KiB) in L2
+  bl.kc = 512;  // an MR x kc A panel (24 KiB) stays in L1; the kc x nc B block (512 KiB) in L2
   bl.mc = 96;   // multiple of both MR values
   bl.nc = 256;
   bl.mc = std::min<int64_t>(bl.mc, (g.M + mr - 1) / mr * mr);
