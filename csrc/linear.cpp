@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 
 #include "cpu/dispatch.h"
 #include "linear_checks.h"
@@ -60,6 +61,35 @@ struct Blocking {
   int64_t tiles_m, tiles_n;
 };
 
+constexpr int64_t kPackBlock = 16;  // k extent of one transpose block while packing
+
+// Transposes an 8 x 8 float block: rows src[r * ld .. + 8) for r < 8 become dst[k * ldd .. + 8).
+// Three rounds of pairwise shuffles (1-, 2-, 4-element interleaves) instead of 64 scalar moves.
+TORCHEXT_INLINE void transpose8x8(const float* src, int64_t ld, float* dst, int64_t ldd) {
+  typedef float v8 __attribute__((vector_size(32)));
+  typedef int i8 __attribute__((vector_size(32)));
+  v8 v[8], t[8], u[8];
+  for (int r = 0; r < 8; ++r) std::memcpy(&v[r], src + r * ld, 32);
+  const i8 lo1 = {0, 8, 1, 9, 4, 12, 5, 13}, hi1 = {2, 10, 3, 11, 6, 14, 7, 15};
+  const i8 lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
+  const i8 lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
+  for (int r = 0; r < 8; r += 2) {
+    t[r] = __builtin_shuffle(v[r], v[r + 1], lo1);
+    t[r + 1] = __builtin_shuffle(v[r], v[r + 1], hi1);
+  }
+  for (int h = 0; h < 8; h += 4) {
+    u[h] = __builtin_shuffle(t[h], t[h + 2], lo2);
+    u[h + 1] = __builtin_shuffle(t[h], t[h + 2], hi2);
+    u[h + 2] = __builtin_shuffle(t[h + 1], t[h + 3], lo2);
+    u[h + 3] = __builtin_shuffle(t[h + 1], t[h + 3], hi2);
+  }
+  for (int q = 0; q < 4; ++q) {
+    const v8 a = __builtin_shuffle(u[q], u[q + 4], lo4), b = __builtin_shuffle(u[q], u[q + 4], hi4);
+    std::memcpy(dst + q * ldd, &a, 32);
+    std::memcpy(dst + (q + 4) * ldd, &b, 32);
+  }
+}
+
 // Packs rows [i0, i0 + rows) x cols [k0, k0 + kc) of A into MR-row micro-panels: panel p holds,
 // for each k, MR consecutive values. Rows past the edge are zero so the micro-kernel needs no
 // row masking.
@@ -71,12 +101,15 @@ TORCHEXT_INLINE void pack_a(const GemmProblem<T>& g, int64_t i0, int64_t rows, i
     Acc* d = dst + p * kc;
     const T* src = g.a + (i0 + p) * g.sam + k0 * g.sak;
     if (g.sak == 1) {  // row-major A: read each row contiguously
-      for (int r = 0; r < MR; ++r) {
-        if (r < valid) {
-          const T* s = src + r * g.sam;
-          for (int64_t k = 0; k < kc; ++k) d[k * MR + r] = static_cast<Acc>(s[k]);
-        } else {
-          for (int64_t k = 0; k < kc; ++k) d[k * MR + r] = Acc(0);
+      for (int64_t kb = 0; kb < kc; kb += kPackBlock) {
+        const int64_t ke = std::min(kc, kb + kPackBlock);
+        for (int r = 0; r < MR; ++r) {
+          if (r < valid) {
+            const T* s = src + r * g.sam;
+            for (int64_t k = kb; k < ke; ++k) d[k * MR + r] = static_cast<Acc>(s[k]);
+          } else {
+            for (int64_t k = kb; k < ke; ++k) d[k * MR + r] = Acc(0);
+          }
         }
       }
     } else {  // column-major or general A: walk k outside so the inner reads stride by sam
@@ -97,12 +130,26 @@ TORCHEXT_INLINE void pack_b(const GemmProblem<T>& g, int64_t j0, int64_t cols, i
     Acc* d = dst + p * kc;
     const T* src = g.b + (j0 + p) * g.sbn + k0 * g.sbk;
     if (g.sbk == 1 && g.sbn != 1) {  // weight row-major [N, K]: each output column is contiguous in k
-      for (int c = 0; c < NR; ++c) {
-        if (c < valid) {
-          const T* s = src + c * g.sbn;
-          for (int64_t k = 0; k < kc; ++k) d[k * NR + c] = static_cast<Acc>(s[k]);
-        } else {
-          for (int64_t k = 0; k < kc; ++k) d[k * NR + c] = Acc(0);
+      // A transpose: walk k in short blocks so the NR-strided writes stay within a few KiB of L1.
+      int64_t k_done = 0;
+      if constexpr (std::is_same<T, float>::value) {
+        const int64_t full_cols = valid / 8 * 8;
+        k_done = kc / 8 * 8;
+        for (int64_t kb = 0; kb < k_done; kb += 8) {
+          for (int64_t c = 0; c < full_cols; c += 8) transpose8x8(src + c * g.sbn + kb, g.sbn, d + kb * NR + c, NR);
+          for (int64_t c = full_cols; c < NR; ++c)
+            for (int64_t k = kb; k < kb + 8; ++k) d[k * NR + c] = c < valid ? src[c * g.sbn + k] : Acc(0);
+        }
+      }
+      for (int64_t kb = k_done; kb < kc; kb += kPackBlock) {
+        const int64_t ke = std::min(kc, kb + kPackBlock);
+        for (int c = 0; c < NR; ++c) {
+          if (c < valid) {
+            const T* s = src + c * g.sbn;
+            for (int64_t k = kb; k < ke; ++k) d[k * NR + c] = static_cast<Acc>(s[k]);
+          } else {
+            for (int64_t k = kb; k < ke; ++k) d[k * NR + c] = Acc(0);
+          }
         }
       }
     } else {  // weight given as a transposed view (backward): NR consecutive values per k
@@ -117,8 +164,9 @@ TORCHEXT_INLINE void pack_b(const GemmProblem<T>& g, int64_t j0, int64_t cols, i
 // MR x (2 vectors) register tile over kc steps of packed panels. `partial` (ld = ldp) holds the sum
 // over earlier kc slices when !first; the tile is written back there unless this is the last slice,
 // in which case bias and ReLU are applied and the valid part goes to C in T.
-template <typename T, typename Acc, int VB, int MR>
-TORCHEXT_INLINE void micro_kernel(int64_t kc, const Acc* __restrict__ ap, const Acc* __restrict__ bp,
+// kDirectA: `ap` is the caller's row-major A itself (row stride lda), read without packing.
+template <typename T, typename Acc, int VB, int MR, bool kDirectA>
+TORCHEXT_INLINE void micro_kernel(int64_t kc, const Acc* __restrict__ ap, int64_t lda, const Acc* __restrict__ bp,
                                   Acc* __restrict__ partial, int64_t ldp, bool first, bool last,
                                   const GemmProblem<T>& g, int64_t i0, int64_t j0, int64_t rows, int64_t cols) {
   using V = typename VecOf<Acc, VB>::type;
@@ -134,13 +182,58 @@ TORCHEXT_INLINE void micro_kernel(int64_t kc, const Acc* __restrict__ ap, const 
     V b0, b1;
     std::memcpy(&b0, bp + k * NR, VB);
     std::memcpy(&b1, bp + k * NR + VL, VB);
-    const Acc* a = ap + k * MR;
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      const Acc av = a[r];
+      const Acc av = kDirectA ? ap[r * lda + k] : ap[k * MR + r];
       c0[r] += av * b0;
       c1[r] += av * b1;
     }
+  }
+  if (rows == MR && cols == NR) {
+    // Full tile: the epilogue stays in vector registers (a scalar one costs ~10% at kc = 256).
+    if (!first) {
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r) {
+        V p0, p1;
+        std::memcpy(&p0, partial + r * ldp, VB);
+        std::memcpy(&p1, partial + r * ldp + VL, VB);
+        c0[r] += p0;
+        c1[r] += p1;
+      }
+    }
+    if (!last) {
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r) {
+        std::memcpy(partial + r * ldp, &c0[r], VB);
+        std::memcpy(partial + r * ldp + VL, &c1[r], VB);
+      }
+      return;
+    }
+    alignas(64) Acc bias[NR];
+    for (int c = 0; c < NR; ++c) bias[c] = g.bias ? static_cast<Acc>(g.bias[(j0 + c) * g.sbias]) : Acc(0);
+    V b0, b1;
+    std::memcpy(&b0, bias, VB);
+    std::memcpy(&b1, bias + VL, VB);
+    const V zero = V{};
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      V v0 = c0[r] + b0, v1 = c1[r] + b1;
+      if (g.relu) {  // NaN compares false and passes through, as in torch.relu
+        v0 = v0 < zero ? zero : v0;
+        v1 = v1 < zero ? zero : v1;
+      }
+      T* out = g.c + (i0 + r) * g.ldc + j0;
+      if constexpr (std::is_same<T, Acc>::value) {
+        std::memcpy(out, &v0, VB);
+        std::memcpy(out + VL, &v1, VB);
+      } else {
+        alignas(64) Acc row[NR];
+        std::memcpy(row, &v0, VB);
+        std::memcpy(row + VL, &v1, VB);
+        for (int c = 0; c < NR; ++c) out[c] = static_cast<T>(row[c]);
+      }
+    }
+    return;
   }
   alignas(64) Acc tile[MR * NR];
 #pragma GCC unroll 16
@@ -184,17 +277,30 @@ TORCHEXT_INLINE void gemm_tasks_impl(const GemmProblem<T>* gp, const Blocking* b
     const int64_t j0 = (t % bl.tiles_n) * bl.nc;
     const int64_t rows = std::min(bl.mc, g.M - i0);
     const int64_t cols = std::min(bl.nc, g.N - j0);
+    // A row-major float/double input needs no packing: the micro-kernel broadcasts straight from
+    // its MR rows (MR unit-stride streams the prefetcher follows). Only a ragged last panel is
+    // packed, for its zero padding.
+    const int64_t direct_rows = std::is_same<T, Acc>::value && g.sak == 1 ? rows / MR * MR : 0;
     for (int64_t k0 = 0; k0 < g.K; k0 += bl.kc) {
       const int64_t kc = std::min(bl.kc, g.K - k0);
       const bool first = k0 == 0;
       const bool last = k0 + kc >= g.K;
-      pack_a<T, Acc, MR>(g, i0, rows, k0, kc, pa);
+      if (rows > direct_rows) pack_a<T, Acc, MR>(g, i0 + direct_rows, rows - direct_rows, k0, kc, pa);
       pack_b<T, Acc, NR>(g, j0, cols, k0, kc, pb);
       for (int64_t ir = 0; ir < rows; ir += MR) {
+        const int64_t mr = std::min<int64_t>(MR, rows - ir);
         for (int64_t jr = 0; jr < cols; jr += NR) {
-          micro_kernel<T, Acc, VB, MR>(kc, pa + ir * kc, pb + jr * kc, pc + ir * bl.nc + jr, bl.nc, first, last, g,
-                                       i0 + ir, j0 + jr, std::min<int64_t>(MR, rows - ir),
-                                       std::min<int64_t>(NR, cols - jr));
+          const int64_t nr = std::min<int64_t>(NR, cols - jr);
+          Acc* part = pc + ir * bl.nc + jr;
+          if constexpr (std::is_same<T, Acc>::value) {
+            if (ir < direct_rows) {
+              micro_kernel<T, Acc, VB, MR, true>(kc, g.a + (i0 + ir) * g.sam + k0, g.sam, pb + jr * kc, part, bl.nc,
+                                                 first, last, g, i0 + ir, j0 + jr, mr, nr);
+              continue;
+            }
+          }
+          micro_kernel<T, Acc, VB, MR, false>(kc, pa + (ir - direct_rows) * kc, MR, pb + jr * kc, part, bl.nc,
+                                              first, last, g, i0 + ir, j0 + jr, mr, nr);
         }
       }
     }
@@ -239,7 +345,7 @@ void run_gemm(const GemmProblem<T>& g) {
   const int64_t mr = tile.mr;
   const int64_t nr = 2 * tile.vb / static_cast<int64_t>(sizeof(Acc));
   Blocking bl;
-  bl.kc = 256;  // an MR x kc A panel (12 KiB) stays in L1; the kc x nc B block (256 KiB) in L2
+  bl.kc = 512;  // an MR x kc A panel (24 KiB) stays in L1; the kc x nc B block (512 KiB) in L2
   bl.mc = 96;   // multiple of both MR values
   bl.nc = 256;
   bl.mc = std::min<int64_t>(bl.mc, (g.M + mr - 1) / mr * mr);

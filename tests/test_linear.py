@@ -167,18 +167,32 @@ def test_only_requested_grads_are_computed(relu, device):
     x.requires_grad_()
     _ours_fn(relu)(x, w2, b).sum().backward()
     assert x.grad is not None and w2.grad is None
-    # Only the weight's backward GEMM runs when only the weight needs a gradient.
-    calls = []
-    real = torchext._ops.linear.LinearFunction.apply
-    try:
-        torchext._ops.linear.LinearFunction.apply = lambda *a: calls.append(a) or real(*a)
-        w3 = w.detach().requires_grad_()
-        y = _ours_fn(relu)(x.detach(), w3, b)
-        calls.clear()
-        y.sum().backward()
-    finally:
-        torchext._ops.linear.LinearFunction.apply = real
-    assert len(calls) == 1 and calls[0][0].shape == (3, 8)  # dW = linear(dY.t(), X.t())
+    # Only the weight's backward GEMM runs when only the weight needs a gradient, with or
+    # without a graph of the gradient being recorded.
+    for create_graph in (False, True):
+        calls = []
+        module = torchext._ops.linear
+        real_fn, real_ops = module.LinearFunction.apply, module._ops
+
+        class CountingOps:
+            def __getattr__(self, name):
+                op = getattr(real_ops, name)
+                return (lambda *a: calls.append(a) or op(*a)) if name == "linear" else op
+
+        try:
+            module.LinearFunction.apply = lambda *a: calls.append(a) or real_fn(*a)
+            module._ops = CountingOps()
+            w3 = w.detach().requires_grad_()
+            y = _ours_fn(relu)(x.detach(), w3, b)
+            calls.clear()
+            torch.autograd.grad(y.sum(), w3, create_graph=create_graph)
+        finally:
+            module.LinearFunction.apply = real_fn
+            module._ops = real_ops
+        # dW = linear(dY.t(), X.t()): counted once (the Function calls the op, which also counts
+        # when it runs eagerly inside the Function's forward).
+        shapes = {tuple(c[0].shape) for c in calls}
+        assert shapes == {(3, 8)}, shapes
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -315,3 +329,37 @@ def test_ops_pass_opcheck(op):
 def test_ops_are_registered_in_one_namespace():
     for name in ["linear", "linear_relu", "linear_bias_grad", "linear_relu_grad"]:
         assert hasattr(torch.ops.torchext, name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "linear_relu"])
+def test_cuda_float32_uses_tf32_only_when_allowed(relu):
+    x, w, b = _inputs(129, 1000, 70, torch.float64, "cuda")
+    ref = _torch_fn(relu)(x, w, b)
+    x, w, b = x.float(), w.float(), b.float()
+    saved = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        exact = _ours_fn(relu)(x, w, b)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        fast = _ours_fn(relu)(x, w, b)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    torch.testing.assert_close(exact.double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.double(), ref, rtol=1e-2, atol=1e-2)  # TF32 keeps 10 mantissa bits
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_cuda_large_ragged_shape(dtype):
+    # Several 64 x 64 tiles in each direction, none of M, N, K a multiple of the tile sizes.
+    x, w, b = _inputs(1000, 1023, 333, dtype, "cuda")
+    _compare_forward_backward(x, w, b, True, dtype)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_cuda_runs_on_the_inputs_device():
+    x, w, b = _inputs(33, 17, 9, torch.float32, "cuda:1")
+    y = F.linear(x, w, b)
+    assert y.device == x.device
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, w, b), rtol=1e-4, atol=1e-4)

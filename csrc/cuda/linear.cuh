@@ -7,8 +7,14 @@
 
 #include <cstdint>
 
+#include "cuda/vectorized.cuh"
+
 namespace torchext {
 namespace cuda {
+
+__device__ __forceinline__ bool aligned16_device(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
 
 // out[M, N] = A[M, K] @ B[N, K]^T (+ bias) (ReLU). A and B are read through their strides, so the
 // transposed views the backward pass produces (W.t(), dY.t(), X.t()) need no copy; the tile
@@ -28,11 +34,33 @@ struct LinearProblem {
 
 // Fills a ROWS x COLS tile (rows index M or N, cols index K) of a strided operand with zero
 // padding outside [0, nrows) x [0, K); stored as smem[r * LD + k]. Global reads coalesce along k
-// when that stride is 1 and along rows otherwise.
+// when that stride is 1 (16-byte vector loads when rows are 16-byte aligned) and along rows
+// otherwise.
 template <typename T, int ROWS, int COLS, int LD, int THREADS>
 __device__ __forceinline__ void load_tile(T* smem, const T* base, int64_t s_row, int64_t s_k, int64_t row0,
                                           int64_t nrows, int64_t k0, int64_t K) {
+  constexpr int V = Vec16<T>::kSize;
+  static_assert(COLS % V == 0, "a tile row must hold whole 16-byte vectors");
   const bool k_fast = s_k == 1;
+  if (k_fast && aligned16_device(base) && s_row % V == 0) {
+    // k0 is a multiple of COLS, so every vector starts 16-byte aligned.
+#pragma unroll 2
+    for (int idx = threadIdx.x; idx < ROWS * COLS / V; idx += THREADS) {
+      const int r = idx / (COLS / V);
+      const int k = (idx % (COLS / V)) * V;
+      const int64_t gr = row0 + r, gk = k0 + k;
+      T* dst = smem + r * LD + k;
+      if (gr < nrows && gk + V <= K) {
+        const Vec16<T> v = load16(base + gr * s_row + gk);
+#pragma unroll
+        for (int e = 0; e < V; ++e) dst[e] = v.v[e];
+      } else {
+#pragma unroll
+        for (int e = 0; e < V; ++e) dst[e] = (gr < nrows && gk + e < K) ? base[gr * s_row + gk + e] : T(0);
+      }
+    }
+    return;
+  }
 #pragma unroll 4
   for (int idx = threadIdx.x; idx < ROWS * COLS; idx += THREADS) {
     const int r = k_fast ? idx / COLS : idx % ROWS;

@@ -60,13 +60,17 @@ class BiasGrad(torch.autograd.Function):
 
 def _linear_backward(ctx_needs, grad_z, input, weight, has_bias):
     """Gradients of z = input @ weight.T + bias for the inputs marked in ctx_needs (3 flags)."""
+    # Grad mode is on inside backward only under create_graph=True: then the graph of the
+    # gradients is recorded through the Functions; otherwise the ops are called directly, which
+    # saves the per-call overhead of autograd.Function on small layers.
+    graph = torch.is_grad_enabled()
     grad_input = grad_weight = grad_bias = None
     if ctx_needs[0]:
-        grad_input = LinearFunction.apply(grad_z, weight.t(), None)
+        grad_input = (LinearFunction.apply if graph else _ops.linear)(grad_z, weight.t(), None)
     if ctx_needs[1]:
-        grad_weight = LinearFunction.apply(grad_z.t(), input.t(), None)
+        grad_weight = (LinearFunction.apply if graph else _ops.linear)(grad_z.t(), input.t(), None)
     if has_bias and ctx_needs[2]:
-        grad_bias = BiasGrad.apply(grad_z)
+        grad_bias = BiasGrad.apply(grad_z) if graph else _ops.linear_bias_grad(grad_z)
     return grad_input, grad_weight, grad_bias
 
 
@@ -124,7 +128,10 @@ class LinearReLUFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad
         if not any(needs):
             return None, None, None
-        grad_z, grad_bias = ReLUGrad.apply(grad_output, result)
+        if torch.is_grad_enabled():
+            grad_z, grad_bias = ReLUGrad.apply(grad_output, result)
+        else:
+            grad_z, grad_bias = _ops.linear_relu_grad(grad_output, result)
         grad_input, grad_weight, _ = _linear_backward((needs[0], needs[1], False), grad_z, input, weight, False)
         return grad_input, grad_weight, grad_bias if (ctx.has_bias and needs[2]) else None
 
@@ -135,6 +142,10 @@ def _check_args(name, input, weight, bias):
             raise TypeError("%s(): argument '%s' must be Tensor, not %s" % (name, arg, type(value).__name__))
     if bias is not None and not isinstance(bias, torch.Tensor):
         raise TypeError("%s(): argument 'bias' must be Tensor, not %s" % (name, type(bias).__name__))
+    for arg, value in (("input", input), ("weight", weight), ("bias", bias)):
+        if value is not None and value.layout != torch.strided:
+            raise NotImplementedError("%s(): expected '%s' to be a dense (strided) tensor, but got layout %s"
+                                      % (name, arg, value.layout))
     if input.dim() == 0 or weight.dim() == 0:
         raise RuntimeError("%s(): both arguments to linear need to be at least 1D, but they are %dD and %dD"
                            % (name, input.dim(), weight.dim()))
@@ -149,6 +160,8 @@ def _check_args(name, input, weight, bias):
 def _apply(fn, name, input, weight, bias):
     _check_args(name, input, weight, bias)
     input, weight, bias = autocast_inputs("lower", input, weight, bias)  # as torch.autocast treats aten::linear
+    if input.dim() == 2:  # the common case, without the reshapes (they cost microseconds)
+        return fn.apply(input, weight, bias)
     # Any leading dims are flattened into the batch ([..., in] -> [B, in]) and restored after;
     # a 1-D input [in] is a batch of one whose output is [out], as in torch.
     lead = input.shape[:-1]
