@@ -69,10 +69,12 @@ def main():
             numel = sum(torch.Size(s).numel() for s in shapes)
             for name in ("Adam", "SGD"):
                 kw = KWARGS[name]
-                ours = time_step(getattr(torchext.optim, name), kw, shapes, device)
-                gbps = BYTES_PER_PARAM[name] * numel / (ours.median_ms * 1e-3) / 1e9
                 for mode, extra in TORCH_MODES:
+                    # Timed back to back with each torch variant, so a shared machine's load drift
+                    # does not favour either side.
+                    ours = time_step(getattr(torchext.optim, name), kw, shapes, device)
                     ref = time_step(getattr(torch.optim, name), dict(kw, **extra), shapes, device)
+                    gbps = BYTES_PER_PARAM[name] * numel / (ours.median_ms * 1e-3) / 1e9
                     rows.append(row(name, device, torch.float32, label, "vs torch " + mode, ref, ours,
                                     pct_ceiling=100 * gbps / bw, ceiling="copy BW"))
     report(rows, "torchext.optim step vs torch.optim (ms per step)", args.json)
