@@ -136,9 +136,6 @@ class FusedOptimizer(Optimizer):
             out.append(g)
         return out
 
-    def zero_grad(self, set_to_none=True):
-        super().zero_grad(set_to_none=set_to_none)
-
     # ---------------------------------------------------------------- state_dict
     def state_dict(self):
         sd = super().state_dict()
