@@ -136,6 +136,10 @@ class FusedOptimizer(Optimizer):
             out.append(g)
         return out
 
+    def __repr__(self):
+        # torch's printout, without our one extra group key while it is at its default.
+        return super().__repr__().replace("    master_weights: False\n", "")
+
     # ---------------------------------------------------------------- state_dict
     def state_dict(self):
         sd = super().state_dict()

@@ -1,0 +1,275 @@
+// MSE loss on CPU. Memory bound, 3 FLOPs per element (sub, mul, add). Elements moved per element
+// of input: mse_loss reads 2 (input, target) and writes 0 (mean/sum) or 1 (none); mse_loss_forward
+// also writes diff, so 3 (mean/sum) or 4 (none); mse_loss_backward reads diff (and grad_output for
+// none) and writes grad_input: 2 (mean/sum) or 3 (none).
+//
+// Reductions are split into fixed-size chunks whose partial sums are added in chunk order, so the
+// result depends on neither the thread count nor the scheduling. Each chunk keeps kLanes
+// independent accumulators (which the compiler maps onto SIMD registers) in double for float64
+// and float32, and in float for the half types.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "checks.h"
+#include "cpu/dispatch.h"
+
+namespace torchext {
+namespace {
+
+// Arithmetic type of the elementwise math (float32 keeps torch's rounding of input - target) and
+// accumulator type of the sums.
+template <typename T>
+using compute_t = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
+template <typename T>
+using acc_t = typename std::conditional<std::is_same<T, double>::value || std::is_same<T, float>::value,
+                                        double, float>::type;
+
+constexpr int kLanes = 16;
+
+template <typename A>
+TORCHEXT_INLINE A fold_lanes(A* acc) {
+  for (int w = kLanes / 2; w > 0; w /= 2) {
+    for (int k = 0; k < w; ++k) acc[k] += acc[k + w];
+  }
+  return acc[0];
+}
+
+// sum((x - t)^2) over n elements.
+template <typename T>
+TORCHEXT_INLINE void sq_diff_sum_impl(const T* __restrict__ x, const T* __restrict__ t, int64_t n,
+                                      acc_t<T>* __restrict__ out) {
+  using C = compute_t<T>;
+  using A = acc_t<T>;
+  A acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int k = 0; k < kLanes; ++k) {
+      const A d = static_cast<C>(x[i + k]) - static_cast<C>(t[i + k]);
+      acc[k] += d * d;
+    }
+  }
+  for (int k = 0; i < n; ++i, ++k) {
+    const A d = static_cast<C>(x[i]) - static_cast<C>(t[i]);
+    acc[k] += d * d;
+  }
+  *out = fold_lanes(acc);
+}
+TORCHEXT_CPU_DISPATCH(sq_diff_sum_kernel, sq_diff_sum_impl)
+
+// Same sum, also writing diff = x - t for the backward in the same pass.
+template <typename T>
+TORCHEXT_INLINE void sq_diff_sum_save_impl(const T* __restrict__ x, const T* __restrict__ t, T* __restrict__ diff,
+                                           int64_t n, acc_t<T>* __restrict__ out) {
+  using C = compute_t<T>;
+  using A = acc_t<T>;
+  A acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int k = 0; k < kLanes; ++k) {
+      const C d = static_cast<C>(x[i + k]) - static_cast<C>(t[i + k]);
+      diff[i + k] = static_cast<T>(d);
+      acc[k] += static_cast<A>(d) * static_cast<A>(d);
+    }
+  }
+  for (int k = 0; i < n; ++i, ++k) {
+    const C d = static_cast<C>(x[i]) - static_cast<C>(t[i]);
+    diff[i] = static_cast<T>(d);
+    acc[k] += static_cast<A>(d) * static_cast<A>(d);
+  }
+  *out = fold_lanes(acc);
+}
+TORCHEXT_CPU_DISPATCH(sq_diff_sum_save_kernel, sq_diff_sum_save_impl)
+
+// loss = (x - t)^2 elementwise; diff may be null (loss only).
+template <typename T>
+TORCHEXT_INLINE void sq_diff_impl(const T* __restrict__ x, const T* __restrict__ t, T* __restrict__ loss,
+                                  T* __restrict__ diff, int64_t n) {
+  using C = compute_t<T>;
+  if (diff == nullptr) {
+    for (int64_t i = 0; i < n; ++i) {
+      const C d = static_cast<C>(x[i]) - static_cast<C>(t[i]);
+      loss[i] = static_cast<T>(d * d);
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const C d = static_cast<C>(x[i]) - static_cast<C>(t[i]);
+      diff[i] = static_cast<T>(d);
+      loss[i] = static_cast<T>(d * d);
+    }
+  }
+}
+TORCHEXT_CPU_DISPATCH(sq_diff_kernel, sq_diff_impl)
+
+// grad_input = scale * diff (mean/sum: scale = 2 * grad_output [/ numel]).
+template <typename T>
+TORCHEXT_INLINE void scale_impl(const T* __restrict__ diff, T* __restrict__ out, int64_t n, compute_t<T> scale) {
+  using C = compute_t<T>;
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(scale * static_cast<C>(diff[i]));
+}
+TORCHEXT_CPU_DISPATCH(scale_kernel, scale_impl)
+
+// grad_input = 2 * diff * grad_output elementwise (reduction none).
+template <typename T>
+TORCHEXT_INLINE void scale_mul_impl(const T* __restrict__ g, const T* __restrict__ diff, T* __restrict__ out,
+                                    int64_t n) {
+  using C = compute_t<T>;
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = static_cast<T>(C(2) * static_cast<C>(diff[i]) * static_cast<C>(g[i]));
+  }
+}
+TORCHEXT_CPU_DISPATCH(scale_mul_kernel, scale_mul_impl)
+
+constexpr int64_t kGrain = 1 << 15;       // elementwise work per task
+constexpr int64_t kChunk = 1 << 13;       // elements per partial sum (fixed: makes sums reproducible)
+constexpr int64_t kChunksPerTask = 4;     // so small reductions stay on the calling thread
+
+void check_reduction(const char* op, int64_t reduction) {
+  TORCH_CHECK_VALUE(reduction >= 0 && reduction <= 2, "torchext.", op,
+                    ": expected 'reduction' to be 0 (none), 1 (mean) or 2 (sum), but got ", reduction);
+}
+
+void check_pair(const char* op, const char* name_a, const at::Tensor& a, const char* name_b, const at::Tensor& b) {
+  check_floating(op, name_a, a);
+  check_floating(op, name_b, b);
+  check_same_shape_dtype(op, name_a, a, name_b, b);
+}
+
+// Both operands in one shared dense layout: kept as they are when they already are (so a
+// reduction='none' output keeps e.g. a transposed input's strides, like torch), else contiguous.
+std::pair<at::Tensor, at::Tensor> common_layout(const at::Tensor& a, const at::Tensor& b) {
+  if (a.is_non_overlapping_and_dense() && b.is_non_overlapping_and_dense() && a.strides() == b.strides()) {
+    return {a, b};
+  }
+  return {a.contiguous(), b.contiguous()};
+}
+
+// Deterministic sum of (x - t)^2, optionally writing diff.
+template <typename T>
+double reduce_sq_diff(const T* x, const T* t, T* diff, int64_t n) {
+  using A = acc_t<T>;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<A> partial(static_cast<size_t>(chunks));
+  at::parallel_for(0, chunks, kChunksPerTask, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t begin = c * kChunk;
+      const int64_t len = std::min(kChunk, n - begin);
+      if (diff == nullptr) {
+        sq_diff_sum_kernel<T>(x + begin, t + begin, len, &partial[c]);
+      } else {
+        sq_diff_sum_save_kernel<T>(x + begin, t + begin, diff + begin, len, &partial[c]);
+      }
+    }
+  });
+  double total = 0.0;
+  for (const A p : partial) total += static_cast<double>(p);
+  return total;
+}
+
+// The shared body of mse_loss and mse_loss_forward; diff_out is undefined for loss only.
+at::Tensor mse_impl(const char* op, const at::Tensor& input, const at::Tensor& target, int64_t reduction,
+                    at::Tensor* diff_out) {
+  check_pair(op, "input", input, "target", target);
+  check_reduction(op, reduction);
+  const auto xt = common_layout(input, target);
+  const at::Tensor& x = xt.first;
+  const at::Tensor& t = xt.second;
+  const int64_t n = x.numel();
+  at::Tensor diff;
+  if (diff_out != nullptr) {
+    diff = at::empty_like(x);
+    *diff_out = diff;
+  }
+  at::Tensor loss = reduction == 0 ? at::empty_like(x) : at::empty({}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "torchext::mse_loss", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* tp = t.const_data_ptr<scalar_t>();
+    scalar_t* dp = diff.defined() ? diff.mutable_data_ptr<scalar_t>() : nullptr;
+    if (reduction == 0) {
+      scalar_t* lp = loss.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+        sq_diff_kernel<scalar_t>(xp + begin, tp + begin, lp + begin, dp ? dp + begin : nullptr, end - begin);
+      });
+    } else {
+      const double total = reduce_sq_diff<scalar_t>(xp, tp, dp, n);
+      // mean of an empty tensor is 0/0 = nan, as in torch.
+      const double value = reduction == 1 ? total / static_cast<double>(n) : total;
+      *loss.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(value);
+    }
+  });
+  return loss;
+}
+
+at::Tensor mse_loss_cpu(const at::Tensor& input, const at::Tensor& target, int64_t reduction) {
+  return mse_impl("mse_loss", input, target, reduction, nullptr);
+}
+
+std::tuple<at::Tensor, at::Tensor> mse_loss_forward_cpu(const at::Tensor& input, const at::Tensor& target,
+                                                        int64_t reduction) {
+  at::Tensor diff;
+  at::Tensor loss = mse_impl("mse_loss_forward", input, target, reduction, &diff);
+  return {loss, diff};
+}
+
+at::Tensor mse_loss_backward_cpu(const at::Tensor& grad_output, const at::Tensor& diff, int64_t reduction) {
+  const char* op = "mse_loss_backward";
+  check_reduction(op, reduction);
+  check_floating(op, "diff", diff);
+  check_floating(op, "grad_output", grad_output);
+  if (reduction == 0) {
+    check_same_shape_dtype(op, "diff", diff, "grad_output", grad_output);
+  } else {
+    TORCH_CHECK_TYPE(grad_output.scalar_type() == diff.scalar_type(), "torchext.", op,
+                     ": expected 'grad_output' to have dtype ", diff.scalar_type(), " like 'diff', but got ",
+                     grad_output.scalar_type());
+    TORCH_CHECK(grad_output.dim() == 0, "torchext.", op,
+                ": expected 'grad_output' to be 0-dimensional for reduction mean/sum, but got shape ",
+                grad_output.sizes());
+    TORCH_CHECK(grad_output.device() == diff.device(), "torchext.", op, ": expected 'grad_output' on ",
+                diff.device(), " like 'diff', but got ", grad_output.device());
+  }
+  const int64_t n = diff.numel();
+  if (reduction == 0) {
+    const auto gd = common_layout(grad_output, diff);
+    const at::Tensor& g = gd.first;
+    const at::Tensor& d = gd.second;
+    at::Tensor out = at::empty_like(d);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(), "torchext::mse_loss_backward", [&] {
+      const scalar_t* gp = g.const_data_ptr<scalar_t>();
+      const scalar_t* dp = d.const_data_ptr<scalar_t>();
+      scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+        scale_mul_kernel<scalar_t>(gp + begin, dp + begin, op_ + begin, end - begin);
+      });
+    });
+    return out;
+  }
+  const at::Tensor d = diff.is_non_overlapping_and_dense() ? diff : diff.contiguous();
+  at::Tensor out = at::empty_like(d);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(), "torchext::mse_loss_backward", [&] {
+    using C = compute_t<scalar_t>;
+    const double g = static_cast<double>(*grad_output.const_data_ptr<scalar_t>());
+    const double norm = reduction == 1 ? 2.0 / static_cast<double>(n) : 2.0;
+    const C scale = static_cast<C>(norm * g);
+    const scalar_t* dp = d.const_data_ptr<scalar_t>();
+    scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+      scale_kernel<scalar_t>(dp + begin, op_ + begin, end - begin, scale);
+    });
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace torchext
+
+TORCH_LIBRARY_IMPL(torchext, CPU, m) {
+  m.impl("mse_loss", &torchext::mse_loss_cpu);
+  m.impl("mse_loss_forward", &torchext::mse_loss_forward_cpu);
+  m.impl("mse_loss_backward", &torchext::mse_loss_backward_cpu);
+}

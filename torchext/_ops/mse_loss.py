@@ -1,0 +1,150 @@
+"""MSE loss: fake kernels and autograd wrappers around torch.ops.torchext.mse_loss*."""
+import warnings
+
+import torch
+from torch.nn import _reduction as _Reduction
+
+from ._util import is_non_overlapping_and_dense
+
+_ops = torch.ops.torchext
+
+_NONE, _MEAN, _SUM = 0, 1, 2
+
+
+def _same_shape(op, name_a, a, name_b, b):
+    torch._check(a.shape == b.shape,
+                 lambda: "torchext.%s: expected '%s' to have shape %s like '%s', but got %s"
+                 % (op, name_b, tuple(a.shape), name_a, tuple(b.shape)))
+
+
+def _like_common_layout(a, b):
+    # Mirrors the kernels: operands sharing one dense layout keep it, anything else is contiguous.
+    if is_non_overlapping_and_dense(a) and is_non_overlapping_and_dense(b) and a.stride() == b.stride():
+        return torch.empty_like(a)
+    return torch.empty_like(a, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("torchext::mse_loss")
+def _mse_loss_fake(input, target, reduction):
+    _same_shape("mse_loss", "input", input, "target", target)
+    if reduction == _NONE:
+        return _like_common_layout(input, target)
+    return input.new_empty(())
+
+
+@torch.library.register_fake("torchext::mse_loss_forward")
+def _mse_loss_forward_fake(input, target, reduction):
+    _same_shape("mse_loss_forward", "input", input, "target", target)
+    diff = _like_common_layout(input, target)
+    loss = _like_common_layout(input, target) if reduction == _NONE else input.new_empty(())
+    return loss, diff
+
+
+@torch.library.register_fake("torchext::mse_loss_backward")
+def _mse_loss_backward_fake(grad_output, diff, reduction):
+    if reduction == _NONE:
+        _same_shape("mse_loss_backward", "diff", diff, "grad_output", grad_output)
+        return _like_common_layout(grad_output, diff)
+    if is_non_overlapping_and_dense(diff):
+        return torch.empty_like(diff)
+    return torch.empty_like(diff, memory_format=torch.contiguous_format)
+
+
+class MSELossBackward(torch.autograd.Function):
+    """grad_input = norm * diff * grad_output with norm = 2 (/ numel for mean), grad_output a scalar
+    for mean/sum. Bilinear in (grad_output, diff), so both of its gradients are again
+    mse_loss_backward calls (plus a sum for the scalar grad_output): any order of derivative works."""
+
+    @staticmethod
+    def forward(ctx, grad_output, diff, reduction):
+        ctx.reduction = reduction
+        ctx.save_for_backward(grad_output, diff)
+        return _ops.mse_loss_backward(grad_output, diff, reduction)
+
+    @staticmethod
+    def backward(ctx, grad_grad):
+        grad_output, diff = ctx.saved_tensors
+        reduction = ctx.reduction
+        d_grad_output = d_diff = None
+        if ctx.needs_input_grad[0]:
+            d_grad_output = MSELossBackward.apply(grad_grad, diff, _NONE)  # 2 * diff * grad_grad
+            if reduction != _NONE:
+                d_grad_output = d_grad_output.sum()
+                if reduction == _MEAN:
+                    d_grad_output = d_grad_output / diff.numel()
+        if ctx.needs_input_grad[1]:
+            d_diff = MSELossBackward.apply(grad_output, grad_grad, reduction)
+        return d_grad_output, d_diff, None
+
+
+class MSELossFunction(torch.autograd.Function):
+    """loss = reduce((input - target)^2). diff = input - target comes out of the same pass and is a
+    (differentiable) output too: saving it as an output keeps its link to input and target, which
+    the double backward needs."""
+
+    @staticmethod
+    def forward(ctx, input, target, reduction):
+        loss, diff = _ops.mse_loss_forward(input, target, reduction)
+        ctx.reduction = reduction
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(diff)
+        return loss, diff
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_diff):
+        (diff,) = ctx.saved_tensors
+        grad = None
+        if grad_loss is not None:
+            grad = MSELossBackward.apply(grad_loss, diff, ctx.reduction)
+        if grad_diff is not None:
+            grad = grad_diff if grad is None else grad + grad_diff
+        if grad is None:
+            return None, None, None
+        grad_input = grad if ctx.needs_input_grad[0] else None
+        grad_target = -grad if ctx.needs_input_grad[1] else None
+        return grad_input, grad_target, None
+
+
+def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
+    """Drop-in for torch.nn.functional.mse_loss (same arguments, warnings, errors and results)."""
+    for name, value in (("input", input), ("target", target)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError("mse_loss(): argument '%s' must be Tensor, not %s" % (name, type(value).__name__))
+    if target.size() != input.size():
+        warnings.warn(
+            f"Using a target size ({target.size()}) that is different to the input size ({input.size()}). "
+            "This will likely lead to incorrect results due to broadcasting. "
+            "Please ensure they have the same size.",
+            stacklevel=2,
+        )
+    if size_average is not None or reduce is not None:
+        reduction = _Reduction.legacy_get_string(size_average, reduce)
+    reduction_enum = _Reduction.get_enum(reduction)  # ValueError "<x> is not a valid value for reduction"
+
+    # torch promotes mixed dtypes (float32 with float64 -> float64, int with float -> float) and
+    # refuses integer, bool and complex results with NotImplementedError.
+    dtype = torch.result_type(input, target)
+    if dtype not in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+        raise NotImplementedError(
+            "torchext.mse_loss: 'input' (%s) and 'target' (%s) promote to %s, which is not supported; "
+            "expected float64, float32, float16 or bfloat16" % (input.dtype, target.dtype, dtype))
+    # Differentiable conversions: autograd casts the gradients back and sums them over broadcast dims.
+    input = input.to(dtype)
+    target = target.to(dtype)
+    if input.shape != target.shape:
+        input, target = torch.broadcast_tensors(input, target)
+
+    if weight is not None:
+        if weight.size() != input.size():
+            raise ValueError("Weights and input must have the same size.")
+        weighted = mse_loss(input, target, reduction="none") * weight
+        if reduction_enum == _NONE:
+            return weighted
+        if reduction_enum == _SUM:
+            return torch.sum(weighted)
+        return torch.sum(weighted) / torch.sum(weight)
+
+    if torch.is_grad_enabled() and (input.requires_grad or target.requires_grad):
+        loss, _ = MSELossFunction.apply(input, target, reduction_enum)
+        return loss
+    return _ops.mse_loss(input, target, reduction_enum)
