@@ -21,6 +21,8 @@ namespace {
 template <typename M>
 struct AdamScalars {
   M lr, beta1, beta2, eps, weight_decay, inv_scale;
+  // Formed in double like torch's Python scalars: 1 - 0.999f in float is off by 1.3e-5.
+  M one_minus_beta1, one_minus_beta2, decay;
   M step_size;             // lr / (1 - beta1^t)
   M bias_correction2_sqrt; // sqrt(1 - beta2^t); eps is added after dividing by it, as torch does
   bool amsgrad, maximize, decoupled;
@@ -84,13 +86,13 @@ TORCHEXT_INLINE void adam_loop(T* __restrict__ p, const T* __restrict__ g, T* __
                                const AdamScalars<typename cpu::OpMath<T>::type>& s) {
   using M = typename cpu::OpMath<T>::type;
   constexpr int64_t kBlock = 512;
-  const M one_minus_beta1 = M(1) - s.beta1;
-  const M one_minus_beta2 = M(1) - s.beta2;
+  const M one_minus_beta1 = s.one_minus_beta1;
+  const M one_minus_beta2 = s.one_minus_beta2;
   const M beta2 = s.beta2, eps = s.eps, step_size = s.step_size;
   // One division per element instead of two; differs from torch's division by sqrt(bc2) by at most
   // one rounding of the denominator.
   const M inv_bc2_sqrt = M(1) / s.bias_correction2_sqrt;
-  const M decay = s.decoupled ? M(1) - s.lr * s.weight_decay : M(1);
+  const M decay = s.decoupled ? s.decay : M(1);
   const M l2 = s.decoupled ? M(0) : s.weight_decay;
   const M grad_factor = s.maximize ? -s.inv_scale : s.inv_scale;  // unscale and maximize in one multiply
   alignas(64) M mb[kBlock];
@@ -166,7 +168,8 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
       const double step = static_cast<double>(state_steps[i].item<float>() + 1.f);
       const double bc1 = 1.0 - std::pow(beta1, step);
       const double bc2 = 1.0 - std::pow(beta2, step);
-      scalars[i] = {M(lr), M(beta1), M(beta2), M(eps), M(weight_decay), M(inv_scale), M(lr / bc1),
+      scalars[i] = {M(lr), M(beta1), M(beta2), M(eps), M(weight_decay), M(inv_scale), M(1.0 - beta1),
+                    M(1.0 - beta2), M(1.0 - lr * weight_decay), M(lr / bc1),
                     M(std::sqrt(bc2)), amsgrad, maximize, decoupled_weight_decay};
     }
     cpu::parallel_over_tensors(numels, kGrain, [&](size_t t, int64_t begin, int64_t end) {

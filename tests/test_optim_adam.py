@@ -10,6 +10,7 @@ from optim_common import (NO_GRAD, PARITY_TOL, STEPS, assert_bitwise_equal, asse
 # (class name, kwargs); lr is large enough that an update is many ulps in every dtype.
 CONFIGS = [
     ("Adam", dict(lr=1e-2)),
+    ("Adam", dict(lr=0.1)),  # large steps expose 1 - beta2 formed in float instead of double
     ("Adam", dict(lr=1e-2, amsgrad=True)),
     ("Adam", dict(lr=1e-2, weight_decay=0.1)),
     ("Adam", dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)),
