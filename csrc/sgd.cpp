@@ -13,7 +13,7 @@ namespace {
 
 template <typename M>
 struct SgdScalars {
-  M lr, momentum, dampening, weight_decay, inv_scale;
+  M lr, momentum, one_minus_dampening, weight_decay, inv_scale;  // 1 - dampening formed in double, as torch
   bool nesterov, maximize, use_momentum, first;  // first: buf holds no history yet, copy g into it
 };
 
@@ -27,7 +27,7 @@ TORCHEXT_INLINE void sgd_loop(T* __restrict__ p, const T* __restrict__ g, T* __r
   const M grad_factor = s.maximize ? -s.inv_scale : s.inv_scale;  // unscale and maximize in one multiply
   const M lr = s.lr, wd = s.weight_decay, momentum = s.momentum;
   const M keep = s.first ? M(0) : momentum;            // the first step's buffer is the gradient itself
-  const M take = s.first ? M(1) : M(1) - s.dampening;
+  const M take = s.first ? M(1) : s.one_minus_dampening;
   for (int64_t i = 0; i < n; ++i) {
     const M pv = kMaster ? static_cast<M>(master[i]) : static_cast<M>(p[i]);
     M gv = static_cast<M>(g[i]) * grad_factor + wd * pv;
@@ -76,7 +76,7 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
     std::vector<SgdScalars<M>> scalars(params.size());
     for (size_t i = 0; i < params.size(); ++i) {
       const bool first = use_momentum && momentum_counts[i].item<float>() == 0.f;
-      scalars[i] = {M(lr), M(momentum), M(dampening), M(weight_decay), M(inv_scale), nesterov, maximize,
+      scalars[i] = {M(lr), M(momentum), M(1.0 - dampening), M(weight_decay), M(inv_scale), nesterov, maximize,
                     use_momentum, first};
     }
     cpu::parallel_over_tensors(numels, kGrain, [&](size_t t, int64_t begin, int64_t end) {

@@ -10,6 +10,7 @@ from optim_common import (NO_GRAD, PARITY_TOL, STEPS, assert_bitwise_equal, asse
 # (class name, kwargs); lr is large enough that an update is many ulps in every dtype.
 CONFIGS = [
     ("Adam", dict(lr=1e-2)),
+    ("Adam", dict(lr=0.1)),  # large steps expose 1 - beta2 formed in float instead of double
     ("Adam", dict(lr=1e-2, amsgrad=True)),
     ("Adam", dict(lr=1e-2, weight_decay=0.1)),
     ("Adam", dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)),
@@ -190,3 +191,39 @@ def test_capturable_step_in_cuda_graph(name):
     torch.cuda.synchronize()
     assert_params_close(ours, ref, torch.float32)
     assert all(float(opt.state[p]["step"]) == 4 for p in ours)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_many_tensors_and_misaligned_storage(dtype, device):
+    # Thousands of tensors overflow any fixed kernel-argument table; views at odd offsets are not
+    # 16-byte aligned and take the scalar path; empty tensors sit anywhere in the list.
+    count = 2500 if device == "cuda" else 300
+    sizes = torch.randint(0, 300, (count,)).tolist()
+    base = torch.randn(sum(sizes) + 3 * count, device=device).to(dtype)
+    ours, off = [], 0
+    for i, n in enumerate(sizes):
+        off += i % 3  # shift every other tensor off the 16-byte grid
+        ours.append(torch.nn.Parameter(base[off:off + n].clone() if i % 2 else base[off:off + n]))
+        off += n
+    ref = clone_params(ours, reference_dtype(dtype))
+    opt = torchext.optim.AdamW(ours, lr=1e-2, amsgrad=True)
+    opt_ref = torch.optim.AdamW(ref, lr=1e-2, amsgrad=True, foreach=False)
+    for _ in range(3):
+        set_grads(ours, ref, skip=())
+        opt.step()
+        opt_ref.step()
+    assert_params_close(ours, [q.to(dtype) for q in ref], dtype)
+
+
+@pytest.mark.skipif(not HAS_CUDA or torch.cuda.get_device_properties(0).total_memory < 40 * 2**30,
+                    reason="needs a CUDA device with 40 GiB")
+def test_tensor_over_2_pow_31_elements():
+    n = 2**31 + 77
+    p = torch.nn.Parameter(torch.ones(n, dtype=torch.bfloat16, device="cuda"))
+    p.grad = torch.full((n,), 2.0, dtype=torch.bfloat16, device="cuda")
+    p.grad[-5:] = 4.0
+    torchext.optim.SGD([p], lr=0.25).step()
+    torch.cuda.synchronize()
+    assert p[0].item() == 0.5 and p[2**31 - 1].item() == 0.5 and p[2**31].item() == 0.5
+    assert p[-6].item() == 0.5 and (p[-5:] == 0).all()

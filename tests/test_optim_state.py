@@ -223,3 +223,21 @@ def test_failed_load_state_dict_changes_nothing(case):
     with pytest.raises(ValueError):
         opt.load_state_dict(bad_groups)
     assert_bitwise_equal(before, snapshot(opt, ours))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", ["adam_step_", "sgd_step_"])
+def test_ops_pass_opcheck(op, device):
+    # Schema mutation annotations, fake kernels and dispatch agree, so torch.compile can trace a step.
+    ps = make_params(torch.float32, device, [(5, 3), (0,), (7,)])
+    ps = [p.detach() for p in ps]
+    grads = [torch.randn_like(p) for p in ps]
+    zeros = lambda: [torch.zeros_like(p) for p in ps]
+    counters = [torch.zeros((), device=device) for _ in ps]
+    if op == "adam_step_":
+        args = (ps, grads, zeros(), zeros(), zeros(), counters, [], 1e-3, 0.9, 0.999, 1e-8, 0.1, True, False, True,
+                None, None, torch.zeros((), device=device))
+    else:
+        args = (ps, grads, zeros(), counters, [], 1e-2, 0.9, 0.0, 0.0, True, False, None,
+                torch.ones((), device=device), None)
+    torch.library.opcheck(getattr(torch.ops.torchext, op).default, args)

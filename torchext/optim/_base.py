@@ -140,9 +140,6 @@ class FusedOptimizer(Optimizer):
         # torch's printout, without our one extra group key while it is at its default.
         return super().__repr__().replace("    master_weights: False\n", "")
 
-    def zero_grad(self, set_to_none=True):
-        super().zero_grad(set_to_none=set_to_none)
-
     # ---------------------------------------------------------------- state_dict
     def state_dict(self):
         sd = super().state_dict()

@@ -1,0 +1,84 @@
+"""torchext.optim Adam / SGD steps against torch.optim (for-loop, foreach and fused) in one run.
+
+Optimizer steps are memory bound, so each row reports torchext's effective bandwidth as a share of
+the copy bandwidth measured in the same run. Bytes per fp32 param and step: Adam 28 (reads p, g, m,
+v; writes p, m, v), SGD with momentum 20 (reads p, g, buf; writes p, buf).
+
+    python benchmarks/bench_optim.py [--device cpu|cuda|all] [--quick] [--json PATH]
+"""
+import gc
+
+import torch
+
+from harness import bench, copy_bandwidth_gbps, devices_from_args, report, row
+
+import torchext
+
+BYTES_PER_PARAM = {"Adam": 28, "SGD": 20}
+KWARGS = {"Adam": dict(lr=1e-3), "SGD": dict(lr=1e-3, momentum=0.9)}
+TORCH_MODES = [("for-loop", dict(foreach=False)), ("foreach", dict(foreach=True)), ("fused", dict(fused=True))]
+
+
+def gpt2_small_shapes():
+    """The parameter list of GPT-2 small (124M parameters, 148 tensors)."""
+    d, v, ctx, layers = 768, 50257, 1024, 12
+    shapes = [(v, d), (ctx, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, 4 * d), (4 * d,), (4 * d, d), (d,)]
+    return shapes + [(d,), (d,)]
+
+
+def cases(device, quick):
+    if device == "cpu":
+        yield "10 x 1M", [(1 << 20,)] * (2 if quick else 10)
+        return
+    if quick:
+        yield "1 x 10M", [(10_000_000,)]
+        yield "200 x 4K", [(4096,)] * 200
+        return
+    yield "1 x 100M", [(100_000_000,)]
+    yield "GPT-2 small (148 tensors, 124M)", gpt2_small_shapes()
+    yield "2000 x 4K", [(4096,)] * 2000
+
+
+def make_params(shapes, device):
+    params = [torch.nn.Parameter(torch.randn(s, device=device)) for s in shapes]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    return params
+
+
+def time_step(opt_cls, kw, shapes, device):
+    params = make_params(shapes, device)
+    opt = opt_cls(params, **kw)
+    opt.step()  # creates the state outside the timed region
+    t = bench(opt.step, device=device)
+    del opt, params
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return t
+
+
+def main():
+    args = devices_from_args(description=__doc__)
+    rows = []
+    for device in args.devices:
+        bw = copy_bandwidth_gbps(device)
+        for label, shapes in cases(device, args.quick):
+            numel = sum(torch.Size(s).numel() for s in shapes)
+            for name in ("Adam", "SGD"):
+                kw = KWARGS[name]
+                for mode, extra in TORCH_MODES:
+                    # Timed back to back with each torch variant, so a shared machine's load drift
+                    # does not favour either side.
+                    ours = time_step(getattr(torchext.optim, name), kw, shapes, device)
+                    ref = time_step(getattr(torch.optim, name), dict(kw, **extra), shapes, device)
+                    gbps = BYTES_PER_PARAM[name] * numel / (ours.median_ms * 1e-3) / 1e9
+                    rows.append(row(name, device, torch.float32, label, "vs torch " + mode, ref, ours,
+                                    pct_ceiling=100 * gbps / bw, ceiling="copy BW"))
+    report(rows, "torchext.optim step vs torch.optim (ms per step)", args.json)
+
+
+if __name__ == "__main__":
+    main()
