@@ -4,14 +4,16 @@
 // none) and writes grad_input: 2 (mean/sum) or 3 (none).
 //
 // Reductions are split into fixed-size chunks whose partial sums are added in chunk order, so the
-// result depends on neither the thread count nor the scheduling. Each chunk keeps kLanes
-// independent accumulators (which the compiler maps onto SIMD registers) in double for float64
-// and float32, and in float for the half types.
+// result depends on neither the thread count nor the scheduling. Each chunk accumulates per SIMD
+// lane in double for float64 and float32 (a squared float32 difference is exact there) and in
+// float for the half types.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -30,35 +32,73 @@ template <typename T>
 using acc_t = typename std::conditional<std::is_same<T, double>::value || std::is_same<T, float>::value,
                                         double, float>::type;
 
-constexpr int kLanes = 16;
+// Element loads and stores in compute_t. The half types are converted with integer and float
+// arithmetic on their bit patterns instead of c10's routines (or GCC's _Float16, which converts
+// one element at a time), so that every loop vectorises at every SIMD level. Both conversions are
+// exact / round to nearest even, keep NaN (as a quiet NaN) and infinities, and handle subnormals.
+typedef uint16_t u16_alias __attribute__((may_alias));
 
-template <typename A>
-TORCHEXT_INLINE A fold_lanes(A* acc) {
-  for (int w = kLanes / 2; w > 0; w /= 2) {
-    for (int k = 0; k < w; ++k) acc[k] += acc[k + w];
-  }
-  return acc[0];
+TORCHEXT_INLINE float bits_to_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+TORCHEXT_INLINE uint32_t float_to_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return u;
 }
 
-// sum((x - t)^2) over n elements.
+TORCHEXT_INLINE double load(const double* p, int64_t i) { return p[i]; }
+TORCHEXT_INLINE float load(const float* p, int64_t i) { return p[i]; }
+TORCHEXT_INLINE float load(const c10::Half* p, int64_t i) {
+  const uint32_t h = reinterpret_cast<const u16_alias*>(p)[i];
+  const uint32_t mag = h & 0x7fffu;
+  // Shifted into a float's exponent/mantissa fields the magnitude is off by 2^(127-15) for normal
+  // numbers and, as a float subnormal, by the same factor for half subnormals.
+  uint32_t bits = float_to_bits(bits_to_float(mag << 13) * 0x1.0p112f);
+  bits = mag >= 0x7c00u ? ((mag << 13) | 0x7f800000u) : bits;  // inf and NaN keep their payload
+  return bits_to_float(bits | ((h & 0x8000u) << 16));
+}
+TORCHEXT_INLINE float load(const c10::BFloat16* p, int64_t i) {
+  return bits_to_float(static_cast<uint32_t>(reinterpret_cast<const u16_alias*>(p)[i]) << 16);
+}
+
+TORCHEXT_INLINE void store(double* p, int64_t i, double v) { p[i] = v; }
+TORCHEXT_INLINE void store(float* p, int64_t i, float v) { p[i] = v; }
+TORCHEXT_INLINE void store(c10::Half* p, int64_t i, float v) {
+  const uint32_t w = float_to_bits(v);
+  const uint32_t a = w & 0x7fffffffu;
+  // Normal halves: rebias the exponent (127 -> 15) and round the 13 dropped mantissa bits to
+  // nearest even; a mantissa carry correctly bumps the exponent.
+  const uint32_t normal = ((a + 0x0fffu + ((a >> 13) & 1u)) >> 13) - (112u << 10);
+  // Below 2^-14: adding 0.5f makes the FPU round |v| to a multiple of 2^-24, the half subnormal
+  // step, which then sits in the low mantissa bits (2^-14 itself comes out as the smallest normal).
+  const uint32_t subnormal = float_to_bits(bits_to_float(a) + 0.5f) - 0x3f000000u;
+  uint32_t h = a < 0x38800000u ? subnormal : normal;
+  h = a >= 0x477ff000u ? 0x7c00u : h;  // rounds to infinity from 65520 on
+  h = a > 0x7f800000u ? 0x7e00u : h;   // NaN
+  reinterpret_cast<u16_alias*>(p)[i] = static_cast<uint16_t>(h | ((w >> 16) & 0x8000u));
+}
+TORCHEXT_INLINE void store(c10::BFloat16* p, int64_t i, float v) {
+  const uint32_t bits = float_to_bits(v);
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  reinterpret_cast<u16_alias*>(p)[i] = static_cast<uint16_t>(v != v ? 0x7fc0u : rounded);
+}
+
+// sum((x - t)^2) over n elements. `omp simd reduction` lets the compiler keep one partial sum per
+// SIMD lane (it may reassociate); the order is fixed for a given SIMD level, so results repeat.
 template <typename T>
 TORCHEXT_INLINE void sq_diff_sum_impl(const T* __restrict__ x, const T* __restrict__ t, int64_t n,
                                       acc_t<T>* __restrict__ out) {
-  using C = compute_t<T>;
   using A = acc_t<T>;
-  A acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int k = 0; k < kLanes; ++k) {
-      const A d = static_cast<C>(x[i + k]) - static_cast<C>(t[i + k]);
-      acc[k] += d * d;
-    }
+  A acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) {
+    const A d = load(x, i) - load(t, i);
+    acc += d * d;
   }
-  for (int k = 0; i < n; ++i, ++k) {
-    const A d = static_cast<C>(x[i]) - static_cast<C>(t[i]);
-    acc[k] += d * d;
-  }
-  *out = fold_lanes(acc);
+  *out = acc;
 }
 TORCHEXT_CPU_DISPATCH(sq_diff_sum_kernel, sq_diff_sum_impl)
 
@@ -66,23 +106,15 @@ TORCHEXT_CPU_DISPATCH(sq_diff_sum_kernel, sq_diff_sum_impl)
 template <typename T>
 TORCHEXT_INLINE void sq_diff_sum_save_impl(const T* __restrict__ x, const T* __restrict__ t, T* __restrict__ diff,
                                            int64_t n, acc_t<T>* __restrict__ out) {
-  using C = compute_t<T>;
   using A = acc_t<T>;
-  A acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int k = 0; k < kLanes; ++k) {
-      const C d = static_cast<C>(x[i + k]) - static_cast<C>(t[i + k]);
-      diff[i + k] = static_cast<T>(d);
-      acc[k] += static_cast<A>(d) * static_cast<A>(d);
-    }
+  A acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) {
+    const compute_t<T> d = load(x, i) - load(t, i);
+    store(diff, i, d);
+    acc += static_cast<A>(d) * static_cast<A>(d);
   }
-  for (int k = 0; i < n; ++i, ++k) {
-    const C d = static_cast<C>(x[i]) - static_cast<C>(t[i]);
-    diff[i] = static_cast<T>(d);
-    acc[k] += static_cast<A>(d) * static_cast<A>(d);
-  }
-  *out = fold_lanes(acc);
+  *out = acc;
 }
 TORCHEXT_CPU_DISPATCH(sq_diff_sum_save_kernel, sq_diff_sum_save_impl)
 
@@ -90,17 +122,16 @@ TORCHEXT_CPU_DISPATCH(sq_diff_sum_save_kernel, sq_diff_sum_save_impl)
 template <typename T>
 TORCHEXT_INLINE void sq_diff_impl(const T* __restrict__ x, const T* __restrict__ t, T* __restrict__ loss,
                                   T* __restrict__ diff, int64_t n) {
-  using C = compute_t<T>;
   if (diff == nullptr) {
     for (int64_t i = 0; i < n; ++i) {
-      const C d = static_cast<C>(x[i]) - static_cast<C>(t[i]);
-      loss[i] = static_cast<T>(d * d);
+      const compute_t<T> d = load(x, i) - load(t, i);
+      store(loss, i, d * d);
     }
   } else {
     for (int64_t i = 0; i < n; ++i) {
-      const C d = static_cast<C>(x[i]) - static_cast<C>(t[i]);
-      diff[i] = static_cast<T>(d);
-      loss[i] = static_cast<T>(d * d);
+      const compute_t<T> d = load(x, i) - load(t, i);
+      store(diff, i, d);
+      store(loss, i, d * d);
     }
   }
 }
@@ -109,8 +140,7 @@ TORCHEXT_CPU_DISPATCH(sq_diff_kernel, sq_diff_impl)
 // grad_input = scale * diff (mean/sum: scale = 2 * grad_output [/ numel]).
 template <typename T>
 TORCHEXT_INLINE void scale_impl(const T* __restrict__ diff, T* __restrict__ out, int64_t n, compute_t<T> scale) {
-  using C = compute_t<T>;
-  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(scale * static_cast<C>(diff[i]));
+  for (int64_t i = 0; i < n; ++i) store(out, i, scale * load(diff, i));
 }
 TORCHEXT_CPU_DISPATCH(scale_kernel, scale_impl)
 
@@ -119,9 +149,7 @@ template <typename T>
 TORCHEXT_INLINE void scale_mul_impl(const T* __restrict__ g, const T* __restrict__ diff, T* __restrict__ out,
                                     int64_t n) {
   using C = compute_t<T>;
-  for (int64_t i = 0; i < n; ++i) {
-    out[i] = static_cast<T>(C(2) * static_cast<C>(diff[i]) * static_cast<C>(g[i]));
-  }
+  for (int64_t i = 0; i < n; ++i) store(out, i, C(2) * load(diff, i) * load(g, i));
 }
 TORCHEXT_CPU_DISPATCH(scale_mul_kernel, scale_mul_impl)
 

@@ -348,3 +348,17 @@ def test_module_matches_torch_module():
 def test_ops_are_registered_in_one_namespace():
     for name in ["mse_loss", "mse_loss_forward", "mse_loss_backward"]:
         assert hasattr(torch.ops.torchext, name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_types_round_exactly_like_torch_casts(dtype, device):
+    # Every 16-bit pattern (subnormals, infinities, NaNs, both zeros) against a shuffled partner:
+    # diff and the unreduced loss must equal computing in float32 and casting once.
+    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    x = bits.view(dtype).to(device)
+    t = x[torch.randperm(x.numel(), device=device)]
+    loss, diff = torch.ops.torchext.mse_loss_forward(x, t, 0)
+    d32 = x.float() - t.float()
+    torch.testing.assert_close(diff, d32.to(dtype), equal_nan=True, atol=0, rtol=0)
+    torch.testing.assert_close(loss, (d32 * d32).to(dtype), equal_nan=True, atol=0, rtol=0)
