@@ -12,6 +12,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <immintrin.h>
+
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -153,6 +156,118 @@ TORCHEXT_INLINE void scale_mul_impl(const T* __restrict__ g, const T* __restrict
 }
 TORCHEXT_CPU_DISPATCH(scale_mul_kernel, scale_mul_impl)
 
+// float16 on AVX2 / AVX-512 machines: the software conversions above cost more than the memory
+// traffic while data is in cache, so blocks of kStage elements are converted with F16C into
+// L1-resident float buffers, run through the float kernels (same rounding: the math is float
+// either way) and converted back. The hardware rounds to nearest even like the software path.
+constexpr int64_t kStage = 1024;
+
+bool use_f16c() { return cpu::level() != cpu::Level::Default; }
+
+TORCHEXT_TARGET_AVX2 void half_to_float(const c10::Half* src, float* dst, int64_t n) {
+  const u16_alias* s = reinterpret_cast<const u16_alias*>(src);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm256_store_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i))));
+  }
+  for (; i < n; ++i) dst[i] = load(src, i);
+}
+
+TORCHEXT_TARGET_AVX2 void float_to_half(const float* src, c10::Half* dst, int64_t n) {
+  u16_alias* d = reinterpret_cast<u16_alias*>(dst);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i),
+                     _mm256_cvtps_ph(_mm256_load_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  for (; i < n; ++i) store(dst, i, src[i]);
+}
+
+// The kernels as called by the drivers below: generic, with a staged float16 overload.
+template <typename T>
+void run_sum(const T* x, const T* t, T* diff, int64_t n, acc_t<T>* out) {
+  if (diff == nullptr) {
+    sq_diff_sum_kernel<T>(x, t, n, out);
+  } else {
+    sq_diff_sum_save_kernel<T>(x, t, diff, n, out);
+  }
+}
+void run_sum(const c10::Half* x, const c10::Half* t, c10::Half* diff, int64_t n, float* out) {
+  if (!use_f16c()) return run_sum<c10::Half>(x, t, diff, n, out);
+  alignas(64) float xb[kStage];
+  alignas(64) float tb[kStage];
+  alignas(64) float db[kStage];
+  double total = 0.0;
+  for (int64_t i = 0; i < n; i += kStage) {
+    const int64_t m = std::min(kStage, n - i);
+    half_to_float(x + i, xb, m);
+    half_to_float(t + i, tb, m);
+    double part;
+    if (diff == nullptr) {
+      sq_diff_sum_kernel<float>(xb, tb, m, &part);
+    } else {
+      sq_diff_sum_save_kernel<float>(xb, tb, db, m, &part);
+      float_to_half(db, diff + i, m);
+    }
+    total += part;
+  }
+  *out = static_cast<float>(total);
+}
+
+template <typename T>
+void run_elementwise(const T* x, const T* t, T* loss, T* diff, int64_t n) {
+  sq_diff_kernel<T>(x, t, loss, diff, n);
+}
+void run_elementwise(const c10::Half* x, const c10::Half* t, c10::Half* loss, c10::Half* diff, int64_t n) {
+  if (!use_f16c()) return run_elementwise<c10::Half>(x, t, loss, diff, n);
+  alignas(64) float xb[kStage];
+  alignas(64) float tb[kStage];
+  alignas(64) float lb[kStage];
+  alignas(64) float db[kStage];
+  for (int64_t i = 0; i < n; i += kStage) {
+    const int64_t m = std::min(kStage, n - i);
+    half_to_float(x + i, xb, m);
+    half_to_float(t + i, tb, m);
+    sq_diff_kernel<float>(xb, tb, lb, diff == nullptr ? nullptr : db, m);
+    float_to_half(lb, loss + i, m);
+    if (diff != nullptr) float_to_half(db, diff + i, m);
+  }
+}
+
+template <typename T>
+void run_scale(const T* diff, T* out, int64_t n, compute_t<T> scale) {
+  scale_kernel<T>(diff, out, n, scale);
+}
+void run_scale(const c10::Half* diff, c10::Half* out, int64_t n, float scale) {
+  if (!use_f16c()) return run_scale<c10::Half>(diff, out, n, scale);
+  alignas(64) float db[kStage];
+  alignas(64) float ob[kStage];
+  for (int64_t i = 0; i < n; i += kStage) {
+    const int64_t m = std::min(kStage, n - i);
+    half_to_float(diff + i, db, m);
+    scale_kernel<float>(db, ob, m, scale);
+    float_to_half(ob, out + i, m);
+  }
+}
+
+template <typename T>
+void run_scale_mul(const T* g, const T* diff, T* out, int64_t n) {
+  scale_mul_kernel<T>(g, diff, out, n);
+}
+void run_scale_mul(const c10::Half* g, const c10::Half* diff, c10::Half* out, int64_t n) {
+  if (!use_f16c()) return run_scale_mul<c10::Half>(g, diff, out, n);
+  alignas(64) float gb[kStage];
+  alignas(64) float db[kStage];
+  alignas(64) float ob[kStage];
+  for (int64_t i = 0; i < n; i += kStage) {
+    const int64_t m = std::min(kStage, n - i);
+    half_to_float(g + i, gb, m);
+    half_to_float(diff + i, db, m);
+    scale_mul_kernel<float>(gb, db, ob, m);
+    float_to_half(ob, out + i, m);
+  }
+}
+
 constexpr int64_t kGrain = 1 << 15;       // elementwise work per task
 constexpr int64_t kChunk = 1 << 13;       // elements per partial sum (fixed: makes sums reproducible)
 constexpr int64_t kChunksPerTask = 4;     // so small reductions stay on the calling thread
@@ -187,11 +302,7 @@ double reduce_sq_diff(const T* x, const T* t, T* diff, int64_t n) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t begin = c * kChunk;
       const int64_t len = std::min(kChunk, n - begin);
-      if (diff == nullptr) {
-        sq_diff_sum_kernel<T>(x + begin, t + begin, len, &partial[c]);
-      } else {
-        sq_diff_sum_save_kernel<T>(x + begin, t + begin, diff + begin, len, &partial[c]);
-      }
+      run_sum(x + begin, t + begin, diff == nullptr ? nullptr : diff + begin, len, &partial[c]);
     }
   });
   double total = 0.0;
@@ -221,7 +332,7 @@ at::Tensor mse_impl(const char* op, const at::Tensor& input, const at::Tensor& t
     if (reduction == 0) {
       scalar_t* lp = loss.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-        sq_diff_kernel<scalar_t>(xp + begin, tp + begin, lp + begin, dp ? dp + begin : nullptr, end - begin);
+        run_elementwise(xp + begin, tp + begin, lp + begin, dp ? dp + begin : nullptr, end - begin);
       });
     } else {
       const double total = reduce_sq_diff<scalar_t>(xp, tp, dp, n);
@@ -272,7 +383,7 @@ at::Tensor mse_loss_backward_cpu(const at::Tensor& grad_output, const at::Tensor
       const scalar_t* dp = d.const_data_ptr<scalar_t>();
       scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-        scale_mul_kernel<scalar_t>(gp + begin, dp + begin, op_ + begin, end - begin);
+        run_scale_mul(gp + begin, dp + begin, op_ + begin, end - begin);
       });
     });
     return out;
@@ -287,7 +398,7 @@ at::Tensor mse_loss_backward_cpu(const at::Tensor& grad_output, const at::Tensor
     const scalar_t* dp = d.const_data_ptr<scalar_t>();
     scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-      scale_kernel<scalar_t>(dp + begin, op_ + begin, end - begin, scale);
+      run_scale(dp + begin, op_ + begin, end - begin, scale);
     });
   });
   return out;
