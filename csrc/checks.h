@@ -1,5 +1,7 @@
 // Argument checks shared by the CPU and CUDA kernels. Messages name the op and the argument, and
-// the exception types follow torch (TypeError for dtypes, ValueError/RuntimeError for shapes).
+// the exception types follow torch: an unsupported dtype or layout is NotImplementedError (what
+// torch's own kernels raise for a dtype they were not built for), dtype, shape or device
+// disagreement between arguments is RuntimeError (as in "expected m1 and m2 to have the same dtype").
 #pragma once
 
 #include <ATen/MemoryOverlap.h>
@@ -13,15 +15,15 @@ inline bool is_supported_float(at::ScalarType t) {
 }
 
 inline void check_floating(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK_TYPE(is_supported_float(t.scalar_type()), "torchext.", op, ": expected '", name,
+  TORCH_CHECK_NOT_IMPLEMENTED(is_supported_float(t.scalar_type()), "torchext.", op, ": expected '", name,
                    "' to be a float64, float32, float16 or bfloat16 tensor, but got ", t.scalar_type());
-  TORCH_CHECK(t.layout() == at::kStrided, "torchext.", op, ": expected '", name,
+  TORCH_CHECK_NOT_IMPLEMENTED(t.layout() == at::kStrided, "torchext.", op, ": expected '", name,
               "' to be a dense (strided) tensor, but got layout ", t.layout());
 }
 
 inline void check_same_shape_dtype(const char* op, const char* name_a, const at::Tensor& a, const char* name_b,
                                    const at::Tensor& b) {
-  TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), "torchext.", op, ": expected '", name_b,
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "torchext.", op, ": expected '", name_b,
                    "' to have dtype ", a.scalar_type(), " like '", name_a, "', but got ", b.scalar_type());
   TORCH_CHECK(a.sizes() == b.sizes(), "torchext.", op, ": expected '", name_b, "' to have shape ", a.sizes(),
               " like '", name_a, "', but got ", b.sizes());

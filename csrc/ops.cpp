@@ -32,7 +32,22 @@ TORCH_LIBRARY(torchext, m) {
   m.def("mse_loss_forward(Tensor input, Tensor target, int reduction) -> (Tensor, Tensor)");
   m.def("mse_loss_backward(Tensor grad_output, Tensor diff, int reduction) -> Tensor");
 
-  // Optimizers (schemas below)
+  // Optimizers (schemas below). One call updates a list of params of one device and dtype in place.
+  // Optional lists are empty when unused (momentum_buffers with momentum 0, max_exp_avg_sqs without
+  // amsgrad, master_params without fp32 master weights). Counters are one-element float32 tensors:
+  // Adam's state `step`, and for SGD the number of momentum updates (0: the buffer is not yet
+  // initialised and the next step copies the gradient into it). When found_inf != 0 nothing is
+  // written; grads are divided by grad_scale. lr_tensor, when given, overrides lr.
+  m.def(
+      "sgd_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
+      "Tensor(c!)[] momentum_counts, Tensor(d!)[] master_params, float lr, float momentum, float dampening, "
+      "float weight_decay, bool nesterov, bool maximize, Tensor? lr_tensor, Tensor? grad_scale, "
+      "Tensor? found_inf) -> ()");
+  m.def(
+      "adam_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, Tensor(f!)[] master_params, float lr, "
+      "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, bool maximize, "
+      "bool decoupled_weight_decay, Tensor? lr_tensor, Tensor? grad_scale, Tensor? found_inf) -> ()");
 }
 
 namespace {

@@ -12,7 +12,8 @@ _C = _load_extension()
 
 from . import _ops  # noqa: E402  (registers fake kernels and autograd wrappers; needs _C loaded)
 from . import functional, nn  # noqa: E402
+from . import optim  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "nn", "__version__"]
+__all__ = ["functional", "nn", "optim", "__version__"]

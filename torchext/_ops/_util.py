@@ -1,4 +1,6 @@
 """Small helpers shared by the ops' Python wrappers."""
+import torch
+
 
 
 def is_non_overlapping_and_dense(t):
@@ -12,3 +14,22 @@ def is_non_overlapping_and_dense(t):
             return False
         expected *= size
     return True
+
+
+def autocast_inputs(policy, *tensors):
+    """Cast inputs the way torch.autocast casts them for the matching aten op.
+
+    policy "lower": like aten::linear, floating inputs go to the autocast dtype (bf16/fp16);
+    policy "fp32": like aten::mse_loss, they go to float32. float64 tensors are left alone, as
+    autocast does. The casts happen before our autograd.Function, so autograd records them and
+    gradients flow back to the original dtypes exactly as with torch's ops.
+    """
+    first = next((t for t in tensors if t is not None), None)
+    if first is None:
+        return tensors
+    device_type = first.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type) if policy == "lower" else torch.float32
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
+                 for t in tensors)

@@ -1,0 +1,201 @@
+// Linear on CUDA: host wrappers, the SIMT GEMM and the grad helpers.
+//
+// SIMT GEMM (float64, and float32 unless TF32 is allowed; half types on pre-sm_80 devices):
+// 2*M*N*K FLOPs; a 64 x 64 output tile per 256-thread block, 4 x 4 outputs per thread held in
+// registers, K walked in slices of 16 through shared memory, so each global element is read
+// M/64 (weight) or N/64 (input) times. Bias and ReLU are applied while storing.
+// half / bfloat16 / TF32 go to the tensor-core kernel in linear_tc.cu.
+//
+// Grad helpers (memory bound): linear_bias_grad reads M*N elements and writes N; linear_relu_grad
+// reads 2*M*N and writes M*N + N. Each column is reduced by one block in a fixed order, so the
+// sums are deterministic.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "cuda/linear.cuh"
+#include "linear_checks.h"
+
+namespace torchext {
+namespace cuda {
+namespace {
+
+template <typename T>
+struct AccType {
+  using type = float;
+};
+template <>
+struct AccType<double> {
+  using type = double;
+};
+
+constexpr int kTile = 64, kSlice = 16, kThreadsSimt = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(kThreadsSimt) linear_simt_kernel(LinearProblem<T> p) {
+  using Acc = typename AccType<T>::type;
+  constexpr int LD = kSlice + 1;  // odd stride: the 16 columns a warp reads fall in distinct banks
+  __shared__ T As[kTile * LD];
+  __shared__ T Bs[kTile * LD];
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kTile;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  // Thread (ty, tx) owns rows ty + 16*i and columns tx + 16*j: strided so that stores coalesce.
+  Acc acc[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = Acc(0);
+  for (int64_t k0 = 0; k0 < p.K; k0 += kSlice) {
+    load_tile<T, kTile, kSlice, LD, kThreadsSimt>(As, p.a, p.sam, p.sak, m0, p.M, k0, p.K);
+    load_tile<T, kTile, kSlice, LD, kThreadsSimt>(Bs, p.b, p.sbn, p.sbk, n0, p.N, k0, p.K);
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kSlice; ++k) {
+      Acc a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = static_cast<Acc>(As[(ty + 16 * i) * LD + k]);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) b[j] = static_cast<Acc>(Bs[(tx + 16 * j) * LD + k]);
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) store_output<T, Acc>(p, m0 + ty + 16 * i, n0 + tx + 16 * j, acc[i][j]);
+}
+
+constexpr int kSumCols = 32, kSumLanes = 16;
+
+// Block (32 columns) x (16 row lanes): lane l sums rows l, l + 16, ...; the 16 partials are then
+// added in lane order. With `result`, the gradient is masked by result > 0 (threshold_backward)
+// and the masked values are written out as well.
+template <typename T>
+__global__ void column_sum_kernel(const T* __restrict__ g, const T* __restrict__ r, T* __restrict__ masked,
+                                  T* __restrict__ sums, int64_t M, int64_t N) {
+  using Acc = typename AccType<T>::type;
+  __shared__ Acc part[kSumLanes][kSumCols];
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kSumCols + threadIdx.x;
+  Acc s = Acc(0);
+  if (col < N) {
+    for (int64_t row = threadIdx.y; row < M; row += kSumLanes) {
+      const int64_t at = row * N + col;
+      T v = g[at];
+      if (r) {
+        if (static_cast<Acc>(r[at]) <= Acc(0)) v = T(0);
+        masked[at] = v;
+      }
+      s += static_cast<Acc>(v);
+    }
+  }
+  part[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && col < N) {
+    Acc total = Acc(0);
+#pragma unroll
+    for (int l = 0; l < kSumLanes; ++l) total += part[l][threadIdx.x];
+    sums[col] = static_cast<T>(total);
+  }
+}
+
+void launch_column_sums(const at::Tensor& g, const at::Tensor* result, at::Tensor* masked, at::Tensor& sums) {
+  const int64_t M = g.size(0), N = g.size(1);
+  if (N == 0) return;
+  const dim3 block(kSumCols, kSumLanes);
+  const dim3 grid(static_cast<unsigned>((N + kSumCols - 1) / kSumCols));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "torchext::linear_grad_cuda", [&] {
+    column_sum_kernel<scalar_t><<<grid, block, 0, at::cuda::getCurrentCUDAStream()>>>(
+        g.const_data_ptr<scalar_t>(), result ? result->const_data_ptr<scalar_t>() : nullptr,
+        masked ? masked->mutable_data_ptr<scalar_t>() : nullptr, sums.mutable_data_ptr<scalar_t>(), M, N);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+at::Tensor linear_cuda_impl(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                            const c10::optional<at::Tensor>& bias_opt, bool relu) {
+  check_linear_args(op, input, weight, bias_opt);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const int64_t M = input.size(0), K = input.size(1), N = weight.size(0);
+  at::Tensor out = at::empty({M, N}, input.options());
+  const bool has_bias = bias_opt.has_value() && bias_opt->defined();
+  if (M == 0 || N == 0) return out;
+  if (K == 0) {  // empty sum: the output is the bias (or zero), through the activation
+    if (has_bias) out.copy_(bias_opt->unsqueeze(0).expand({M, N}));
+    else out.zero_();
+    if (relu) out.clamp_min_(0);
+    return out;
+  }
+  TORCH_CHECK((M + kTile - 1) / kTile <= 65535, "torchext.", op, ": batch of ", M,
+              " rows exceeds the CUDA grid limit");
+  // The kernels read input and weight through their strides (no copies for transposed views).
+  const at::Tensor* bias = has_bias ? &*bias_opt : nullptr;
+  if (launch_linear_tensor_core(input, weight, bias, out, relu)) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "torchext::linear_cuda", [&] {
+    LinearProblem<scalar_t> p;
+    p.a = input.const_data_ptr<scalar_t>();
+    p.sam = input.stride(0);
+    p.sak = input.stride(1);
+    p.b = weight.const_data_ptr<scalar_t>();
+    p.sbn = weight.stride(0);
+    p.sbk = weight.stride(1);
+    p.bias = bias ? bias->const_data_ptr<scalar_t>() : nullptr;
+    p.sbias = bias ? bias->stride(0) : 0;
+    p.c = out.mutable_data_ptr<scalar_t>();
+    p.M = M;
+    p.N = N;
+    p.K = K;
+    p.relu = relu;
+    const dim3 grid(static_cast<unsigned>((N + kTile - 1) / kTile), static_cast<unsigned>((M + kTile - 1) / kTile));
+    linear_simt_kernel<scalar_t><<<grid, kThreadsSimt, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  return linear_cuda_impl("linear", input, weight, bias, false);
+}
+
+at::Tensor linear_relu_cuda(const at::Tensor& input, const at::Tensor& weight,
+                            const c10::optional<at::Tensor>& bias) {
+  return linear_cuda_impl("linear_relu", input, weight, bias, true);
+}
+
+at::Tensor linear_bias_grad_cuda(const at::Tensor& grad_output) {
+  check_grad_args("linear_bias_grad", grad_output, nullptr);
+  const c10::cuda::CUDAGuard guard(grad_output.device());
+  const at::Tensor g = grad_output.contiguous();
+  at::Tensor sums = at::empty({g.size(1)}, g.options());
+  launch_column_sums(g, nullptr, nullptr, sums);
+  return sums;
+}
+
+std::tuple<at::Tensor, at::Tensor> linear_relu_grad_cuda(const at::Tensor& grad_output, const at::Tensor& result) {
+  check_grad_args("linear_relu_grad", grad_output, &result);
+  const c10::cuda::CUDAGuard guard(grad_output.device());
+  const at::Tensor g = grad_output.contiguous();
+  const at::Tensor r = result.contiguous();
+  at::Tensor masked = at::empty_like(g, at::MemoryFormat::Contiguous);
+  at::Tensor sums = at::empty({g.size(1)}, g.options());
+  launch_column_sums(g, &r, &masked, sums);
+  return {masked, sums};
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace torchext
+
+TORCH_LIBRARY_IMPL(torchext, CUDA, m) {
+  m.impl("linear", &torchext::cuda::linear_cuda);
+  m.impl("linear_relu", &torchext::cuda::linear_relu_cuda);
+  m.impl("linear_bias_grad", &torchext::cuda::linear_bias_grad_cuda);
+  m.impl("linear_relu_grad", &torchext::cuda::linear_relu_grad_cuda);
+}

@@ -1,0 +1,170 @@
+// One engine for optimizer steps over lists of tensors (SGD, Adam): a single launch covers every
+// tensor of a list, whatever its length. The list is cut into fixed-size chunks; block b handles
+// chunk b, finding its tensor through a metadata table in device memory (per-tensor pointers,
+// sizes and counters, then one (tensor, chunk) pair per block), so there is no cap on the number of
+// tensors and no per-tensor launch. The table is built in pinned host memory and copied on the
+// current stream; under CUDA graph capture it is written by small kernels whose arguments carry the
+// bytes, so a replay rebuilds it without reading host memory that may have been reused.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGraphsUtils.cuh>
+#include <c10/cuda/CUDAException.h>
+
+#include <array>
+#include <cstring>
+#include <vector>
+
+#include "cuda/vectorized.cuh"
+
+namespace torchext {
+namespace cuda {
+
+// Elements per chunk: big enough that per-block setup is noise, small enough that a list of a few
+// large tensors still yields thousands of blocks.
+constexpr int64_t kChunkSize = 1 << 16;
+constexpr int kMtaThreads = 512;
+
+template <int N>
+struct TensorMeta {
+  void* ptr[N];    // nullptr for a list that is absent (e.g. no master weights)
+  float* counter;  // per-tensor step counter bumped after the update, or nullptr
+  int64_t numel;
+  int32_t aligned;  // every ptr is 16-byte aligned, so 16-byte vector accesses are legal
+};
+
+struct ChunkMeta {
+  int32_t tensor;
+  int32_t chunk;
+};
+
+template <int N, typename Op>
+__global__ void __launch_bounds__(kMtaThreads)
+    multi_tensor_apply_kernel(const TensorMeta<N>* __restrict__ tensors, const ChunkMeta* __restrict__ chunks, Op op) {
+  const ChunkMeta c = chunks[blockIdx.x];
+  const TensorMeta<N> t = tensors[c.tensor];
+  const int64_t start = static_cast<int64_t>(c.chunk) * kChunkSize;
+  const int64_t n = t.numel - start < kChunkSize ? t.numel - start : kChunkSize;
+  op(t, start, n);
+}
+
+// Runs after the update kernel (stream order), so no block can read a counter already bumped.
+template <int N>
+__global__ void bump_counters_kernel(const TensorMeta<N>* __restrict__ tensors, int64_t num_tensors,
+                                     const float* __restrict__ found_inf) {
+  if (found_inf != nullptr && *found_inf != 0.f) return;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < num_tensors;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float* c = tensors[i].counter;
+    if (c != nullptr) *c += 1.f;
+  }
+}
+
+// Kernel arguments stay under the 4 KiB every supported toolkit accepts.
+struct ByteBlock {
+  static constexpr int kBytes = 3968;
+  unsigned char b[kBytes];
+};
+
+template <int Unused>
+__global__ void write_bytes_kernel(ByteBlock src, unsigned char* __restrict__ dst, int n) {
+  for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src.b[i];
+}
+
+// Copies `bytes` host bytes into a fresh device buffer, ordered on the current stream.
+inline at::Tensor upload_metadata(const std::vector<unsigned char>& bytes, const at::Device& device) {
+  const int64_t n = static_cast<int64_t>(bytes.size());
+  at::Tensor dev = at::empty({n}, at::TensorOptions().dtype(at::kByte).device(device));
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  if (at::cuda::currentStreamCaptureStatus() != at::cuda::CaptureStatus::None) {
+    for (int64_t off = 0; off < n; off += ByteBlock::kBytes) {
+      ByteBlock blk;
+      const int len = static_cast<int>(std::min<int64_t>(ByteBlock::kBytes, n - off));
+      std::memcpy(blk.b, bytes.data() + off, len);
+      write_bytes_kernel<0><<<1, 256, 0, stream>>>(blk, dev.data_ptr<unsigned char>() + off, len);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    return dev;
+  }
+  // Pinned staging buffer; copy_ with non_blocking records the stream so the caching host allocator
+  // does not hand the buffer out again before the copy has finished.
+  at::Tensor host = at::empty({n}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(host.data_ptr<unsigned char>(), bytes.data(), n);
+  dev.copy_(host, /*non_blocking=*/true);
+  return dev;
+}
+
+inline bool is_aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+// Applies op to every element of every tensor; tensors[i].ptr[k] is list k's i-th tensor. Bumps the
+// counters afterwards unless *found_inf != 0. Empty tensors get no block but their counter counts.
+template <int N, typename Op>
+void multi_tensor_apply(std::vector<TensorMeta<N>> tensors, const float* found_inf, const at::Device& device,
+                        const Op& op) {
+  if (tensors.empty()) return;
+  std::vector<ChunkMeta> chunks;
+  bool any_counter = false;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    auto& t = tensors[i];
+    t.aligned = 1;
+    for (int k = 0; k < N; ++k) {
+      if (t.ptr[k] != nullptr && !is_aligned16(t.ptr[k])) t.aligned = 0;
+    }
+    any_counter = any_counter || t.counter != nullptr;
+    const int64_t num_chunks = (t.numel + kChunkSize - 1) / kChunkSize;
+    TORCH_CHECK(num_chunks < (int64_t(1) << 31), "torchext: tensor too large for the multi-tensor engine");
+    for (int64_t c = 0; c < num_chunks; ++c) chunks.push_back({static_cast<int32_t>(i), static_cast<int32_t>(c)});
+  }
+  if (chunks.empty() && !any_counter) return;
+  TORCH_CHECK(chunks.size() < (size_t(1) << 31), "torchext: too many chunks for one launch");
+
+  const size_t tensor_bytes = tensors.size() * sizeof(TensorMeta<N>);
+  const size_t chunk_off = (tensor_bytes + 15) / 16 * 16;
+  std::vector<unsigned char> bytes(chunk_off + chunks.size() * sizeof(ChunkMeta));
+  std::memcpy(bytes.data(), tensors.data(), tensor_bytes);
+  if (!chunks.empty()) std::memcpy(bytes.data() + chunk_off, chunks.data(), chunks.size() * sizeof(ChunkMeta));
+  const at::Tensor meta = upload_metadata(bytes, device);  // freed in stream order after the launches
+  const auto* dev_tensors = reinterpret_cast<const TensorMeta<N>*>(meta.data_ptr<unsigned char>());
+  const auto* dev_chunks = reinterpret_cast<const ChunkMeta*>(meta.data_ptr<unsigned char>() + chunk_off);
+
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  if (!chunks.empty()) {
+    multi_tensor_apply_kernel<N, Op>
+        <<<static_cast<unsigned int>(chunks.size()), kMtaThreads, 0, stream>>>(dev_tensors, dev_chunks, op);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  if (any_counter) {
+    const int64_t blocks = std::min<int64_t>((tensors.size() + 255) / 256, 1024);
+    bump_counters_kernel<N><<<static_cast<unsigned int>(blocks), 256, 0, stream>>>(
+        dev_tensors, static_cast<int64_t>(tensors.size()), found_inf);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+// K values of T in 16-byte aligned storage: sizeof = K * sizeof(T), loaded with 16-byte accesses.
+template <typename T, int K>
+struct alignas(16) Pack {
+  T v[K];
+};
+
+template <typename T, int K>
+__device__ __forceinline__ Pack<T, K> load_pack(const T* p) {
+  return *reinterpret_cast<const Pack<T, K>*>(p);
+}
+template <typename T, int K>
+__device__ __forceinline__ void store_pack(T* p, const Pack<T, K>& v) {
+  *reinterpret_cast<Pack<T, K>*>(p) = v;
+}
+
+template <typename T>
+struct OpMathT {
+  using type = float;
+};
+template <>
+struct OpMathT<double> {
+  using type = double;
+};
+
+}  // namespace cuda
+}  // namespace torchext

@@ -1,0 +1,49 @@
+// Argument checks of the Linear ops, shared by the CPU and CUDA kernels. A dtype outside the four
+// float types is a NotImplementedError (as for every torchext op); a dtype *mismatch* between input, weight
+// and bias is a RuntimeError, as torch.nn.functional.linear raises.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include "checks.h"
+
+namespace torchext {
+
+inline void check_linear_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                       const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(input.dim() == 2, "torchext.", op, ": expected 'input' to be 2-D [batch, in_features], but got ",
+              input.dim(), "-D shape ", input.sizes());
+  TORCH_CHECK(weight.dim() == 2, "torchext.", op,
+              ": expected 'weight' to be 2-D [out_features, in_features], but got ", weight.dim(), "-D shape ",
+              weight.sizes());
+  TORCH_CHECK(input.scalar_type() == weight.scalar_type(), "torchext.", op,
+              ": expected 'input' and 'weight' to have the same dtype, but got ", input.scalar_type(), " and ",
+              weight.scalar_type());
+  check_floating(op, "input", input);
+  TORCH_CHECK(input.size(1) == weight.size(1), "torchext.", op, ": 'input' ", input.sizes(), " and 'weight' ",
+              weight.sizes(), " shapes cannot be multiplied: in_features ", input.size(1), " != ", weight.size(1));
+  TORCH_CHECK(input.device() == weight.device(), "torchext.", op, ": expected 'weight' on ", input.device(),
+              " like 'input', but got ", weight.device());
+  TORCH_CHECK(weight.layout() == at::kStrided, "torchext.", op, ": expected 'weight' to be a dense tensor");
+  if (bias.has_value() && bias->defined()) {
+    const at::Tensor& b = *bias;
+    TORCH_CHECK(b.dim() == 1 && b.size(0) == weight.size(0), "torchext.", op, ": expected 'bias' of shape [",
+                weight.size(0), "] (out_features), but got ", b.sizes());
+    TORCH_CHECK(b.scalar_type() == input.scalar_type(), "torchext.", op,
+                ": expected 'input' and 'bias' to have the same dtype, but got ", input.scalar_type(), " and ",
+                b.scalar_type());
+    TORCH_CHECK(b.device() == input.device(), "torchext.", op, ": expected 'bias' on ", input.device(),
+                " like 'input', but got ", b.device());
+    TORCH_CHECK(b.layout() == at::kStrided, "torchext.", op, ": expected 'bias' to be a dense tensor");
+  }
+}
+
+inline void check_grad_args(const char* op, const at::Tensor& grad_output, const at::Tensor* result) {
+  check_floating(op, "grad_output", grad_output);
+  TORCH_CHECK(grad_output.dim() == 2, "torchext.", op, ": expected 'grad_output' to be 2-D, but got shape ",
+              grad_output.sizes());
+  if (result) check_same_shape_dtype(op, "grad_output", grad_output, "result", *result);
+}
+
+}  // namespace torchext

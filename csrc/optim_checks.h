@@ -1,0 +1,137 @@
+// Argument checks shared by the CPU and CUDA optimizer steps. Every one runs before the first
+// write, so a step that fails leaves all params and state untouched.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Optional.h>
+
+#include <vector>
+
+#include "checks.h"
+
+namespace torchext {
+
+// Optional device scalars of the GradScaler protocol; both float32 with one element.
+inline void check_amp_scalar(const char* op, const char* name, const c10::optional<at::Tensor>& t,
+                             const at::Device& device) {
+  if (!t.has_value()) return;
+  TORCH_CHECK(t->numel() == 1 && t->scalar_type() == at::kFloat, "torchext.", op, ": expected '", name,
+              "' to be a one-element float32 tensor, but got ", t->scalar_type(), " with ", t->numel(),
+              " elements");
+  TORCH_CHECK(t->device() == device, "torchext.", op, ": expected '", name, "' on ", device, ", but got ",
+              t->device());
+}
+
+// The checks every optimizer step makes before touching memory: if any fails, nothing was written.
+// `lists` are the per-parameter state lists in the order (name, tensors, may_be_empty).
+struct StateList {
+  const char* name;
+  const at::TensorList* tensors;
+  bool dtype_of_param;  // false: float32 (master weights)
+};
+
+inline void check_optimizer_lists(const char* op, const at::TensorList& params, const at::TensorList& grads,
+                                  const std::vector<StateList>& lists) {
+  TORCH_CHECK(grads.size() == params.size(), "torchext.", op, ": expected as many 'grads' as 'params' (",
+              params.size(), "), but got ", grads.size());
+  for (const auto& l : lists) {
+    TORCH_CHECK(l.tensors->empty() || l.tensors->size() == params.size(), "torchext.", op, ": expected '", l.name,
+                "' to be empty or hold one tensor per param (", params.size(), "), but got ", l.tensors->size());
+  }
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& p = params[i];
+    check_floating(op, "params", p);
+    TORCH_CHECK(p.device() == params[0].device() && p.scalar_type() == params[0].scalar_type(), "torchext.", op,
+                ": all 'params' must share one device and dtype; params[", i, "] is ", p.scalar_type(), " on ",
+                p.device(), " but params[0] is ", params[0].scalar_type(), " on ", params[0].device());
+    TORCH_CHECK(p.is_non_overlapping_and_dense(), "torchext.", op, ": params[", i,
+                "] must be dense and non-overlapping");
+    const at::Tensor& g = grads[i];
+    TORCH_CHECK(g.layout() == at::kStrided, "torchext.", op, ": grads[", i, "] is sparse; sparse gradients are not supported");
+    TORCH_CHECK(g.scalar_type() == p.scalar_type() && g.sizes() == p.sizes() && g.strides() == p.strides() &&
+                    g.device() == p.device(),
+                "torchext.", op, ": grads[", i, "] must match params[", i, "] in dtype, shape, strides and device (",
+                p.scalar_type(), " ", p.sizes(), " on ", p.device(), "), but got ", g.scalar_type(), " ", g.sizes(),
+                " on ", g.device());
+    for (const auto& l : lists) {
+      if (l.tensors->empty()) continue;
+      const at::Tensor& s = (*l.tensors)[i];
+      const auto dtype = l.dtype_of_param ? p.scalar_type() : at::kFloat;
+      TORCH_CHECK(s.scalar_type() == dtype && s.sizes() == p.sizes() && s.strides() == p.strides() &&
+                      s.device() == p.device(),
+                  "torchext.", op, ": ", l.name, "[", i, "] must be ", dtype, " with the shape, strides and device of params[",
+                  i, "] (", p.sizes(), " on ", p.device(), "), but got ", s.scalar_type(), " ", s.sizes(), " on ",
+                  s.device());
+    }
+  }
+}
+
+// Step counters (Adam's `step`, SGD's momentum-initialised count): one-element float32 tensors.
+inline void check_counters(const char* op, const char* name, const at::TensorList& counters,
+                           const at::TensorList& params, const at::Device& device) {
+  TORCH_CHECK(counters.empty() || counters.size() == params.size(), "torchext.", op, ": expected '", name,
+              "' to be empty or hold one tensor per param (", params.size(), "), but got ", counters.size());
+  for (size_t i = 0; i < counters.size(); ++i) {
+    TORCH_CHECK(counters[i].numel() == 1 && counters[i].scalar_type() == at::kFloat &&
+                    counters[i].device() == device,
+                "torchext.", op, ": ", name, "[", i, "] must be a one-element float32 tensor on ", device,
+                ", but got ", counters[i].scalar_type(), " with ", counters[i].numel(), " elements on ",
+                counters[i].device());
+  }
+}
+
+inline void check_lr_tensor(const char* op, const c10::optional<at::Tensor>& lr_tensor) {
+  if (!lr_tensor.has_value()) return;
+  TORCH_CHECK(lr_tensor->numel() == 1 && is_supported_float(lr_tensor->scalar_type()), "torchext.", op,
+              ": expected 'lr_tensor' to be a one-element floating tensor, but got ", lr_tensor->scalar_type(),
+              " with ", lr_tensor->numel(), " elements");
+}
+
+inline void check_sgd_step(const at::TensorList& params, const at::TensorList& grads,
+                           const at::TensorList& momentum_buffers, const at::TensorList& momentum_counts,
+                           const at::TensorList& master_params, bool use_momentum,
+                           const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
+                           const c10::optional<at::Tensor>& lr_tensor) {
+  const char* op = "sgd_step_";
+  check_optimizer_lists(op, params, grads,
+                        {{"momentum_buffers", &momentum_buffers, true}, {"master_params", &master_params, false}});
+  TORCH_CHECK(!use_momentum || momentum_buffers.size() == params.size(), "torchext.", op,
+              ": momentum != 0 needs one momentum buffer per param");
+  const at::Device device = params[0].device();
+  check_counters(op, "momentum_counts", momentum_counts, params, device);
+  TORCH_CHECK(!use_momentum || momentum_counts.size() == params.size(), "torchext.", op,
+              ": momentum != 0 needs one momentum count per param");
+  TORCH_CHECK(master_params.empty() || params[0].scalar_type() == at::kHalf || params[0].scalar_type() == at::kBFloat16,
+              "torchext.", op, ": master_params are only supported for float16 and bfloat16 params");
+  check_amp_scalar(op, "grad_scale", grad_scale, device);
+  check_amp_scalar(op, "found_inf", found_inf, device);
+  check_lr_tensor(op, lr_tensor);
+}
+
+inline void check_adam_step(const at::TensorList& params, const at::TensorList& grads, const at::TensorList& exp_avgs,
+                            const at::TensorList& exp_avg_sqs, const at::TensorList& max_exp_avg_sqs,
+                            const at::TensorList& state_steps, const at::TensorList& master_params, bool amsgrad,
+                            const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
+                            const c10::optional<at::Tensor>& lr_tensor) {
+  const char* op = "adam_step_";
+  check_optimizer_lists(op, params, grads,
+                        {{"exp_avgs", &exp_avgs, true},
+                         {"exp_avg_sqs", &exp_avg_sqs, true},
+                         {"max_exp_avg_sqs", &max_exp_avg_sqs, true},
+                         {"master_params", &master_params, false}});
+  TORCH_CHECK(exp_avgs.size() == params.size() && exp_avg_sqs.size() == params.size(), "torchext.", op,
+              ": expected one exp_avg and one exp_avg_sq per param");
+  TORCH_CHECK(!amsgrad || max_exp_avg_sqs.size() == params.size(), "torchext.", op,
+              ": amsgrad needs one max_exp_avg_sq per param");
+  const at::Device device = params[0].device();
+  check_counters(op, "state_steps", state_steps, params, device);
+  TORCH_CHECK(state_steps.size() == params.size(), "torchext.", op, ": expected one state step per param");
+  TORCH_CHECK(master_params.empty() || params[0].scalar_type() == at::kHalf || params[0].scalar_type() == at::kBFloat16,
+              "torchext.", op, ": master_params are only supported for float16 and bfloat16 params");
+  check_amp_scalar(op, "grad_scale", grad_scale, device);
+  check_amp_scalar(op, "found_inf", found_inf, device);
+  check_lr_tensor(op, lr_tensor);
+}
+
+}  // namespace torchext

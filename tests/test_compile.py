@@ -1,0 +1,63 @@
+"""torch.compile(fullgraph=True) over torchext modules and a whole training step."""
+import pytest
+import torch
+import torch._dynamo
+
+import torchext
+from conftest import DEVICES
+
+
+def _models(device, optim_name):
+    torch.manual_seed(0)
+    nn = torchext.nn
+    model = torch.nn.Sequential(nn.Linear(100, 32), nn.ReLU(), nn.LinearReLU(32, 16), nn.Linear(16, 10)).to(device)
+    twin = torch.nn.Sequential(nn.Linear(100, 32), nn.ReLU(), nn.LinearReLU(32, 16), nn.Linear(16, 10)).to(device)
+    twin.load_state_dict(model.state_dict())
+    make = {"sgd": lambda p: torchext.optim.SGD(p, lr=1e-3, momentum=0.9),
+            "adam": lambda p: torchext.optim.Adam(p, lr=1e-3),
+            "adamw": lambda p: torchext.optim.AdamW(p, lr=1e-3, amsgrad=True)}[optim_name]
+    return model, make(model.parameters()), twin, make(twin.parameters())
+
+
+def _train_step(model, opt, loss_fn, x, y):
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=False)
+    return loss
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_forward_and_loss_compile_without_graph_breaks(device):
+    model, _, twin, _ = _models(device, "sgd")
+    loss_fn = torchext.nn.MSELoss(reduction="sum")
+    x, y = torch.randn(64, 100, device=device), torch.randn(64, 10, device=device)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x, y: loss_fn(model(x), y), fullgraph=True)
+    loss = compiled(x, y)
+    loss.backward()
+    loss_ref = loss_fn(twin(x), y)
+    loss_ref.backward()
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-5)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("optim_name", ["sgd", "adam", "adamw"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_full_training_step_compiles_to_one_graph_and_matches_eager(device, optim_name):
+    # Forward, loss, backward and the optimizer step in one fullgraph region: tracing
+    # Tensor.backward needs dynamo's trace_autograd_ops, and torchext's step() is written
+    # without the graph break that torch.optim's steps insert.
+    model, opt, twin, twin_opt = _models(device, optim_name)
+    loss_fn = torchext.nn.MSELoss(reduction="sum")
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        step = torch.compile(_train_step, fullgraph=True, backend="aot_eager")
+        for _ in range(3):
+            x, y = torch.randn(64, 100, device=device), torch.randn(64, 10, device=device)
+            loss = step(model, opt, loss_fn, x, y)
+            loss_ref = _train_step(twin, twin_opt, loss_fn, x, y)
+            torch.testing.assert_close(loss, loss_ref, rtol=1e-4, atol=1e-4)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)

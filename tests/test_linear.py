@@ -1,0 +1,317 @@
+"""torchext.functional.linear / linear_relu and torchext.nn.Linear / LinearReLU against torch."""
+import math
+
+import pytest
+import torch
+
+import torchext
+from conftest import ALL_DTYPES, DEVICES
+
+F = torchext.functional
+ops = torch.ops.torchext
+
+# Relative tolerance against torch in the same dtype. Half types accumulate in float in both, so
+# the difference is a few output roundings; the absolute part is scaled by the largest reference
+# value, which grows with the reduction length (K for the output, M for dW and db).
+TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+# (M, K, N): batch, in_features, out_features
+SHAPES = [(1, 1, 1), (7, 33, 1), (33, 7, 1000), (1000, 33, 7), (1023, 257, 33), (64, 1000, 100), (1, 1023, 7),
+          (300, 513, 129)]
+
+
+def _close(actual, expected, dtype):
+    tol = TOL[dtype]
+    scale = expected.detach().abs().max().item() if expected.numel() else 1.0
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * max(scale, 1.0))
+
+
+def _inputs(M, K, N, dtype, device, bias=True):
+    # weight ~ U(-1/sqrt(K), 1/sqrt(K)) like nn.Linear, so outputs are O(1) for every K.
+    x = torch.randn(M, K, dtype=torch.float64, device=device).to(dtype)
+    w = ((torch.rand(N, K, dtype=torch.float64, device=device) * 2 - 1) / math.sqrt(K)).to(dtype)
+    b = (torch.randn(N, dtype=torch.float64, device=device) * 0.5).to(dtype) if bias else None
+    return x, w, b
+
+
+def _torch_fn(relu):
+    if relu:
+        return lambda x, w, b: torch.relu(torch.nn.functional.linear(x, w, b))
+    return torch.nn.functional.linear
+
+
+def _ours_fn(relu):
+    return F.linear_relu if relu else F.linear
+
+
+def _compare_forward_backward(x, w, b, relu, dtype):
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w) + ((b,) if b is not None else ())]
+    ref_leaves = [t.detach().clone().requires_grad_() for t in leaves]
+    y = _ours_fn(relu)(*leaves[:2], leaves[2] if b is not None else None)
+    y_ref = _torch_fn(relu)(*ref_leaves[:2], ref_leaves[2] if b is not None else None)
+    assert y.dtype == y_ref.dtype and y.shape == y_ref.shape
+    _close(y, y_ref, dtype)
+    g = torch.randn(y.shape, dtype=torch.float64, device=y.device).to(dtype)
+    y.backward(g)
+    y_ref.backward(g)
+    for ours, ref in zip(leaves, ref_leaves):
+        assert ours.grad is not None and ours.grad.shape == ref.grad.shape
+        _close(ours.grad, ref.grad, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "linear_relu"])
+def test_output_and_grads_match_torch(relu, shape, dtype, device):
+    x, w, b = _inputs(*shape, dtype, device)
+    _compare_forward_backward(x, w, b, relu, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "linear_relu"])
+def test_without_bias(relu, dtype, device):
+    x, w, _ = _inputs(33, 65, 17, dtype, device, bias=False)
+    _compare_forward_backward(x, w, None, relu, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("view", ["transposed", "sliced", "transposed_and_sliced"])
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "linear_relu"])
+def test_non_contiguous_input_and_weight(relu, view, dtype, device):
+    x, w, b = _inputs(70, 66, 40, dtype, device)
+    if view == "transposed":  # same values, column-major storage
+        x, w = x.t().contiguous().t(), w.t().contiguous().t()
+        assert not x.is_contiguous() and not w.is_contiguous()
+    elif view == "sliced":
+        x, w, b = x[::2, 1::2], w[1::3, ::2], b[1::3]  # every stride > 1
+    else:
+        x = x.t().contiguous().t()[::3]  # column-major storage, then every third row
+        w, b = w.t().contiguous().t()[::2], b[::2]
+    _compare_forward_backward(x, w, b, relu, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "linear_relu"])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 33, 1), (33, 7, 7), (1, 33, 33)], ids=lambda s: "x".join(map(str, s)))
+def test_gradcheck_and_gradgradcheck(shape, relu, bias, device):
+    x, w, b = _inputs(*shape, torch.float64, device, bias=bias)
+    args = tuple(t.requires_grad_() for t in (x, w, b) if t is not None)
+    fn = _ours_fn(relu)
+
+    def f(*a):
+        return fn(a[0], a[1], a[2] if bias else None)
+
+    assert torch.autograd.gradcheck(f, args)
+    assert torch.autograd.gradgradcheck(f, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "linear_relu"])
+def test_gradcheck_non_contiguous(relu, device):
+    x, w, b = _inputs(9, 7, 5, torch.float64, device)
+    xt = x.t().contiguous().t().requires_grad_()
+    wt = w.t().contiguous().t().requires_grad_()
+    assert torch.autograd.gradcheck(_ours_fn(relu), (xt, wt, b.requires_grad_()))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("lead", [(), (3,), (2, 3), (2, 1, 4)], ids=lambda s: "lead%s" % (s,))
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "linear_relu"])
+def test_any_rank_input(relu, lead, device):
+    x = torch.randn(*lead, 33, dtype=torch.float64, device=device)
+    _, w, b = _inputs(1, 33, 7, torch.float64, device)
+    x_ref = x.clone().requires_grad_()
+    x.requires_grad_()
+    y = _ours_fn(relu)(x, w, b)
+    y_ref = _torch_fn(relu)(x_ref, w, b)
+    assert y.shape == y_ref.shape == (*lead, 7)
+    _close(y, y_ref, torch.float64)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    _close(x.grad, x_ref.grad, torch.float64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "linear_relu"])
+def test_empty_batch_forward_and_backward(relu, dtype, device):
+    x, w, b = _inputs(0, 17, 5, dtype, device)
+    _compare_forward_backward(x, w, b, relu, dtype)
+    x3 = torch.randn(2, 0, 17, device=device).to(dtype)
+    assert _ours_fn(relu)(x3, w, b).shape == (2, 0, 5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "linear_relu"])
+def test_zero_in_features_gives_bias(relu, device):
+    x, w, b = _inputs(4, 0, 6, torch.float32, device)
+    _compare_forward_backward(x, w, b, relu, torch.float32)
+    y = _ours_fn(relu)(x, w, None)
+    torch.testing.assert_close(y, torch.zeros(4, 6, device=device), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "linear_relu"])
+def test_only_requested_grads_are_computed(relu, device):
+    x, w, b = _inputs(8, 5, 3, torch.float64, device)
+    w.requires_grad_()
+    y = _ours_fn(relu)(x, w, b)  # neither input nor bias requires grad
+    y.sum().backward()
+    assert x.grad is None and b.grad is None and w.grad is not None
+    w2 = w.detach()
+    x.requires_grad_()
+    _ours_fn(relu)(x, w2, b).sum().backward()
+    assert x.grad is not None and w2.grad is None
+    # Only the weight's backward GEMM runs when only the weight needs a gradient.
+    calls = []
+    real = torchext._ops.linear.LinearFunction.apply
+    try:
+        torchext._ops.linear.LinearFunction.apply = lambda *a: calls.append(a) or real(*a)
+        w3 = w.detach().requires_grad_()
+        y = _ours_fn(relu)(x.detach(), w3, b)
+        calls.clear()
+        y.sum().backward()
+    finally:
+        torchext._ops.linear.LinearFunction.apply = real
+    assert len(calls) == 1 and calls[0][0].shape == (3, 8)  # dW = linear(dY.t(), X.t())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_relu_nan_propagates_like_torch(device):
+    x = torch.tensor([[1.0, float("nan")], [-2.0, 0.5]], device=device)
+    w = torch.eye(2, device=device)
+    torch.testing.assert_close(F.linear_relu(x, w), torch.relu(torch.nn.functional.linear(x, w)), equal_nan=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (7, 33), (1000, 7), (1023, 300), (0, 5), (5, 0)], ids=str)
+def test_grad_helpers_match_torch(shape, dtype, device):
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    g = torch.randn(shape, dtype=torch.float64, device=device).to(dtype)
+    r = torch.randn(shape, dtype=torch.float64, device=device).to(dtype)
+    _close(ops.linear_bias_grad(g), g.to(acc).sum(0).to(dtype), dtype)
+    masked, sums = ops.linear_relu_grad(g, r)
+    expected = torch.ops.aten.threshold_backward(g, r, 0)
+    torch.testing.assert_close(masked, expected, atol=0, rtol=0)
+    _close(sums, expected.to(acc).sum(0).to(dtype), dtype)
+    gt = g.t().contiguous().t()  # non-contiguous grad_output
+    _close(ops.linear_bias_grad(gt), g.to(acc).sum(0).to(dtype), dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_grad_helpers_are_deterministic(device):
+    g = torch.randn(4097, 300, device=device)
+    r = torch.randn(4097, 300, device=device)
+    assert torch.equal(ops.linear_bias_grad(g), ops.linear_bias_grad(g))
+    assert torch.equal(ops.linear_relu_grad(g, r)[1], ops.linear_relu_grad(g, r)[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("cls", ["Linear", "LinearReLU"])
+def test_module_matches_torch_linear(cls, bias, device):
+    ours = getattr(torchext.nn, cls)(33, 7, bias=bias, device=device)
+    ref = torch.nn.Linear(33, 7, bias=bias, device=device)
+    assert repr(ours).replace(cls, "Linear") == repr(ref)
+    assert ours.__constants__ == ref.__constants__
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 5, 33, device=device)
+    expected = ref(x) if cls == "Linear" else torch.relu(ref(x))
+    torch.testing.assert_close(ours(x), expected, rtol=1e-5, atol=1e-5)
+    ref2 = torch.nn.Linear(33, 7, bias=bias, device=device)
+    ref2.load_state_dict(getattr(torchext.nn, cls)(33, 7, bias=bias, device=device).state_dict())
+
+
+def test_module_init_follows_torch():
+    torch.manual_seed(0)
+    ours = torchext.nn.Linear(100, 50, dtype=torch.float64)
+    torch.manual_seed(0)
+    ref = torch.nn.Linear(100, 50, dtype=torch.float64)
+    assert torch.equal(ours.weight, ref.weight) and torch.equal(ours.bias, ref.bias)
+    bound = 1 / math.sqrt(100)
+    assert ours.weight.abs().max() <= bound and ours.bias.abs().max() <= bound
+    assert ours.weight.dtype == torch.float64
+    lr = torchext.nn.LinearReLU(100, 50)
+    assert lr.in_features == 100 and lr.out_features == 50 and lr.weight.shape == (50, 100)
+
+
+def _raises_like_torch(ours, theirs, exc, match):
+    with pytest.raises(exc):
+        theirs()
+    with pytest.raises(exc, match=match):
+        ours()
+
+
+@pytest.mark.parametrize("fn", [F.linear, F.linear_relu], ids=["linear", "linear_relu"])
+def test_in_features_mismatch(fn):
+    x, w = torch.randn(3, 4), torch.randn(5, 3)
+    _raises_like_torch(lambda: fn(x, w), lambda: torch.nn.functional.linear(x, w), RuntimeError,
+                       "shapes cannot be multiplied")
+
+
+@pytest.mark.parametrize("fn", [F.linear, F.linear_relu], ids=["linear", "linear_relu"])
+def test_bias_wrong_length(fn):
+    x, w, b = torch.randn(3, 4), torch.randn(5, 4), torch.randn(4)
+    _raises_like_torch(lambda: fn(x, w, b), lambda: torch.nn.functional.linear(x, w, b), RuntimeError, "'bias'")
+
+
+@pytest.mark.parametrize("fn", [F.linear, F.linear_relu], ids=["linear", "linear_relu"])
+@pytest.mark.parametrize("which", ["weight", "bias"])
+def test_dtype_mismatch(which, fn):
+    x, w, b = torch.randn(3, 4), torch.randn(5, 4), torch.randn(5)
+    if which == "weight":
+        w = w.double()
+    else:
+        b = b.double()
+    _raises_like_torch(lambda: fn(x, w, b), lambda: torch.nn.functional.linear(x, w, b), RuntimeError,
+                       "same dtype")
+
+
+@pytest.mark.parametrize("fn", [F.linear, F.linear_relu], ids=["linear", "linear_relu"])
+def test_integer_input_mixed_with_float_weight(fn):
+    x, w = torch.ones(3, 4, dtype=torch.int64), torch.randn(5, 4)
+    _raises_like_torch(lambda: fn(x, w), lambda: torch.nn.functional.linear(x, w), RuntimeError, "same dtype")
+
+
+@pytest.mark.parametrize("fn", [F.linear, F.linear_relu], ids=["linear", "linear_relu"])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+def test_integer_dtypes_are_rejected_as_not_implemented(dtype, fn):
+    # torch computes integer linear on CPU (not on CUDA); torchext's kernels are float only and
+    # reject other dtypes with NotImplementedError naming the argument, as torch's own kernels do
+    # for a dtype they were not built for.
+    x, w = torch.ones(3, 4, dtype=dtype), torch.ones(5, 4, dtype=dtype)
+    with pytest.raises(NotImplementedError, match="'input'"):
+        fn(x, w)
+
+
+@pytest.mark.parametrize("fn", [F.linear, F.linear_relu], ids=["linear", "linear_relu"])
+def test_zero_dim_input(fn):
+    x, w = torch.tensor(1.0), torch.randn(5, 4)
+    _raises_like_torch(lambda: fn(x, w), lambda: torch.nn.functional.linear(x, w), RuntimeError, "at least 1D")
+
+
+@pytest.mark.parametrize("fn", [F.linear, F.linear_relu], ids=["linear", "linear_relu"])
+def test_three_dim_weight(fn):
+    x, w = torch.randn(3, 4), torch.randn(2, 5, 4)
+    _raises_like_torch(lambda: fn(x, w), lambda: torch.nn.functional.linear(x, w), RuntimeError, "'weight'")
+
+
+@pytest.mark.parametrize("op", ["linear", "linear_relu"])
+def test_ops_pass_opcheck(op):
+    x, w, b = _inputs(5, 7, 3, torch.float32, "cpu")
+    torch.library.opcheck(getattr(ops, op), (x, w, b))
+    torch.library.opcheck(getattr(ops, op), (x, w, None))
+    torch.library.opcheck(ops.linear_bias_grad, (x,))
+    torch.library.opcheck(ops.linear_relu_grad, (x, torch.randn(5, 7)))
+
+
+def test_ops_are_registered_in_one_namespace():
+    for name in ["linear", "linear_relu", "linear_bias_grad", "linear_relu_grad"]:
+        assert hasattr(torch.ops.torchext, name)

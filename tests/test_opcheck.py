@@ -1,0 +1,61 @@
+"""torch.library.opcheck on every torchext op: schema, fake kernel, dispatcher registration and
+AOT dispatch agree with the real kernels, for every dtype on every device."""
+import pytest
+import torch
+
+import torchext  # noqa: F401
+from conftest import ALL_DTYPES, DEVICES
+
+OPS = sorted(name.split("::")[1] for name in torch._C._dispatch_get_all_op_names() if name.startswith("torchext::"))
+
+
+def _rand(*shape, dtype, device):
+    return torch.randn(*shape, dtype=torch.float64, device=device).to(dtype)
+
+
+def _optim_lists(dtype, device, n=3):
+    # Odd sizes and an empty tensor in the middle of the list.
+    shapes = [(7, 5), (0,), (33,)][:n]
+    params = [_rand(*s, dtype=dtype, device=device) for s in shapes]
+    grads = [_rand(*s, dtype=dtype, device=device) for s in shapes]
+    return params, grads
+
+
+def samples(op, dtype, device):
+    """(args, kwargs) pairs for op, covering its optional arguments."""
+    r = lambda *s: _rand(*s, dtype=dtype, device=device)  # noqa: E731
+    if op == "relu":
+        return [((r(5, 7),), {}), ((r(6, 4).t(),), {}), ((r(0, 3),), {})]
+    if op == "relu_":
+        return [((r(5, 7),), {}), ((r(0),), {})]
+    if op == "relu_backward":
+        return [((r(5, 7), torch.relu(r(5, 7))), {})]
+    if op in ("linear", "linear_relu"):
+        return [((r(5, 7), r(3, 7), r(3)), {}), ((r(5, 7), r(3, 7), None), {}),
+                ((r(7, 5).t(), r(7, 3).t(), r(3)), {}), ((r(0, 7), r(3, 7), r(3)), {})]
+    if op == "linear_bias_grad":
+        return [((r(5, 3),), {}), ((r(0, 3),), {})]
+    if op == "linear_relu_grad":
+        return [((r(5, 3), torch.relu(r(5, 3))), {})]
+    if op in ("mse_loss", "mse_loss_forward"):
+        return [((r(5, 7), r(5, 7), red), {}) for red in (0, 1, 2)]
+    if op == "mse_loss_backward":
+        return [((r(5, 7), r(5, 7), 0), {}), ((r(), r(5, 7), 1), {}), ((r(), r(5, 7), 2), {})]
+    if op in ("sgd_step_", "adam_step_"):
+        from optim_samples import optim_op_samples
+        return optim_op_samples(op, dtype, device)
+    raise AssertionError("no opcheck samples for torchext::%s: add them here" % op)
+
+
+def test_every_op_has_samples():
+    assert "relu" in OPS
+    for op in OPS:
+        assert samples(op, torch.float32, "cpu"), op
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("op", OPS)
+def test_opcheck(op, dtype, device):
+    for args, kwargs in samples(op, dtype, device):
+        torch.library.opcheck(getattr(torch.ops.torchext, op).default, args, kwargs)

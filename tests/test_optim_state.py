@@ -1,0 +1,225 @@
+"""state_dict compatibility with torch.optim, GradScaler's grad_scale / found_inf protocol and fp32
+master weights, for torchext.optim.SGD, Adam and AdamW."""
+import copy
+
+import pytest
+import torch
+
+import torchext
+from conftest import DEVICES
+from optim_common import (assert_bitwise_equal, assert_params_close, clone_params, make_params, set_grads,
+                          snapshot)
+
+CASES = [
+    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.2)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("Adam", dict(lr=1e-2, amsgrad=True, weight_decay=0.1)),
+    ("AdamW", dict(lr=1e-2)),
+]
+IDS = ["%s-%d" % (c[0], i) for i, c in enumerate(CASES)]
+
+
+def _pair(name, kw, device, dtype=torch.float64):
+    a = make_params(dtype, device)
+    b = clone_params(a)
+    return a, b, getattr(torch.optim, name)(a, foreach=False, **kw), getattr(torchext.optim, name)(b, **kw)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("direction", ["torch_to_torchext", "torchext_to_torch"])
+def test_state_dict_cross_load_continues_identically(direction, case, device):
+    name, kw = case
+    ref, ours, opt_ref, opt = _pair(name, kw, device)
+    for _ in range(3):
+        set_grads(ref, ours)
+        opt_ref.step()
+        opt.step()
+    # A fresh optimizer of the other kind takes over from the saved state.
+    if direction == "torch_to_torchext":
+        src_params, src_opt = ref, opt_ref
+        dst_params = clone_params(ref)
+        dst_opt = getattr(torchext.optim, name)(dst_params, **kw)
+    else:
+        src_params, src_opt = ours, opt
+        dst_params = clone_params(ours)
+        dst_opt = getattr(torch.optim, name)(dst_params, foreach=False, **kw)
+    dst_opt.load_state_dict(copy.deepcopy(src_opt.state_dict()))
+    for _ in range(3):
+        set_grads(src_params, dst_params)
+        src_opt.step()
+        dst_opt.step()
+    assert_params_close(dst_params, src_params, torch.float64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_state_dict_layout_matches_torch(case, device):
+    name, kw = case
+    ref, ours, opt_ref, opt = _pair(name, kw, device)
+    set_grads(ref, ours)
+    opt_ref.step()
+    opt.step()
+    sd_ref, sd = opt_ref.state_dict(), opt.state_dict()
+    assert sd["state"].keys() == sd_ref["state"].keys()
+    for i in sd_ref["state"]:
+        assert sd["state"][i].keys() == sd_ref["state"][i].keys()
+        for k, v in sd_ref["state"][i].items():
+            assert sd["state"][i][k].dtype == v.dtype and sd["state"][i][k].shape == v.shape
+            assert sd["state"][i][k].device == v.device, k
+    groups = [{k: v for k, v in g.items() if k != "master_weights"} for g in sd["param_groups"]]
+    assert [g.keys() for g in groups] == [g.keys() for g in sd_ref["param_groups"]]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("when", ["first_step", "later_step"])
+def test_found_inf_leaves_everything_bit_identical(when, case, device):
+    name, kw = case
+    ref, ours, opt_ref, opt = _pair(name, kw, device)
+    if when == "later_step":
+        for _ in range(2):
+            set_grads(ref, ours)
+            opt_ref.step()
+            opt.step()
+    set_grads(ours)
+    before = snapshot(opt, ours)
+    sd_before = opt.state_dict()
+    found_inf = torch.ones((), device=device)
+    opt.step(grad_scale=torch.full((), 4.0, device=device), found_inf=found_inf)
+    after = snapshot(opt, ours)
+    if when == "later_step":
+        assert_bitwise_equal(before, after)
+    else:
+        # Params untouched; the state the skipped step created is still pristine (zeros, count 0).
+        for a, b in zip(before[0], after[0]):
+            assert torch.equal(a, b)
+        for entry in after[1].values():
+            assert all(not t.any() for t in entry.values())
+    if name == "SGD":  # a never-applied momentum buffer is not exported, as torch has none yet
+        assert opt.state_dict()["state"].keys() == sd_before["state"].keys()
+    # The skipped step did not count: the next real step is torch's next step (the first SGD step
+    # still initialises the momentum buffer with the gradient).
+    for _ in range(2):
+        set_grads(ref, ours)
+        opt_ref.step()
+        opt.step(found_inf=torch.zeros((), device=device))
+    assert_params_close(ours, ref, torch.float64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_grad_scale_unscales_gradients(case, device):
+    name, kw = case
+    ref, ours, opt_ref, opt = _pair(name, kw, device)
+    scale = 1024.0
+    for _ in range(3):
+        set_grads(ref, ours)
+        for p in ours:
+            if p.grad is not None:
+                p.grad.mul_(scale)
+        opt_ref.step()
+        opt.step(grad_scale=torch.full((), scale, device=device), found_inf=torch.zeros((), device=device))
+    assert_params_close(ours, ref, torch.float64)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_with_torch_grad_scaler(name):
+    # GradScaler hands grad_scale / found_inf to optimizers that declare _step_supports_amp_scaling.
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 4).double()
+    model_ref = copy.deepcopy(model)
+    kw = dict(lr=1e-2, momentum=0.9) if name == "SGD" else dict(lr=1e-2)
+    opt = getattr(torchext.optim, name)(model.parameters(), **kw)
+    opt_ref = getattr(torch.optim, name)(model_ref.parameters(), foreach=False, **kw)
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    assert opt._step_supports_amp_scaling
+    x, y = torch.randn(16, 8, dtype=torch.float64), torch.randn(16, 4, dtype=torch.float64)
+    for step in range(4):
+        opt.zero_grad()
+        opt_ref.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        scaler.scale(loss).backward()
+        if step == 1:  # an overflow: this step must be skipped entirely
+            next(model.parameters()).grad[0, 0] = float("inf")
+        scaler.step(opt)
+        scaler.update()
+        if step != 1:
+            torch.nn.functional.mse_loss(model_ref(x), y).backward()
+            opt_ref.step()
+    for p, q in zip(model.parameters(), model_ref.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_master_weights_follow_float32_math(case, dtype, device):
+    name, kw = case
+    ours = make_params(dtype, device)
+    ref = clone_params(ours, torch.float32)
+    opt = getattr(torchext.optim, name)(ours, master_weights=True, **kw)
+    opt_ref = getattr(torch.optim, name)(ref, foreach=False, **kw)
+    for _ in range(5):
+        set_grads(ours, ref)
+        opt.step()
+        opt_ref.step()
+    for p, q in zip(ours, ref):
+        if p.grad is None:
+            assert p not in opt.state
+            continue
+        master = opt.state[p]["master_param"]
+        assert master.dtype == torch.float32
+        # The moments (and SGD's buffer) stay in the param dtype, so the trajectories drift apart by
+        # their rounding: about 2^-11 (float16) or 2^-8 (bfloat16) of an update per step.
+        tol = 2e-3 if dtype == torch.float16 else 1.5e-2
+        torch.testing.assert_close(master, q.detach(), atol=tol, rtol=tol)
+        assert torch.equal(p.detach(), master.to(dtype))  # the param is the master's rounding
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_master_weights_round_trip_through_state_dict(case, device):
+    name, kw = case
+    ours = make_params(torch.bfloat16, device)
+    opt = getattr(torchext.optim, name)(ours, master_weights=True, **kw)
+    for _ in range(2):
+        set_grads(ours)
+        opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    assert all(e["master_param"].dtype == torch.float32 for e in sd["state"].values())
+    other = clone_params(ours)
+    opt2 = getattr(torchext.optim, name)(other, master_weights=True, **kw)
+    opt2.load_state_dict(sd)
+    for p in other:
+        if p in opt2.state:
+            assert opt2.state[p]["master_param"].dtype == torch.float32
+    for _ in range(3):
+        set_grads(ours, other)
+        opt.step()
+        opt2.step()
+    for p, q in zip(ours, other):
+        assert torch.equal(p, q)
+        if p in opt.state:
+            assert torch.equal(opt.state[p]["master_param"], opt2.state[q]["master_param"])
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_failed_load_state_dict_changes_nothing(case):
+    name, kw = case
+    _, ours, _, opt = _pair(name, kw, "cpu")
+    set_grads(ours)
+    opt.step()
+    bad = copy.deepcopy(opt.state_dict())
+    entry = next(iter(bad["state"].values()))
+    key = "momentum_buffer" if name == "SGD" else "exp_avg"
+    entry[key] = torch.zeros(entry[key].numel() + 1, dtype=entry[key].dtype)
+    before = snapshot(opt, ours)
+    with pytest.raises(ValueError, match=key):
+        opt.load_state_dict(bad)
+    assert_bitwise_equal(before, snapshot(opt, ours))
+    bad_groups = copy.deepcopy(opt.state_dict())
+    bad_groups["param_groups"][0]["params"] = bad_groups["param_groups"][0]["params"][:-1]
+    with pytest.raises(ValueError):
+        opt.load_state_dict(bad_groups)
+    assert_bitwise_equal(before, snapshot(opt, ours))

@@ -1,0 +1,126 @@
+"""Property-based parity with torch: hypothesis draws shapes, strides, dtypes and options.
+
+Bounded (small shapes, a fixed number of examples, no deadline) so the file stays well inside the
+CI budget; failures print the drawn example, which hypothesis then replays first on the next run.
+"""
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import torchext
+
+F = torchext.functional
+PROFILE = settings(max_examples=40, deadline=None, derandomize=False,
+                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+DTYPES = st.sampled_from([torch.float64, torch.float32, torch.float16, torch.bfloat16])
+# Same-dtype tolerances for results that go through one reduction of length <= 64.
+TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-5, 1e-5), torch.float16: (5e-3, 5e-3),
+       torch.bfloat16: (4e-2, 4e-2)}
+
+
+@st.composite
+def strided(draw, shape, dtype):
+    """A tensor of `shape` that is contiguous, transposed, sliced or expanded (a broadcast view)."""
+    layout = draw(st.sampled_from(["contiguous", "transposed", "sliced", "expanded"]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    if layout == "transposed" and len(shape) >= 2:
+        t = torch.randn(*shape[:-2], shape[-1], shape[-2], generator=g, dtype=torch.float64).transpose(-1, -2)
+    elif layout == "sliced":
+        t = torch.randn(*shape[:-1], 2 * shape[-1] + 1, generator=g, dtype=torch.float64)[..., 1::2]
+    elif layout == "expanded" and len(shape) >= 2:
+        t = torch.randn(*shape[:-2], 1, shape[-1], generator=g, dtype=torch.float64).expand(*shape)
+    else:
+        t = torch.randn(*shape, generator=g, dtype=torch.float64)
+    return t.to(dtype) if dtype != torch.float64 else t
+
+
+def _close(a, b, dtype, scale=1.0):
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(a, b, atol=atol * scale, rtol=rtol)
+
+
+@PROFILE
+@given(data=st.data(), dtype=DTYPES, shape=st.lists(st.integers(0, 9), min_size=1, max_size=4))
+def test_relu_matches_torch(data, dtype, shape):
+    x = data.draw(strided(shape, dtype))
+    torch.testing.assert_close(F.relu(x), torch.relu(x), atol=0, rtol=0)
+    y = x.clone()
+    F.relu(y, inplace=True)
+    torch.testing.assert_close(y, torch.relu(x), atol=0, rtol=0)
+
+
+@PROFILE
+@given(data=st.data(), dtype=DTYPES, batch=st.lists(st.integers(0, 5), max_size=2),
+       k=st.integers(1, 40), n=st.integers(1, 40), bias=st.booleans(), fused=st.booleans())
+def test_linear_matches_torch(data, dtype, batch, k, n, bias, fused):
+    x = data.draw(strided(batch + [k], dtype))
+    w = data.draw(strided([n, k], dtype))
+    b = data.draw(strided([n], dtype)) if bias else None
+    ours = (F.linear_relu if fused else F.linear)(x, w, b)
+    ref = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
+    if fused:
+        ref = torch.relu(ref)
+    assert ours.shape == ref.shape and ours.dtype == dtype
+    # Accumulation in float (double for float64); the one rounding of the output dominates.
+    _close(ours.double(), ref, dtype, scale=max(1.0, k ** 0.5))
+
+
+@PROFILE
+@given(data=st.data(), dtype=DTYPES, shape=st.lists(st.integers(0, 9), min_size=1, max_size=3),
+       reduction=st.sampled_from(["none", "mean", "sum"]))
+def test_mse_loss_matches_torch(data, dtype, shape, reduction):
+    x = data.draw(strided(shape, dtype)).requires_grad_()
+    t = data.draw(strided(shape, dtype))
+    x_ref = x.detach().double().requires_grad_()
+    ours = F.mse_loss(x, t, reduction=reduction)
+    ref = torch.nn.functional.mse_loss(x_ref, t.double(), reduction=reduction)
+    assert ours.dtype == dtype
+    _close(ours.double(), ref, dtype, scale=max(1.0, float(ref.detach().abs().max()) if ref.numel() else 1.0))
+    if ref.numel() and not ref.isnan().any():
+        g = torch.ones_like(ref)
+        ours.backward(g.to(dtype))
+        ref.backward(g)
+        _close(x.grad.double(), x_ref.grad, dtype, scale=max(1.0, float(x_ref.grad.abs().max())))
+
+
+@st.composite
+def optimizer_case(draw):
+    name = draw(st.sampled_from(["SGD", "Adam", "AdamW"]))
+    if name == "SGD":
+        momentum = draw(st.sampled_from([0.0, 0.5, 0.9]))
+        nesterov = momentum > 0 and draw(st.booleans())
+        kw = dict(lr=draw(st.sampled_from([1e-3, 0.1])), momentum=momentum, nesterov=nesterov,
+                  dampening=0.0 if nesterov else draw(st.sampled_from([0.0, 0.3])),
+                  weight_decay=draw(st.sampled_from([0.0, 1e-2])), maximize=draw(st.booleans()))
+    else:
+        kw = dict(lr=draw(st.sampled_from([1e-3, 0.1])), betas=draw(st.sampled_from([(0.9, 0.999), (0.5, 0.9)])),
+                  eps=draw(st.sampled_from([1e-8, 1e-3])), weight_decay=draw(st.sampled_from([0.0, 1e-2])),
+                  amsgrad=draw(st.booleans()), maximize=draw(st.booleans()))
+    return name, kw
+
+
+@PROFILE
+@given(case=optimizer_case(), dtype=st.sampled_from([torch.float64, torch.float32]),
+       sizes=st.lists(st.integers(0, 300), min_size=1, max_size=5), seed=st.integers(0, 2**31 - 1),
+       grad_mask=st.lists(st.booleans(), min_size=5, max_size=5))
+def test_optimizer_matches_torch(case, dtype, sizes, seed, grad_mask):
+    name, kw = case
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=g, dtype=dtype) for s in sizes]
+    ours = [p.clone().requires_grad_() for p in params]
+    ref = [p.clone().requires_grad_() for p in params]
+    opt = getattr(torchext.optim, name)(ours, **kw)
+    opt_ref = getattr(torch.optim, name)(ref, foreach=False, **kw)
+    for _ in range(3):
+        for i, (p, q) in enumerate(zip(ours, ref)):
+            if grad_mask[i]:  # some params never get a gradient: both optimizers skip them
+                grad = torch.randn(p.shape, generator=g, dtype=dtype)
+                p.grad, q.grad = grad.clone(), grad.clone()
+        opt.step()
+        opt_ref.step()
+    tol = dict(atol=1e-12, rtol=1e-12) if dtype == torch.float64 else dict(atol=1e-6, rtol=1e-5)
+    for p, q in zip(ours, ref):
+        torch.testing.assert_close(p, q, **tol)

@@ -1,0 +1,167 @@
+"""Linear: fake kernels and autograd wrappers around torch.ops.torchext.linear*.
+
+Every backward is written with the same ops, through the autograd.Functions below, so gradients
+of gradients (double backward) are themselves computed by torchext's kernels:
+    dX = linear(dY, W.t())     dW = linear(dY.t(), X.t())     db = linear_bias_grad(dY)
+The transposes are views: the GEMM's packing reads any strides, so they cost no copy.
+"""
+import math
+
+import torch
+
+from ._util import autocast_inputs
+from .relu import ReLUBackward
+
+_ops = torch.ops.torchext
+
+
+def _fake_linear(input, weight, bias):
+    torch._check(input.dim() == 2 and weight.dim() == 2,
+                 lambda: "torchext.linear: expected 2-D 'input' and 'weight'")
+    torch._check(input.shape[1] == weight.shape[1],
+                 lambda: "torchext.linear: 'input' %s and 'weight' %s shapes cannot be multiplied"
+                 % (tuple(input.shape), tuple(weight.shape)))
+    if bias is not None:
+        torch._check(bias.dim() == 1 and bias.shape[0] == weight.shape[0],
+                     lambda: "torchext.linear: expected 'bias' of shape [out_features]")
+    return input.new_empty((input.shape[0], weight.shape[0]))
+
+
+torch.library.register_fake("torchext::linear")(_fake_linear)
+torch.library.register_fake("torchext::linear_relu")(_fake_linear)
+
+
+@torch.library.register_fake("torchext::linear_bias_grad")
+def _linear_bias_grad_fake(grad_output):
+    torch._check(grad_output.dim() == 2, lambda: "torchext.linear_bias_grad: expected 2-D 'grad_output'")
+    return grad_output.new_empty((grad_output.shape[1],))
+
+
+@torch.library.register_fake("torchext::linear_relu_grad")
+def _linear_relu_grad_fake(grad_output, result):
+    torch._check(grad_output.dim() == 2 and grad_output.shape == result.shape,
+                 lambda: "torchext.linear_relu_grad: 'result' must have the 2-D shape of 'grad_output'")
+    return (torch.empty_like(grad_output, memory_format=torch.contiguous_format),
+            grad_output.new_empty((grad_output.shape[1],)))
+
+
+class BiasGrad(torch.autograd.Function):
+    """db = dY.sum(0). Linear in dY: its backward broadcasts the incoming gradient over the rows."""
+
+    @staticmethod
+    def forward(ctx, grad_output):
+        ctx.rows = grad_output.shape[0]
+        return _ops.linear_bias_grad(grad_output)
+
+    @staticmethod
+    def backward(ctx, grad_grad):
+        return grad_grad.unsqueeze(0).expand(ctx.rows, grad_grad.shape[0])
+
+
+def _linear_backward(ctx_needs, grad_z, input, weight, has_bias):
+    """Gradients of z = input @ weight.T + bias for the inputs marked in ctx_needs (3 flags)."""
+    grad_input = grad_weight = grad_bias = None
+    if ctx_needs[0]:
+        grad_input = LinearFunction.apply(grad_z, weight.t(), None)
+    if ctx_needs[1]:
+        grad_weight = LinearFunction.apply(grad_z.t(), input.t(), None)
+    if has_bias and ctx_needs[2]:
+        grad_bias = BiasGrad.apply(grad_z)
+    return grad_input, grad_weight, grad_bias
+
+
+class LinearFunction(torch.autograd.Function):
+    """out = input @ weight.T + bias on 2-D input."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias):
+        ctx.save_for_backward(input, weight)
+        ctx.has_bias = bias is not None
+        return _ops.linear(input, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        return _linear_backward(ctx.needs_input_grad, grad_output, input, weight, ctx.has_bias)
+
+
+class ReLUGrad(torch.autograd.Function):
+    """(dZ, db) = (dY * (result > 0), dZ.sum(0)) in one pass. Linear in dY; the mask is piecewise
+    constant in result, which gets no gradient (as in torch's threshold_backward)."""
+
+    @staticmethod
+    def forward(ctx, grad_output, result):
+        ctx.save_for_backward(result)
+        return _ops.linear_relu_grad(grad_output, result)
+
+    @staticmethod
+    def backward(ctx, grad_masked, grad_sums):
+        (result,) = ctx.saved_tensors
+        total = None
+        if grad_masked is not None:
+            total = grad_masked
+        if grad_sums is not None:
+            spread = grad_sums.unsqueeze(0).expand_as(result)
+            total = spread if total is None else total + spread
+        if total is None:
+            return None, None
+        return ReLUBackward.apply(total, result), None
+
+
+class LinearReLUFunction(torch.autograd.Function):
+    """out = relu(input @ weight.T + bias) on 2-D input, ReLU fused into the GEMM's epilogue."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias):
+        result = _ops.linear_relu(input, weight, bias)
+        ctx.save_for_backward(input, weight, result)
+        ctx.has_bias = bias is not None
+        return result
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight, result = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        if not any(needs):
+            return None, None, None
+        grad_z, grad_bias = ReLUGrad.apply(grad_output, result)
+        grad_input, grad_weight, _ = _linear_backward((needs[0], needs[1], False), grad_z, input, weight, False)
+        return grad_input, grad_weight, grad_bias if (ctx.has_bias and needs[2]) else None
+
+
+def _check_args(name, input, weight, bias):
+    for arg, value in (("input", input), ("weight", weight)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError("%s(): argument '%s' must be Tensor, not %s" % (name, arg, type(value).__name__))
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError("%s(): argument 'bias' must be Tensor, not %s" % (name, type(bias).__name__))
+    if input.dim() == 0 or weight.dim() == 0:
+        raise RuntimeError("%s(): both arguments to linear need to be at least 1D, but they are %dD and %dD"
+                           % (name, input.dim(), weight.dim()))
+    if weight.dim() != 2:
+        raise RuntimeError("%s(): expected 'weight' to be 2-D [out_features, in_features], but got shape %s"
+                           % (name, tuple(weight.shape)))
+    if input.shape[-1] != weight.shape[1]:
+        raise RuntimeError("%s(): 'input' %s and 'weight' %s shapes cannot be multiplied (in_features %d != %d)"
+                           % (name, tuple(input.shape), tuple(weight.shape), input.shape[-1], weight.shape[1]))
+
+
+def _apply(fn, name, input, weight, bias):
+    _check_args(name, input, weight, bias)
+    input, weight, bias = autocast_inputs("lower", input, weight, bias)  # as torch.autocast treats aten::linear
+    # Any leading dims are flattened into the batch ([..., in] -> [B, in]) and restored after;
+    # a 1-D input [in] is a batch of one whose output is [out], as in torch.
+    lead = input.shape[:-1]
+    x2 = input.reshape(math.prod(lead), input.shape[-1])
+    out = fn.apply(x2, weight, bias)
+    return out.reshape(*lead, weight.shape[0])
+
+
+def linear(input, weight, bias=None):
+    """Drop-in for torch.nn.functional.linear: input @ weight.T + bias over the last dim."""
+    return _apply(LinearFunction, "linear", input, weight, bias)
+
+
+def linear_relu(input, weight, bias=None):
+    """relu(linear(input, weight, bias)) with the ReLU fused into the GEMM's epilogue."""
+    return _apply(LinearReLUFunction, "linear_relu", input, weight, bias)

@@ -1,0 +1,119 @@
+"""Adam and AdamW, one fused kernel launch per device and dtype."""
+import torch
+
+from ._base import FusedOptimizer
+
+_ops = torch.ops.torchext
+
+
+def _to_scalar(x):
+    return x.item() if isinstance(x, torch.Tensor) else x
+
+
+class Adam(FusedOptimizer):
+    """Drop-in for torch.optim.Adam (same arguments, defaults, equations and state_dict layout).
+
+    `step` is a 0-dim float32 tensor; on CUDA it lives on the param's device (the kernel reads and
+    bumps it there) and state_dict() reports it on the CPU unless capturable, as torch does.
+    Extra keyword: master_weights (see torchext.optim.SGD). foreach and fused are accepted and
+    ignored: every step is fused.
+    """
+
+    _name = "Adam"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
+                 foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
+                 decoupled_weight_decay=False, master_weights=False):
+        if isinstance(lr, torch.Tensor):
+            if lr.numel() != 1:
+                raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if not ((isinstance(betas[0], float) and isinstance(betas[1], float))
+                or (isinstance(betas[0], torch.Tensor) and isinstance(betas[1], torch.Tensor))):
+            raise ValueError("betas must be either both floats or both Tensors")
+        for i in (0, 1):
+            if isinstance(betas[i], torch.Tensor) and betas[i].numel() != 1:
+                raise ValueError(f"Tensor betas[{i}] must be 1-element")
+        betas = (_to_scalar(betas[0]), _to_scalar(betas[1]))
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "amsgrad": amsgrad,
+                    "maximize": maximize, "foreach": foreach, "capturable": capturable,
+                    "differentiable": differentiable, "fused": fused,
+                    "decoupled_weight_decay": decoupled_weight_decay}
+        super().__init__(params, defaults, differentiable=differentiable, fused=fused, foreach=foreach,
+                         master_weights=master_weights)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("amsgrad", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("capturable", False)
+            group.setdefault("differentiable", False)
+            group.setdefault("decoupled_weight_decay", False)
+            group.setdefault("fused", None)
+
+    def _init_state(self, p, state, group):
+        if len(state) == 0 or "step" not in state:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        step = state["step"]
+        if not isinstance(step, torch.Tensor):
+            state["step"] = torch.tensor(float(step), dtype=torch.float32, device=p.device)
+        elif step.device != p.device or step.dtype != torch.float32 or step.dim() != 0:
+            # e.g. a torch (non-capturable) state_dict keeps CUDA params' steps on the CPU
+            state["step"] = step.to(device=p.device, dtype=torch.float32).reshape(())
+        if group["amsgrad"] and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _state_tensors(self, p, state, group):
+        out = {"exp_avg": state["exp_avg"], "exp_avg_sq": state["exp_avg_sq"]}
+        if group["amsgrad"]:
+            out["max_exp_avg_sq"] = state["max_exp_avg_sq"]
+        if "master_param" in state:
+            out["master_param"] = state["master_param"]
+        return out
+
+    def _export_entry(self, entry, group):
+        step = entry.get("step")
+        if isinstance(step, torch.Tensor) and step.device.type != "cpu" and not group.get("capturable", False):
+            entry["step"] = step.to("cpu")
+
+    def _launch(self, group, params, lr_tensor, grad_scale, found_inf):
+        st = [self.state[p] for p in params]
+        beta1, beta2 = group["betas"]
+        amsgrad = bool(group["amsgrad"])
+        _ops.adam_step_(params, self._grads(params), [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
+                        [s["max_exp_avg_sq"] for s in st] if amsgrad else [], [s["step"] for s in st],
+                        self._masters(params), 0.0 if lr_tensor is not None else float(group["lr"]),
+                        float(_to_scalar(beta1)), float(_to_scalar(beta2)), float(group["eps"]),
+                        float(_to_scalar(group["weight_decay"])), amsgrad, bool(group["maximize"]),
+                        bool(group["decoupled_weight_decay"]), lr_tensor, grad_scale, found_inf)
+
+
+class AdamW(Adam):
+    """Drop-in for torch.optim.AdamW: Adam with decoupled weight decay (default 1e-2)."""
+
+    _name = "AdamW"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
+                 maximize=False, foreach=None, capturable=False, differentiable=False, fused=None,
+                 master_weights=False):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+                         capturable=capturable, differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=True, master_weights=master_weights)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True

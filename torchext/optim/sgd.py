@@ -1,0 +1,77 @@
+"""SGD with momentum / Nesterov / weight decay, one fused kernel launch per device and dtype."""
+import torch
+
+from ._base import FusedOptimizer
+
+_ops = torch.ops.torchext
+
+
+class SGD(FusedOptimizer):
+    """Drop-in for torch.optim.SGD (same arguments, defaults, equations and state_dict layout).
+
+    Extra keyword: master_weights=True keeps a float32 copy of every float16/bfloat16 param in
+    state['master_param'], updates it and writes its rounding to the param. foreach and fused are
+    accepted and ignored: every step is fused.
+    """
+
+    _name = "SGD"
+
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
+                 maximize=False, foreach=None, differentiable=False, fused=None, master_weights=False):
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
+                    "nesterov": nesterov, "maximize": maximize, "foreach": foreach,
+                    "differentiable": differentiable, "fused": fused}
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        super().__init__(params, defaults, differentiable=differentiable, fused=fused, foreach=foreach,
+                         master_weights=master_weights)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("nesterov", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("differentiable", False)
+            group.setdefault("fused", False)
+
+    def _init_state(self, p, state, group):
+        if group["momentum"] == 0:
+            return
+        if state.get("momentum_buffer") is None:
+            # Zero-filled with a count of 0 rather than a clone of the grad, so that a step skipped
+            # by GradScaler (decided on the device) leaves the next step still the first one.
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["momentum_count"] = torch.zeros((), dtype=torch.float32, device=p.device)
+        elif "momentum_count" not in state:  # a buffer loaded from a state_dict carries history
+            state["momentum_count"] = torch.ones((), dtype=torch.float32, device=p.device)
+
+    def _state_tensors(self, p, state, group):
+        out = {}
+        if group["momentum"] != 0:
+            out["momentum_buffer"] = state["momentum_buffer"]
+        if "master_param" in state:
+            out["master_param"] = state["master_param"]
+        return out
+
+    def _export_entry(self, entry, group):
+        count = entry.get("momentum_count")
+        if count is not None and float(count) == 0.0:
+            entry.pop("momentum_buffer", None)  # never stepped: torch would have no buffer either
+
+    def _launch(self, group, params, lr_tensor, grad_scale, found_inf):
+        use_momentum = group["momentum"] != 0
+        bufs = [self.state[p]["momentum_buffer"] for p in params] if use_momentum else []
+        counts = [self.state[p]["momentum_count"] for p in params] if use_momentum else []
+        _ops.sgd_step_(params, self._grads(params), bufs, counts, self._masters(params),
+                       0.0 if lr_tensor is not None else float(group["lr"]), float(group["momentum"]),
+                       float(group["dampening"]), float(group["weight_decay"]), bool(group["nesterov"]),
+                       bool(group["maximize"]), lr_tensor, grad_scale, found_inf)
