@@ -296,9 +296,13 @@ def test_ops_validate_their_arguments():
     x = torch.randn(3, 4)
     with pytest.raises(RuntimeError, match="'target' to have shape"):
         ops.mse_loss(x, torch.randn(4, 3), 1)
-    with pytest.raises(TypeError, match="'target' to have dtype"):
+    # Exception types as torch's kernels: disagreeing dtypes RuntimeError, no kernel for a dtype
+    # NotImplementedError.
+    with pytest.raises(RuntimeError, match="'target' to have dtype"):
         ops.mse_loss_forward(x, x.double(), 1)
-    with pytest.raises(TypeError, match="'input'"):
+    with pytest.raises(RuntimeError, match="'grad_output' to have dtype"):
+        ops.mse_loss_backward(torch.ones((), dtype=torch.float64), x, 2)
+    with pytest.raises(NotImplementedError, match="'input'"):
         ops.mse_loss(x.long(), x.long(), 1)
     with pytest.raises(ValueError, match="'reduction'"):
         ops.mse_loss(x, x, 3)

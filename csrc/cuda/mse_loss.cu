@@ -257,9 +257,9 @@ at::Tensor mse_loss_backward_cuda(const at::Tensor& grad_output, const at::Tenso
   if (reduction == 0) {
     check_same_shape_dtype(op, "diff", diff, "grad_output", grad_output);
   } else {
-    TORCH_CHECK_TYPE(grad_output.scalar_type() == diff.scalar_type(), "torchext.", op,
-                     ": expected 'grad_output' to have dtype ", diff.scalar_type(), " like 'diff', but got ",
-                     grad_output.scalar_type());
+    TORCH_CHECK(grad_output.scalar_type() == diff.scalar_type(), "torchext.", op,
+                ": expected 'grad_output' to have dtype ", diff.scalar_type(), " like 'diff', but got ",
+                grad_output.scalar_type());
     TORCH_CHECK(grad_output.dim() == 0, "torchext.", op,
                 ": expected 'grad_output' to be 0-dimensional for reduction mean/sum, but got shape ",
                 grad_output.sizes());
