@@ -296,9 +296,13 @@ def test_ops_validate_their_arguments():
     x = torch.randn(3, 4)
     with pytest.raises(RuntimeError, match="'target' to have shape"):
         ops.mse_loss(x, torch.randn(4, 3), 1)
-    with pytest.raises(TypeError, match="'target' to have dtype"):
+    # Exception types as torch's kernels: disagreeing dtypes RuntimeError, no kernel for a dtype
+    # NotImplementedError.
+    with pytest.raises(RuntimeError, match="'target' to have dtype"):
         ops.mse_loss_forward(x, x.double(), 1)
-    with pytest.raises(TypeError, match="'input'"):
+    with pytest.raises(RuntimeError, match="'grad_output' to have dtype"):
+        ops.mse_loss_backward(torch.ones((), dtype=torch.float64), x, 2)
+    with pytest.raises(NotImplementedError, match="'input'"):
         ops.mse_loss(x.long(), x.long(), 1)
     with pytest.raises(ValueError, match="'reduction'"):
         ops.mse_loss(x, x, 3)
@@ -348,3 +352,56 @@ def test_module_matches_torch_module():
 def test_ops_are_registered_in_one_namespace():
     for name in ["mse_loss", "mse_loss_forward", "mse_loss_backward"]:
         assert hasattr(torch.ops.torchext, name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_types_round_exactly_like_torch_casts(dtype, device):
+    # Every 16-bit pattern (subnormals, infinities, NaNs, both zeros) against a shuffled partner:
+    # diff and the unreduced loss must equal computing in float32 and casting once.
+    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    x = bits.view(dtype).to(device)
+    t = x[torch.randperm(x.numel(), device=device)]
+    loss, diff = torch.ops.torchext.mse_loss_forward(x, t, 0)
+    d32 = x.float() - t.float()
+    torch.testing.assert_close(diff, d32.to(dtype), equal_nan=True, atol=0, rtol=0)
+    torch.testing.assert_close(loss, (d32 * d32).to(dtype), equal_nan=True, atol=0, rtol=0)
+
+
+def test_every_cpu_simd_level_gives_the_same_results(tmp_path):
+    # The kernels are compiled per SIMD level (and float16 takes a separate F16C path above the
+    # baseline); run the baseline in a child process and compare with this process's level.
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, torch, torchext\n"
+        "torch.manual_seed(0)\n"
+        "out = {}\n"
+        "for dt in (torch.float64, torch.float32, torch.float16, torch.bfloat16):\n"
+        "    x, t = torch.randn(4099, dtype=dt), torch.randn(4099, dtype=dt)\n"
+        "    g = torch.randn(4099, dtype=dt)\n"
+        "    loss, diff = torch.ops.torchext.mse_loss_forward(x, t, 0)\n"
+        "    total = torch.ops.torchext.mse_loss(x, t, 2)\n"
+        "    grads = [torch.ops.torchext.mse_loss_backward(g, diff, 0),\n"
+        "             torch.ops.torchext.mse_loss_backward(g[0].clone(), diff, 1)]\n"
+        "    relu = [torch.ops.torchext.relu(x), torch.ops.torchext.relu_backward(g, torch.ops.torchext.relu(x))]\n"
+        "    out[str(dt)] = (x, t, g, loss, diff, total, grads, relu)\n"
+        "torch.save(out, sys.argv[1])\n")
+    path = tmp_path / "baseline.pt"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(torchext.__file__)))
+    env = dict(os.environ, TORCHEXT_CPU_CAPABILITY="default",
+               PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    subprocess.run([sys.executable, str(script), str(path)], check=True, env=env)
+    ops = torch.ops.torchext
+    for dt, (x, t, g, loss, diff, total, grads, relu) in torch.load(path).items():
+        ours_loss, ours_diff = ops.mse_loss_forward(x, t, 0)
+        assert torch.equal(ours_loss, loss) and torch.equal(ours_diff, diff), dt
+        assert torch.equal(ops.mse_loss_backward(g, diff, 0), grads[0]), dt
+        assert torch.equal(ops.mse_loss_backward(g[0].clone(), diff, 1), grads[1]), dt
+        assert torch.equal(ops.relu(x), relu[0]) and torch.equal(ops.relu_backward(g, relu[0]), relu[1]), dt
+        # Sums may associate differently per SIMD width.
+        torch.testing.assert_close(ops.mse_loss(x, t, 2), total, rtol=1e-3 if x.element_size() == 2 else 1e-6,
+                                   atol=0)

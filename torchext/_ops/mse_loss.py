@@ -9,6 +9,13 @@ from ._util import is_non_overlapping_and_dense
 _ops = torch.ops.torchext
 
 _NONE, _MEAN, _SUM = 0, 1, 2
+_FLOAT_TYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+_REDUCTION_ENUM = {"none": _NONE, "mean": _MEAN, "sum": _SUM}
+# Resolved overloads: calling them skips the packet lookup on every call (small losses are
+# dominated by per-call overhead).
+_mse_loss = _ops.mse_loss.default
+_mse_loss_forward = _ops.mse_loss_forward.default
+_mse_loss_backward = _ops.mse_loss_backward.default
 
 
 def _same_shape(op, name_a, a, name_b, b):
@@ -59,7 +66,7 @@ class MSELossBackward(torch.autograd.Function):
     def forward(ctx, grad_output, diff, reduction):
         ctx.reduction = reduction
         ctx.save_for_backward(grad_output, diff)
-        return _ops.mse_loss_backward(grad_output, diff, reduction)
+        return _mse_loss_backward(grad_output, diff, reduction)
 
     @staticmethod
     def backward(ctx, grad_grad):
@@ -84,7 +91,7 @@ class MSELossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, target, reduction):
-        loss, diff = _ops.mse_loss_forward(input, target, reduction)
+        loss, diff = _mse_loss_forward(input, target, reduction)
         ctx.reduction = reduction
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(diff)
@@ -95,7 +102,10 @@ class MSELossFunction(torch.autograd.Function):
         (diff,) = ctx.saved_tensors
         grad = None
         if grad_loss is not None:
-            grad = MSELossBackward.apply(grad_loss, diff, ctx.reduction)
+            if torch.is_grad_enabled():  # create_graph: keep the backward differentiable
+                grad = MSELossBackward.apply(grad_loss, diff, ctx.reduction)
+            else:
+                grad = _mse_loss_backward(grad_loss, diff, ctx.reduction)
         if grad_diff is not None:
             grad = grad_diff if grad is None else grad + grad_diff
         if grad is None:
@@ -119,19 +129,23 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
         )
     if size_average is not None or reduce is not None:
         reduction = _Reduction.legacy_get_string(size_average, reduce)
-    reduction_enum = _Reduction.get_enum(reduction)  # ValueError "<x> is not a valid value for reduction"
+    reduction_enum = _REDUCTION_ENUM.get(reduction) if isinstance(reduction, str) else None
+    if reduction_enum is None:
+        reduction_enum = _Reduction.get_enum(reduction)  # ValueError "<x> is not a valid value for reduction"
 
     # torch promotes mixed dtypes (float32 with float64 -> float64, int with float -> float) and
     # refuses integer, bool and complex results with NotImplementedError.
-    dtype = torch.result_type(input, target)
-    if dtype not in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
-        raise NotImplementedError(
-            "torchext.mse_loss: 'input' (%s) and 'target' (%s) promote to %s, which is not supported; "
-            "expected float64, float32, float16 or bfloat16" % (input.dtype, target.dtype, dtype))
-    # Differentiable conversions: autograd casts the gradients back and sums them over broadcast dims.
-    input = input.to(dtype)
-    target = target.to(dtype)
+    if input.dtype != target.dtype or input.dtype not in _FLOAT_TYPES:
+        dtype = torch.result_type(input, target)
+        if dtype not in _FLOAT_TYPES:
+            raise NotImplementedError(
+                "torchext.mse_loss: 'input' (%s) and 'target' (%s) promote to %s, which is not supported; "
+                "expected float64, float32, float16 or bfloat16" % (input.dtype, target.dtype, dtype))
+        # Differentiable conversions: autograd casts the gradients back to each dtype.
+        input = input.to(dtype)
+        target = target.to(dtype)
     if input.shape != target.shape:
+        # Differentiable too: autograd sums each gradient back over the broadcast dimensions.
         input, target = torch.broadcast_tensors(input, target)
 
     if weight is not None:
@@ -147,4 +161,4 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
     if torch.is_grad_enabled() and (input.requires_grad or target.requires_grad):
         loss, _ = MSELossFunction.apply(input, target, reduction_enum)
         return loss
-    return _ops.mse_loss(input, target, reduction_enum)
+    return _mse_loss(input, target, reduction_enum)

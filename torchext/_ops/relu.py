@@ -4,6 +4,11 @@ import torch
 from ._util import is_non_overlapping_and_dense
 
 _ops = torch.ops.torchext
+# Resolved overloads: calling them skips the packet lookup on every call (small activations are
+# dominated by per-call overhead).
+_relu = _ops.relu.default
+_relu_ = _ops.relu_.default
+_relu_backward = _ops.relu_backward.default
 
 
 @torch.library.register_fake("torchext::relu")
@@ -33,7 +38,7 @@ class ReLUBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, grad_output, result):
         ctx.save_for_backward(result)
-        return _ops.relu_backward(grad_output, result)
+        return _relu_backward(grad_output, result)
 
     @staticmethod
     def backward(ctx, grad_grad):
@@ -41,23 +46,30 @@ class ReLUBackward(torch.autograd.Function):
         return ReLUBackward.apply(grad_grad, result), None
 
 
+def _relu_grad(grad_output, result):
+    # Only a create_graph backward (grad mode on) needs the differentiable node.
+    if torch.is_grad_enabled():
+        return ReLUBackward.apply(grad_output, result)
+    return _relu_backward(grad_output, result)
+
+
 class ReLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input):
-        result = _ops.relu(input)
+        result = _relu(input)
         ctx.save_for_backward(result)
         return result
 
     @staticmethod
     def backward(ctx, grad_output):
         (result,) = ctx.saved_tensors
-        return ReLUBackward.apply(grad_output, result)
+        return _relu_grad(grad_output, result)
 
 
 class ReLUInplaceFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input):
-        _ops.relu_(input)
+        _relu_(input)
         ctx.mark_dirty(input)
         ctx.save_for_backward(input)  # input now holds the result
         return input
@@ -65,12 +77,14 @@ class ReLUInplaceFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (result,) = ctx.saved_tensors
-        return ReLUBackward.apply(grad_output, result)
+        return _relu_grad(grad_output, result)
 
 
 def relu(input, inplace=False):
     if not isinstance(input, torch.Tensor):
         raise TypeError("relu(): argument 'input' must be Tensor, not %s" % type(input).__name__)
     if inplace:
-        return ReLUInplaceFunction.apply(input)
-    return ReLUFunction.apply(input)
+        return ReLUInplaceFunction.apply(input)  # also bumps the version counter for autograd
+    if input.requires_grad and torch.is_grad_enabled():
+        return ReLUFunction.apply(input)
+    return _relu(input)
