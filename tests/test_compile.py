@@ -24,7 +24,7 @@ def _train_step(model, opt, loss_fn, x, y):
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=False)
-    return loss
+    return loss.detach()  # its graph was consumed by backward()
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -10,7 +10,7 @@ OPS = sorted(name.split("::")[1] for name in torch._C._dispatch_get_all_op_names
 
 
 def _rand(*shape, dtype, device):
-    return torch.randn(*shape, dtype=torch.float64, device=device).to(dtype)
+    return torch.randn(shape, dtype=torch.float64, device=device).to(dtype)
 
 
 def _optim_lists(dtype, device, n=3):
@@ -19,6 +19,39 @@ def _optim_lists(dtype, device, n=3):
     params = [_rand(*s, dtype=dtype, device=device) for s in shapes]
     grads = [_rand(*s, dtype=dtype, device=device) for s in shapes]
     return params, grads
+
+
+def _scalar(value, device):
+    return torch.tensor(value, dtype=torch.float32, device=device)
+
+
+def _sgd_samples(dtype, device):
+    out = []
+    for momentum, count in ((0.0, None), (0.9, 0.0), (0.9, 3.0)):
+        params, grads = _optim_lists(dtype, device)
+        bufs = [torch.randn_like(p) for p in params] if momentum else []
+        counts = [_scalar(count, device) for _ in params] if momentum else []
+        for lr_tensor, scale, found in ((None, None, None), (_scalar(0.1, device), _scalar(4.0, device),
+                                                              _scalar(0.0, device))):
+            out.append(((params, grads, bufs, counts, [], 0.1, momentum, 0.0, 1e-2, False, False,
+                         lr_tensor, scale, found), {}))
+    return out
+
+
+def _adam_samples(dtype, device):
+    out = []
+    for amsgrad, decoupled in ((False, False), (True, True)):
+        params, grads = _optim_lists(dtype, device)
+        m = [torch.randn_like(p) for p in params]
+        v = [torch.rand_like(p) for p in params]
+        vmax = [x.clone() for x in v] if amsgrad else []
+        steps = [_scalar(2.0, device) for _ in params]
+        masters = [p.float() for p in params] if dtype in (torch.float16, torch.bfloat16) else []
+        for lr_tensor, scale, found in ((None, None, None), (_scalar(1e-3, device), _scalar(8.0, device),
+                                                              _scalar(0.0, device))):
+            out.append(((params, grads, m, v, vmax, steps, masters, 1e-3, 0.9, 0.999, 1e-8, 1e-2, amsgrad,
+                         False, decoupled, lr_tensor, scale, found), {}))
+    return out
 
 
 def samples(op, dtype, device):
@@ -41,9 +74,10 @@ def samples(op, dtype, device):
         return [((r(5, 7), r(5, 7), red), {}) for red in (0, 1, 2)]
     if op == "mse_loss_backward":
         return [((r(5, 7), r(5, 7), 0), {}), ((r(), r(5, 7), 1), {}), ((r(), r(5, 7), 2), {})]
-    if op in ("sgd_step_", "adam_step_"):
-        from optim_samples import optim_op_samples
-        return optim_op_samples(op, dtype, device)
+    if op == "sgd_step_":
+        return _sgd_samples(dtype, device)
+    if op == "adam_step_":
+        return _adam_samples(dtype, device)
     raise AssertionError("no opcheck samples for torchext::%s: add them here" % op)
 
 

@@ -4,7 +4,7 @@ import warnings
 import torch
 from torch.nn import _reduction as _Reduction
 
-from ._util import is_non_overlapping_and_dense
+from ._util import autocast_inputs, is_non_overlapping_and_dense
 
 _ops = torch.ops.torchext
 
@@ -132,6 +132,8 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
     reduction_enum = _REDUCTION_ENUM.get(reduction) if isinstance(reduction, str) else None
     if reduction_enum is None:
         reduction_enum = _Reduction.get_enum(reduction)  # ValueError "<x> is not a valid value for reduction"
+
+    input, target = autocast_inputs("fp32", input, target)  # mse_loss is a float32 op under torch.autocast
 
     # torch promotes mixed dtypes (float32 with float64 -> float64, int with float -> float) and
     # refuses integer, bool and complex results with NotImplementedError.

@@ -140,6 +140,23 @@ class FusedOptimizer(Optimizer):
         # torch's printout, without our one extra group key while it is at its default.
         return super().__repr__().replace("    master_weights: False\n", "")
 
+    def zero_grad(self, set_to_none=True):
+        """torch.optim.Optimizer.zero_grad's semantics, written so dynamo can trace it (torch's is
+        excluded from tracing), which keeps a compiled training step a single graph."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                g = p.grad
+                if g is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                    continue
+                if g.grad_fn is not None:
+                    g.detach_()
+                else:
+                    g.requires_grad_(False)
+                g.zero_()
+
     # ---------------------------------------------------------------- state_dict
     def state_dict(self):
         sd = super().state_dict()
