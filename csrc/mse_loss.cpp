@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "mse_loss_checks.h"
 #include "cpu/dispatch.h"
 
 namespace torchext {
@@ -272,26 +273,6 @@ constexpr int64_t kGrain = 1 << 15;       // elementwise work per task
 constexpr int64_t kChunk = 1 << 13;       // elements per partial sum (fixed: makes sums reproducible)
 constexpr int64_t kChunksPerTask = 4;     // so small reductions stay on the calling thread
 
-void check_reduction(const char* op, int64_t reduction) {
-  TORCH_CHECK_VALUE(reduction >= 0 && reduction <= 2, "torchext.", op,
-                    ": expected 'reduction' to be 0 (none), 1 (mean) or 2 (sum), but got ", reduction);
-}
-
-void check_pair(const char* op, const char* name_a, const at::Tensor& a, const char* name_b, const at::Tensor& b) {
-  check_floating(op, name_a, a);
-  check_floating(op, name_b, b);
-  check_same_shape_dtype(op, name_a, a, name_b, b);
-}
-
-// Both operands in one shared dense layout: kept as they are when they already are (so a
-// reduction='none' output keeps e.g. a transposed input's strides, like torch), else contiguous.
-std::pair<at::Tensor, at::Tensor> common_layout(const at::Tensor& a, const at::Tensor& b) {
-  if (a.is_non_overlapping_and_dense() && b.is_non_overlapping_and_dense() && a.strides() == b.strides()) {
-    return {a, b};
-  }
-  return {a.contiguous(), b.contiguous()};
-}
-
 // Deterministic sum of (x - t)^2, optionally writing diff.
 template <typename T>
 double reduce_sq_diff(const T* x, const T* t, T* diff, int64_t n) {
@@ -313,8 +294,7 @@ double reduce_sq_diff(const T* x, const T* t, T* diff, int64_t n) {
 // The shared body of mse_loss and mse_loss_forward; diff_out is undefined for loss only.
 at::Tensor mse_impl(const char* op, const at::Tensor& input, const at::Tensor& target, int64_t reduction,
                     at::Tensor* diff_out) {
-  check_pair(op, "input", input, "target", target);
-  check_reduction(op, reduction);
+  check_mse_args(op, input, target, reduction);
   const auto xt = common_layout(input, target);
   const at::Tensor& x = xt.first;
   const at::Tensor& t = xt.second;
@@ -357,21 +337,7 @@ std::tuple<at::Tensor, at::Tensor> mse_loss_forward_cpu(const at::Tensor& input,
 
 at::Tensor mse_loss_backward_cpu(const at::Tensor& grad_output, const at::Tensor& diff, int64_t reduction) {
   const char* op = "mse_loss_backward";
-  check_reduction(op, reduction);
-  check_floating(op, "diff", diff);
-  check_floating(op, "grad_output", grad_output);
-  if (reduction == 0) {
-    check_same_shape_dtype(op, "diff", diff, "grad_output", grad_output);
-  } else {
-    TORCH_CHECK(grad_output.scalar_type() == diff.scalar_type(), "torchext.", op,
-                ": expected 'grad_output' to have dtype ", diff.scalar_type(), " like 'diff', but got ",
-                grad_output.scalar_type());
-    TORCH_CHECK(grad_output.dim() == 0, "torchext.", op,
-                ": expected 'grad_output' to be 0-dimensional for reduction mean/sum, but got shape ",
-                grad_output.sizes());
-    TORCH_CHECK(grad_output.device() == diff.device(), "torchext.", op, ": expected 'grad_output' on ",
-                diff.device(), " like 'diff', but got ", grad_output.device());
-  }
+  check_mse_backward_args(op, grad_output, diff, reduction);
   const int64_t n = diff.numel();
   if (reduction == 0) {
     const auto gd = common_layout(grad_output, diff);

@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "checks.h"
+#include "mse_loss_checks.h"
 #include "cuda/vectorized.cuh"
 
 namespace torchext {
@@ -173,24 +174,9 @@ __global__ void backward_kernel(const T* __restrict__ g, bool g_elementwise, con
   }
 }
 
-void check_reduction(const char* op, int64_t reduction) {
-  TORCH_CHECK_VALUE(reduction >= 0 && reduction <= 2, "torchext.", op,
-                    ": expected 'reduction' to be 0 (none), 1 (mean) or 2 (sum), but got ", reduction);
-}
-
-std::pair<at::Tensor, at::Tensor> common_layout(const at::Tensor& a, const at::Tensor& b) {
-  if (a.is_non_overlapping_and_dense() && b.is_non_overlapping_and_dense() && a.strides() == b.strides()) {
-    return {a, b};
-  }
-  return {a.contiguous(), b.contiguous()};
-}
-
 at::Tensor mse_impl(const char* op, const at::Tensor& input, const at::Tensor& target, int64_t reduction,
                     at::Tensor* diff_out) {
-  check_floating(op, "input", input);
-  check_floating(op, "target", target);
-  check_same_shape_dtype(op, "input", input, "target", target);
-  check_reduction(op, reduction);
+  check_mse_args(op, input, target, reduction);
   const c10::cuda::CUDAGuard guard(input.device());
   const auto xt = common_layout(input, target);
   const at::Tensor& x = xt.first;
@@ -251,21 +237,7 @@ std::tuple<at::Tensor, at::Tensor> mse_loss_forward_cuda(const at::Tensor& input
 
 at::Tensor mse_loss_backward_cuda(const at::Tensor& grad_output, const at::Tensor& diff, int64_t reduction) {
   const char* op = "mse_loss_backward";
-  check_reduction(op, reduction);
-  check_floating(op, "diff", diff);
-  check_floating(op, "grad_output", grad_output);
-  if (reduction == 0) {
-    check_same_shape_dtype(op, "diff", diff, "grad_output", grad_output);
-  } else {
-    TORCH_CHECK(grad_output.scalar_type() == diff.scalar_type(), "torchext.", op,
-                ": expected 'grad_output' to have dtype ", diff.scalar_type(), " like 'diff', but got ",
-                grad_output.scalar_type());
-    TORCH_CHECK(grad_output.dim() == 0, "torchext.", op,
-                ": expected 'grad_output' to be 0-dimensional for reduction mean/sum, but got shape ",
-                grad_output.sizes());
-    TORCH_CHECK(grad_output.device() == diff.device(), "torchext.", op, ": expected 'grad_output' on ",
-                diff.device(), " like 'diff', but got ", grad_output.device());
-  }
+  check_mse_backward_args(op, grad_output, diff, reduction);
   const c10::cuda::CUDAGuard guard(diff.device());
   at::Tensor g, d;
   if (reduction == 0) {
