@@ -27,12 +27,19 @@ def main():
     ops = sorted({key[0] for key in series})
     fig, axes = plt.subplots(len(ops), 1, figsize=(10, 3.2 * len(ops)), squeeze=False)
     for ax, op in zip(axes[:, 0], ops):
+        # One shared x position per size label, in first-seen order, so every series of the op
+        # lines up (a series measured at fewer sizes sits at its own sizes, not at the first ones).
+        positions = {}
+        for key, points in series.items():
+            if key[0] == op:
+                for label, _ in points:
+                    positions.setdefault(label, len(positions))
         for key, points in sorted(series.items()):
             if key[0] != op:
                 continue
-            labels = [pt[0] for pt in points]
-            ax.plot(range(len(points)), [pt[1] for pt in points], marker="o", label="%s %s %s" % key[1:])
-            ax.set_xticks(range(len(points)), labels, rotation=20, fontsize=7)
+            ax.plot([positions[pt[0]] for pt in points], [pt[1] for pt in points], marker="o",
+                    label="%s %s %s" % key[1:])
+        ax.set_xticks(list(positions.values()), list(positions), rotation=20, fontsize=7)
         ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
         ax.set_title(op)
         ax.set_ylabel("speed-up vs torch")
