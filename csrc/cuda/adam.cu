@@ -138,16 +138,7 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
                   grad_scale, found_inf, lr_tensor);
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
-  at::Tensor lr_dev;  // kept alive until the launch is queued; freed in stream order
-  if (lr_tensor.has_value()) {
-    if (lr_tensor->is_cpu()) {
-      lr = lr_tensor->item<double>();  // host memory: no device sync
-    } else {
-      TORCH_CHECK(lr_tensor->device() == device, "torchext.adam_step_: expected 'lr_tensor' on ", device,
-                  " or the CPU, but got ", lr_tensor->device());
-      lr_dev = lr_tensor->to(at::kDouble).reshape({});
-    }
-  }
+  const at::Tensor lr_dev = device_lr("adam_step_", lr_tensor, device, lr);  // alive until the launch is queued
   std::vector<TensorMeta<6>> metas(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     TensorMeta<6>& t = metas[i];

@@ -97,6 +97,21 @@ inline at::Tensor upload_metadata(const std::vector<unsigned char>& bytes, const
 
 inline bool is_aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
+// An optimizer's tensor lr: one on the CPU is read into `lr` (host memory, no device sync); one on
+// `device` comes back as a 0-dim double for the kernel to read, kept alive by the caller until the
+// launch is queued (then freed in stream order). Undefined when there is no device lr.
+inline at::Tensor device_lr(const char* op, const c10::optional<at::Tensor>& lr_tensor, const at::Device& device,
+                            double& lr) {
+  if (!lr_tensor.has_value()) return at::Tensor();
+  if (lr_tensor->is_cpu()) {
+    lr = lr_tensor->item<double>();
+    return at::Tensor();
+  }
+  TORCH_CHECK(lr_tensor->device() == device, "torchext.", op, ": expected 'lr_tensor' on ", device,
+              " or the CPU, but got ", lr_tensor->device());
+  return lr_tensor->to(at::kDouble).reshape({});
+}
+
 // Applies op to every element of every tensor; tensors[i].ptr[k] is list k's i-th tensor. Bumps the
 // counters afterwards unless *found_inf != 0. Empty tensors get no block but their counter counts.
 template <int N, typename Op>

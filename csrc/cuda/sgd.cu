@@ -119,16 +119,7 @@ void sgd_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList m
                  found_inf, lr_tensor);
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
-  at::Tensor lr_dev;
-  if (lr_tensor.has_value()) {
-    if (lr_tensor->is_cpu()) {
-      lr = lr_tensor->item<double>();  // host memory: no device sync
-    } else {
-      TORCH_CHECK(lr_tensor->device() == device, "torchext.sgd_step_: expected 'lr_tensor' on ", device,
-                  " or the CPU, but got ", lr_tensor->device());
-      lr_dev = lr_tensor->to(at::kDouble).reshape({});
-    }
-  }
+  const at::Tensor lr_dev = device_lr("sgd_step_", lr_tensor, device, lr);  // alive until the launch is queued
   std::vector<TensorMeta<4>> metas(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     TensorMeta<4>& t = metas[i];
