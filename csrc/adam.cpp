@@ -8,12 +8,13 @@
 #include <cmath>
 
 #include "checks.h"
+#include "cpu/convert.h"
 #include "cpu/dispatch.h"
 #include "cpu/optim.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#endif
+// The float16 path below passes __m256 by value to always-inline helpers that only ever run
+// inlined into AVX2 code, so GCC's note about the AVX calling convention does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace torchext {
 namespace {
@@ -28,121 +29,126 @@ struct AdamScalars {
   bool amsgrad, maximize, decoupled;
 };
 
-// GCC will not vectorise sqrt without -fno-math-errno (the scalar call may set errno), so square
-// roots are taken a block at a time by these explicitly vectorised helpers, picked by the same
-// run-time SIMD level as the rest of the kernel.
+// Per-call constants of the update, derived once from AdamScalars.
+template <typename M>
+struct AdamConsts {
+  M one_minus_beta1, one_minus_beta2, beta2, eps, step_size;
+  // One division per element instead of two; differs from torch's division by sqrt(bc2) by at most
+  // one rounding of the denominator.
+  M inv_bc2_sqrt;
+  M decay, l2;       // (1 - lr * wd) for decoupled weight decay, else 1; wd for L2, else 0
+  M grad_factor;     // unscale and maximize in one multiply
+  explicit AdamConsts(const AdamScalars<M>& s)
+      : one_minus_beta1(s.one_minus_beta1), one_minus_beta2(s.one_minus_beta2), beta2(s.beta2), eps(s.eps),
+        step_size(s.step_size), inv_bc2_sqrt(M(1) / s.bias_correction2_sqrt), decay(s.decoupled ? s.decay : M(1)),
+        l2(s.decoupled ? M(0) : s.weight_decay), grad_factor(s.maximize ? -s.inv_scale : s.inv_scale) {}
+};
+
+TORCHEXT_INLINE float vsqrt(float x) { return std::sqrt(x); }
+TORCHEXT_INLINE double vsqrt(double x) { return std::sqrt(x); }
+// Compared in the math type: a half-rounded v can flush to 0 and leave only eps in the denominator.
+TORCHEXT_INLINE float vmax_of(float old, float v) { return old > v ? old : v; }
+TORCHEXT_INLINE double vmax_of(double old, double v) { return old > v ? old : v; }
 #if defined(__x86_64__) && defined(__GNUC__)
-TORCHEXT_TARGET_AVX512 void sqrt_inplace_avx512(float* x, int64_t n) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_sqrt_ps(_mm512_loadu_ps(x + i)));
-  for (; i < n; ++i) x[i] = __builtin_sqrtf(x[i]);
-}
-TORCHEXT_TARGET_AVX512 void sqrt_inplace_avx512(double* x, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm512_storeu_pd(x + i, _mm512_sqrt_pd(_mm512_loadu_pd(x + i)));
-  for (; i < n; ++i) x[i] = __builtin_sqrt(x[i]);
-}
-TORCHEXT_TARGET_AVX2 void sqrt_inplace_avx2(float* x, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_sqrt_ps(_mm256_loadu_ps(x + i)));
-  for (; i < n; ++i) x[i] = __builtin_sqrtf(x[i]);
-}
-TORCHEXT_TARGET_AVX2 void sqrt_inplace_avx2(double* x, int64_t n) {
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) _mm256_storeu_pd(x + i, _mm256_sqrt_pd(_mm256_loadu_pd(x + i)));
-  for (; i < n; ++i) x[i] = __builtin_sqrt(x[i]);
-}
-void sqrt_inplace_sse2(float* x, int64_t n) {
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) _mm_storeu_ps(x + i, _mm_sqrt_ps(_mm_loadu_ps(x + i)));
-  for (; i < n; ++i) x[i] = __builtin_sqrtf(x[i]);
-}
-void sqrt_inplace_sse2(double* x, int64_t n) {
-  int64_t i = 0;
-  for (; i + 2 <= n; i += 2) _mm_storeu_pd(x + i, _mm_sqrt_pd(_mm_loadu_pd(x + i)));
-  for (; i < n; ++i) x[i] = __builtin_sqrt(x[i]);
-}
-template <typename M>
-void sqrt_inplace(M* x, int64_t n) {
-  switch (cpu::level()) {
-    case cpu::Level::AVX512: return sqrt_inplace_avx512(x, n);
-    case cpu::Level::AVX2: return sqrt_inplace_avx2(x, n);
-    default: return sqrt_inplace_sse2(x, n);
-  }
-}
-#else
-template <typename M>
-void sqrt_inplace(M* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] = std::sqrt(x[i]);
-}
+TORCHEXT_TARGET_AVX2 inline __m256 vsqrt(__m256 x) { return _mm256_sqrt_ps(x); }
+TORCHEXT_TARGET_AVX2 inline __m256 vmax_of(__m256 old, __m256 v) { return _mm256_max_ps(old, v); }  // old > v ? old : v
 #endif
 
-// Master weights and amsgrad change which arrays are touched, so they are compile-time: the loops
-// then have no conditional memory access and GCC vectorises them at every ISA level. Elements go
-// in L1-resident blocks: moments first, then the square roots, then the params.
+// The update of one element (V = the math type) or of 8 float lanes (V = __m256, whose arithmetic
+// operators are GCC vector extensions), written once for both. Returns the new parameter and
+// updates m, v and vmax in place.
+template <bool kAmsgrad, typename V, typename M>
+TORCHEXT_INLINE V adam_math(V p, V g, V& m, V& v, V& vmax, const AdamConsts<M>& c) {
+  p = p * c.decay;
+  const V gv = g * c.grad_factor + c.l2 * p;
+  m = m + c.one_minus_beta1 * (gv - m);  // torch's lerp for weight < 0.5
+  v = c.beta2 * v + c.one_minus_beta2 * gv * gv;
+  V denom = v;
+  if (kAmsgrad) {
+    vmax = vmax_of(vmax, v);
+    denom = vmax;
+  }
+  return p - c.step_size * m / (vsqrt(denom) * c.inv_bc2_sqrt + c.eps);  // eps after the bias correction, as torch
+}
+
+// Master weights and amsgrad change which arrays are touched, so they are compile-time: the loop
+// then has no conditional memory access and GCC vectorises it, square root and division included
+// (setup.py passes -fno-math-errno; without it every sqrt becomes a scalar libm call), at every ISA
+// level. One pass: each element is loaded once and stored once.
 template <typename T, bool kMaster, bool kAmsgrad>
 TORCHEXT_INLINE void adam_loop(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
                                T* __restrict__ vmax, float* __restrict__ master, int64_t n,
-                               const AdamScalars<typename cpu::OpMath<T>::type>& s) {
+                               const AdamConsts<typename cpu::OpMath<T>::type>& c) {
   using M = typename cpu::OpMath<T>::type;
-  constexpr int64_t kBlock = 512;
-  const M one_minus_beta1 = s.one_minus_beta1;
-  const M one_minus_beta2 = s.one_minus_beta2;
-  const M beta2 = s.beta2, eps = s.eps, step_size = s.step_size;
-  // One division per element instead of two; differs from torch's division by sqrt(bc2) by at most
-  // one rounding of the denominator.
-  const M inv_bc2_sqrt = M(1) / s.bias_correction2_sqrt;
-  const M decay = s.decoupled ? s.decay : M(1);
-  const M l2 = s.decoupled ? M(0) : s.weight_decay;
-  const M grad_factor = s.maximize ? -s.inv_scale : s.inv_scale;  // unscale and maximize in one multiply
-  alignas(64) M mb[kBlock];
-  alignas(64) M db[kBlock];
-  for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
-    const int64_t len = std::min(kBlock, n - b0);
-    T* __restrict__ pp = p + b0;
-    const T* __restrict__ gp = g + b0;
-    T* __restrict__ mp = m + b0;
-    T* __restrict__ vp = v + b0;
-    for (int64_t j = 0; j < len; ++j) {
-      const M pv = (kMaster ? static_cast<M>(master[b0 + j]) : static_cast<M>(pp[j])) * decay;
-      const M gv = static_cast<M>(gp[j]) * grad_factor + l2 * pv;
-      M mv = static_cast<M>(mp[j]);
-      mv += one_minus_beta1 * (gv - mv);  // torch's lerp for weight < 0.5
-      const M vv = beta2 * static_cast<M>(vp[j]) + one_minus_beta2 * gv * gv;
-      mp[j] = static_cast<T>(mv);
-      vp[j] = static_cast<T>(vv);
-      mb[j] = mv;
-      M vd = vv;
-      if (kAmsgrad) {
-        // Compared in float like the rest of the math: a half-rounded v can flush to 0 and leave
-        // only eps in the denominator.
-        const M old = static_cast<M>(vmax[b0 + j]);
-        vd = old > vv ? old : vv;
-        vmax[b0 + j] = static_cast<T>(vd);
-      }
-      db[j] = vd;
-    }
-    sqrt_inplace<M>(db, len);
-    for (int64_t j = 0; j < len; ++j) {
-      M pv = (kMaster ? static_cast<M>(master[b0 + j]) : static_cast<M>(pp[j])) * decay;
-      pv -= step_size * mb[j] / (db[j] * inv_bc2_sqrt + eps);  // eps after the bias correction, as torch
-      if (kMaster) master[b0 + j] = static_cast<float>(pv);
-      pp[j] = static_cast<T>(pv);
-    }
+  for (int64_t j = 0; j < n; ++j) {
+    M mv = cpu::load(m, j), vv = cpu::load(v, j), vmaxv = kAmsgrad ? cpu::load(vmax, j) : M(0);
+    const M pv = adam_math<kAmsgrad>(kMaster ? static_cast<M>(master[j]) : cpu::load(p, j), cpu::load(g, j), mv,
+                                     vv, vmaxv, c);
+    cpu::store(m, j, mv);
+    cpu::store(v, j, vv);
+    if (kAmsgrad) cpu::store(vmax, j, vmaxv);
+    if (kMaster) master[j] = static_cast<float>(pv);
+    cpu::store(p, j, pv);
   }
 }
 
 template <typename T>
 TORCHEXT_INLINE void adam_impl(T* p, const T* g, T* m, T* v, T* vmax, float* master, int64_t n,
                                AdamScalars<typename cpu::OpMath<T>::type> s) {
+  const AdamConsts<typename cpu::OpMath<T>::type> c(s);
   if (master) {
-    if (s.amsgrad) return adam_loop<T, true, true>(p, g, m, v, vmax, master, n, s);
-    return adam_loop<T, true, false>(p, g, m, v, vmax, master, n, s);
+    if (s.amsgrad) return adam_loop<T, true, true>(p, g, m, v, vmax, master, n, c);
+    return adam_loop<T, true, false>(p, g, m, v, vmax, master, n, c);
   }
-  if (s.amsgrad) return adam_loop<T, false, true>(p, g, m, v, vmax, master, n, s);
-  return adam_loop<T, false, false>(p, g, m, v, vmax, master, n, s);
+  if (s.amsgrad) return adam_loop<T, false, true>(p, g, m, v, vmax, master, n, c);
+  return adam_loop<T, false, false>(p, g, m, v, vmax, master, n, c);
 }
 TORCHEXT_CPU_DISPATCH(adam_kernel, adam_impl)
+
+#if defined(__x86_64__) && defined(__GNUC__)
+
+// float16 with F16C: 8 elements converted in registers per step (GCC does not vectorise scalar
+// half conversions through F16C), the same math as adam_loop. The tail goes through adam_loop.
+template <bool kMaster, bool kAmsgrad>
+TORCHEXT_TARGET_AVX2 void adam_loop_f16c(c10::Half* p, const c10::Half* g, c10::Half* m, c10::Half* v,
+                                         c10::Half* vmax, float* master, int64_t n, const AdamConsts<float>& c) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    __m256 mv = cpu::load8(m + j), vv = cpu::load8(v + j);
+    __m256 vmaxv = kAmsgrad ? cpu::load8(vmax + j) : vv;
+    const __m256 pv =
+        adam_math<kAmsgrad>(kMaster ? _mm256_loadu_ps(master + j) : cpu::load8(p + j), cpu::load8(g + j), mv, vv, vmaxv, c);
+    cpu::store8(m + j, mv);
+    cpu::store8(v + j, vv);
+    if (kAmsgrad) cpu::store8(vmax + j, vmaxv);
+    if (kMaster) _mm256_storeu_ps(master + j, pv);
+    cpu::store8(p + j, pv);
+  }
+  adam_loop<c10::Half, kMaster, kAmsgrad>(p + j, g + j, m + j, v + j, kAmsgrad ? vmax + j : nullptr,
+                                          kMaster ? master + j : nullptr, n - j, c);
+}
+#endif
+
+template <typename T>
+void run_adam(T* p, const T* g, T* m, T* v, T* vmax, float* master, int64_t n,
+              const AdamScalars<typename cpu::OpMath<T>::type>& s) {
+  adam_kernel<T>(p, g, m, v, vmax, master, n, s);
+}
+void run_adam(c10::Half* p, const c10::Half* g, c10::Half* m, c10::Half* v, c10::Half* vmax, float* master,
+              int64_t n, const AdamScalars<float>& s) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (cpu::use_f16c()) {
+    const AdamConsts<float> c(s);
+    if (master) {
+      if (s.amsgrad) return adam_loop_f16c<true, true>(p, g, m, v, vmax, master, n, c);
+      return adam_loop_f16c<true, false>(p, g, m, v, vmax, master, n, c);
+    }
+    if (s.amsgrad) return adam_loop_f16c<false, true>(p, g, m, v, vmax, master, n, c);
+    return adam_loop_f16c<false, false>(p, g, m, v, vmax, master, n, c);
+  }
+#endif
+  adam_kernel<c10::Half>(p, g, m, v, vmax, master, n, s);
+}
 
 constexpr int64_t kGrain = 1 << 14;
 
@@ -179,7 +185,7 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
       scalar_t* v = exp_avg_sqs[t].mutable_data_ptr<scalar_t>() + begin;
       scalar_t* vmax = amsgrad ? max_exp_avg_sqs[t].mutable_data_ptr<scalar_t>() + begin : nullptr;
       float* master = master_params.empty() ? nullptr : master_params[t].mutable_data_ptr<float>() + begin;
-      adam_kernel<scalar_t>(p, g, m, v, vmax, master, end - begin, scalars[t]);
+      run_adam(p, g, m, v, vmax, master, end - begin, scalars[t]);
     });
   });
   for (const auto& s : state_steps) s.add_(1);

@@ -5,8 +5,13 @@
 #include <torch/library.h>
 
 #include "checks.h"
+#include "cpu/convert.h"
 #include "cpu/dispatch.h"
 #include "cpu/optim.h"
+
+// The float16 path below passes __m256 by value to always-inline helpers that only ever run
+// inlined into AVX2 code, so GCC's note about the AVX calling convention does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace torchext {
 namespace {
@@ -17,42 +22,101 @@ struct SgdScalars {
   bool nesterov, maximize, use_momentum, first;  // first: buf holds no history yet, copy g into it
 };
 
+// Per-call constants of the update, derived once from SgdScalars.
+template <typename M>
+struct SgdConsts {
+  M grad_factor;  // unscale and maximize in one multiply
+  M lr, wd, momentum;
+  M keep, take;   // buf = keep * buf + take * g; the first step's buffer is the gradient itself
+  bool nesterov;
+  explicit SgdConsts(const SgdScalars<M>& s)
+      : grad_factor(s.maximize ? -s.inv_scale : s.inv_scale), lr(s.lr), wd(s.weight_decay), momentum(s.momentum),
+        keep(s.first ? M(0) : s.momentum), take(s.first ? M(1) : s.one_minus_dampening), nesterov(s.nesterov) {}
+};
+
+// The update of one element (V = the math type) or of 8 float lanes (V = __m256, whose arithmetic
+// operators are GCC vector extensions), written once for both. Returns the new parameter and
+// updates buf in place.
+template <bool kMomentum, typename V, typename M>
+TORCHEXT_INLINE V sgd_math(V p, V g, V& buf, const SgdConsts<M>& c) {
+  V gv = g * c.grad_factor + c.wd * p;
+  if (kMomentum) {
+    buf = c.keep * buf + c.take * gv;
+    if (c.nesterov) {
+      gv = gv + c.momentum * buf;
+    } else {
+      gv = buf;
+    }
+  }
+  return p - c.lr * gv;
+}
+
 // master (fp32) replaces p as the value being updated when present; p then receives its rounding.
 // Which arrays exist is compile-time so the loop has no conditional memory access and vectorises.
 template <typename T, bool kMaster, bool kMomentum>
 TORCHEXT_INLINE void sgd_loop(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ buf,
-                              float* __restrict__ master, int64_t n,
-                              const SgdScalars<typename cpu::OpMath<T>::type>& s) {
+                              float* __restrict__ master, int64_t n, const SgdConsts<typename cpu::OpMath<T>::type>& c) {
   using M = typename cpu::OpMath<T>::type;
-  const M grad_factor = s.maximize ? -s.inv_scale : s.inv_scale;  // unscale and maximize in one multiply
-  const M lr = s.lr, wd = s.weight_decay, momentum = s.momentum;
-  const M keep = s.first ? M(0) : momentum;            // the first step's buffer is the gradient itself
-  const M take = s.first ? M(1) : s.one_minus_dampening;
   for (int64_t i = 0; i < n; ++i) {
-    const M pv = kMaster ? static_cast<M>(master[i]) : static_cast<M>(p[i]);
-    M gv = static_cast<M>(g[i]) * grad_factor + wd * pv;
-    if (kMomentum) {
-      const M b = keep * static_cast<M>(buf[i]) + take * gv;
-      buf[i] = static_cast<T>(b);
-      gv = s.nesterov ? gv + momentum * b : b;
-    }
-    const M out = pv - lr * gv;
+    M b = kMomentum ? cpu::load(buf, i) : M(0);
+    const M out = sgd_math<kMomentum>(kMaster ? static_cast<M>(master[i]) : cpu::load(p, i), cpu::load(g, i), b, c);
+    if (kMomentum) cpu::store(buf, i, b);
     if (kMaster) master[i] = static_cast<float>(out);
-    p[i] = static_cast<T>(out);
+    cpu::store(p, i, out);
   }
 }
 
 template <typename T>
 TORCHEXT_INLINE void sgd_impl(T* p, const T* g, T* buf, float* master, int64_t n,
                               SgdScalars<typename cpu::OpMath<T>::type> s) {
+  const SgdConsts<typename cpu::OpMath<T>::type> c(s);
   if (master) {
-    if (s.use_momentum) return sgd_loop<T, true, true>(p, g, buf, master, n, s);
-    return sgd_loop<T, true, false>(p, g, buf, master, n, s);
+    if (s.use_momentum) return sgd_loop<T, true, true>(p, g, buf, master, n, c);
+    return sgd_loop<T, true, false>(p, g, buf, master, n, c);
   }
-  if (s.use_momentum) return sgd_loop<T, false, true>(p, g, buf, master, n, s);
-  return sgd_loop<T, false, false>(p, g, buf, master, n, s);
+  if (s.use_momentum) return sgd_loop<T, false, true>(p, g, buf, master, n, c);
+  return sgd_loop<T, false, false>(p, g, buf, master, n, c);
 }
 TORCHEXT_CPU_DISPATCH(sgd_kernel, sgd_impl)
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// float16 with F16C: 8 elements converted in registers per step (GCC does not vectorise scalar
+// half conversions through F16C), the same math as sgd_loop. The tail goes through sgd_loop.
+template <bool kMaster, bool kMomentum>
+TORCHEXT_TARGET_AVX2 void sgd_loop_f16c(c10::Half* p, const c10::Half* g, c10::Half* buf, float* master, int64_t n,
+                                        const SgdConsts<float>& c) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 b = kMomentum ? cpu::load8(buf + i) : _mm256_setzero_ps();
+    const __m256 out =
+        sgd_math<kMomentum>(kMaster ? _mm256_loadu_ps(master + i) : cpu::load8(p + i), cpu::load8(g + i), b, c);
+    if (kMomentum) cpu::store8(buf + i, b);
+    if (kMaster) _mm256_storeu_ps(master + i, out);
+    cpu::store8(p + i, out);
+  }
+  sgd_loop<c10::Half, kMaster, kMomentum>(p + i, g + i, kMomentum ? buf + i : nullptr, kMaster ? master + i : nullptr,
+                                          n - i, c);
+}
+#endif
+
+template <typename T>
+void run_sgd(T* p, const T* g, T* buf, float* master, int64_t n, const SgdScalars<typename cpu::OpMath<T>::type>& s) {
+  sgd_kernel<T>(p, g, buf, master, n, s);
+}
+void run_sgd(c10::Half* p, const c10::Half* g, c10::Half* buf, float* master, int64_t n, const SgdScalars<float>& s) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (cpu::use_f16c()) {
+    const SgdConsts<float> c(s);
+    if (master) {
+      if (s.use_momentum) return sgd_loop_f16c<true, true>(p, g, buf, master, n, c);
+      return sgd_loop_f16c<true, false>(p, g, buf, master, n, c);
+    }
+    if (s.use_momentum) return sgd_loop_f16c<false, true>(p, g, buf, master, n, c);
+    return sgd_loop_f16c<false, false>(p, g, buf, master, n, c);
+  }
+#endif
+  sgd_kernel<c10::Half>(p, g, buf, master, n, s);
+}
 
 constexpr int64_t kGrain = 1 << 14;
 
@@ -84,7 +148,7 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
       const scalar_t* g = grads[t].const_data_ptr<scalar_t>() + begin;
       scalar_t* buf = use_momentum ? momentum_buffers[t].mutable_data_ptr<scalar_t>() + begin : nullptr;
       float* master = master_params.empty() ? nullptr : master_params[t].mutable_data_ptr<float>() + begin;
-      sgd_kernel<scalar_t>(p, g, buf, master, end - begin, scalars[t]);
+      run_sgd(p, g, buf, master, end - begin, scalars[t]);
     });
   });
   for (const auto& c : momentum_counts) c.add_(1);
