@@ -31,6 +31,8 @@ CASES = [
      lambda: TF.linear(_x(4, 5), _x(3, 5), _x(3, 1)), None, "bias"),
     ("linear weight 3-D", lambda: F.linear(_x(4, 5), _x(2, 3, 5)), lambda: TF.linear(_x(4, 5), _x(2, 3, 5)),
      None, "weight"),
+    ("linear 1-D weight with bias, 2-D input", lambda: F.linear(_x(4, 5), _x(5), _x()),
+     lambda: TF.linear(_x(4, 5), _x(5), _x()), None, "bias"),
     ("linear 0-dim input", lambda: F.linear(_x(), _x(3, 5)), lambda: TF.linear(_x(), _x(3, 5)), None, "1D|input"),
     ("linear input/weight dtypes", lambda: F.linear(_x(4, 5), _x(3, 5, dtype=torch.float64)),
      lambda: TF.linear(_x(4, 5), _x(3, 5, dtype=torch.float64)), None, "dtype"),

@@ -137,6 +137,26 @@ def test_any_rank_input(relu, lead, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("lead,bias", [((), False), ((), True), ((5,), False), ((2, 3), False)],
+                         ids=["1d", "1d_bias", "2d", "3d"])
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "linear_relu"])
+def test_one_dimensional_weight(relu, lead, bias, device):
+    # torch takes a 1-D weight [in] as one output feature and drops that dim: [..., in] -> [...];
+    # a bias is allowed only with a 1-D input.
+    x = torch.randn(*lead, 33, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(33, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn((), dtype=torch.float64, device=device, requires_grad=True) if bias else None
+    y = _ours_fn(relu)(x, w, b)
+    y_ref = _torch_fn(relu)(x, w, b)
+    assert y.shape == y_ref.shape == lead
+    _close(y, y_ref, torch.float64)
+    args = (x, w, b) if bias else (x, w)
+    fn = (lambda x, w, b: _ours_fn(relu)(x, w, b)) if bias else (lambda x, w: _ours_fn(relu)(x, w))
+    assert torch.autograd.gradcheck(fn, args)
+    assert torch.autograd.gradgradcheck(fn, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("relu", [False, True], ids=["linear", "linear_relu"])
 def test_empty_batch_forward_and_backward(relu, dtype, device):

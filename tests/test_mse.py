@@ -286,9 +286,17 @@ def test_unsupported_result_dtypes_raise_like_torch(dtypes):
         F.mse_loss(x, t)
 
 
-def test_non_tensor_arguments_raise_type_error():
-    with pytest.raises(TypeError, match="'target'"):
-        F.mse_loss(torch.randn(3), [1.0, 2.0, 3.0])
+@pytest.mark.parametrize("which", ["input", "target"])
+def test_non_tensor_arguments_raise_what_torch_raises(which):
+    # torch raises AttributeError (from calling .size() on it); ours is also a TypeError naming the argument.
+    args = {"input": torch.randn(3), "target": torch.randn(3)}
+    args[which] = [1.0, 2.0, 3.0]
+    with pytest.raises(AttributeError):
+        TF.mse_loss(**args)
+    with pytest.raises(AttributeError, match="'%s'" % which):
+        F.mse_loss(**args)
+    with pytest.raises(TypeError, match="'%s' must be Tensor" % which):
+        F.mse_loss(**args)
 
 
 def test_ops_validate_their_arguments():

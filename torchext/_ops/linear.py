@@ -149,17 +149,26 @@ def _check_args(name, input, weight, bias):
     if input.dim() == 0 or weight.dim() == 0:
         raise RuntimeError("%s(): both arguments to linear need to be at least 1D, but they are %dD and %dD"
                            % (name, input.dim(), weight.dim()))
-    if weight.dim() != 2:
-        raise RuntimeError("%s(): expected 'weight' to be 2-D [out_features, in_features], but got shape %s"
-                           % (name, tuple(weight.shape)))
-    if input.shape[-1] != weight.shape[1]:
+    if weight.dim() > 2:
+        raise RuntimeError("%s(): expected 'weight' to be 2-D [out_features, in_features] (or 1-D [in_features]), "
+                           "but got shape %s" % (name, tuple(weight.shape)))
+    if input.shape[-1] != weight.shape[-1]:
         raise RuntimeError("%s(): 'input' %s and 'weight' %s shapes cannot be multiplied (in_features %d != %d)"
-                           % (name, tuple(input.shape), tuple(weight.shape), input.shape[-1], weight.shape[1]))
+                           % (name, tuple(input.shape), tuple(weight.shape), input.shape[-1], weight.shape[-1]))
+    if weight.dim() == 1 and bias is not None and input.dim() != 1:
+        # torch allows a bias with a 1-D weight only for a 1-D input (a dot product plus a scalar).
+        raise RuntimeError("%s(): a 1-D 'weight' takes a 'bias' only with a 1-D 'input', but 'input' has shape %s"
+                           % (name, tuple(input.shape)))
 
 
 def _apply(fn, name, input, weight, bias):
     _check_args(name, input, weight, bias)
     input, weight, bias = autocast_inputs("lower", input, weight, bias)  # as torch.autocast treats aten::linear
+    if weight.dim() == 1:
+        # A 1-D weight [in] is one output feature whose dim is dropped from the result, as in torch:
+        # [..., in] -> [...]. Its bias (1-D input only) is a single value.
+        out = _apply(fn, name, input, weight.unsqueeze(0), None if bias is None else bias.reshape(1))
+        return out.squeeze(-1)
     if input.dim() == 2:  # the common case, without the reshapes (they cost microseconds)
         return fn.apply(input, weight, bias)
     # Any leading dims are flattened into the batch ([..., in] -> [B, in]) and restored after;

@@ -115,11 +115,16 @@ class MSELossFunction(torch.autograd.Function):
         return grad_input, grad_target, None
 
 
+class _NotATensorError(TypeError, AttributeError):
+    """A non-tensor argument. torch.nn.functional.mse_loss fails on it with an AttributeError (it
+    calls .size() on it); code written against torch may catch that, so this is both."""
+
+
 def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
     """Drop-in for torch.nn.functional.mse_loss (same arguments, warnings, errors and results)."""
     for name, value in (("input", input), ("target", target)):
         if not isinstance(value, torch.Tensor):
-            raise TypeError("mse_loss(): argument '%s' must be Tensor, not %s" % (name, type(value).__name__))
+            raise _NotATensorError("mse_loss(): argument '%s' must be Tensor, not %s" % (name, type(value).__name__))
     if target.size() != input.size():
         warnings.warn(
             f"Using a target size ({target.size()}) that is different to the input size ({input.size()}). "
