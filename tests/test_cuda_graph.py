@@ -58,3 +58,22 @@ def test_captured_training_step_matches_eager(optim_name):
         # The step counter lives on the device and advanced on every replay.
         state = opt.state[next(model.parameters())]
         assert state["step"].device.type == "cuda" and state["step"].item() == 2 + 5  # capture itself runs nothing
+
+
+def test_capturing_a_step_with_a_cpu_lr_tensor_is_refused():
+    # A CPU lr is read on the host; captured, the graph would replay that value forever.
+    p = torch.nn.Parameter(torch.randn(1000, device="cuda"))
+    p.grad = torch.randn_like(p)
+    opt = torchext.optim.SGD([p], lr=torch.tensor(0.1), momentum=0.9)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        opt.step()  # state created outside the capture
+    torch.cuda.current_stream().wait_stream(s)
+    before = p.detach().clone()
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="'lr'.*CPU tensor"):
+        with torch.cuda.graph(graph):
+            opt.step()
+    torch.cuda.synchronize()
+    assert torch.equal(p.detach(), before)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import torchext
-from conftest import ALL_DTYPES, DEVICES
+from conftest import ALL_DTYPES, DEVICES, HAS_CUDA
 
 F = torchext.functional
 ops = torch.ops.torchext
@@ -383,3 +383,15 @@ def test_cuda_runs_on_the_inputs_device():
     y = F.linear(x, w, b)
     assert y.device == x.device
     torch.testing.assert_close(y, torch.nn.functional.linear(x, w, b), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_batch_beyond_65535_row_tiles(dtype):
+    # 4,194,305 rows are 65,536 tiles of 64: more than a grid's y dimension holds, so rows go on x.
+    x = torch.randn(4_194_305, 8, device="cuda", dtype=dtype)
+    w = torch.randn(3, 8, device="cuda", dtype=dtype)
+    b = torch.randn(3, device="cuda", dtype=dtype)
+    y = F.linear_relu(x, w, b)
+    y_ref = torch.relu(torch.nn.functional.linear(x.double(), w.double(), b.double()))
+    _close(y, y_ref.to(dtype), dtype)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as TF
 
 import torchext
-from conftest import ALL_DTYPES, DEVICES
+from conftest import ALL_DTYPES, DEVICES, HAS_CUDA
 
 F = torchext.functional
 REDUCTIONS = ["none", "mean", "sum"]
@@ -116,6 +116,21 @@ def test_cpu_reduction_does_not_depend_on_thread_count(dtype):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, many) and torch.equal(many, again)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("n", [1000, 4099, 77777])
+def test_cuda_gradient_equals_cpu_gradient_bitwise(n, reduction):
+    # Both kernels form grad_output * 2 [/ n] in double and round it once: the same float32 bits.
+    x, t = torch.randn(n), torch.randn(n)
+    g = torch.rand(()) if reduction != "none" else torch.randn(n)
+    grads = []
+    for device in ("cpu", "cuda"):
+        xi = x.to(device).requires_grad_()
+        F.mse_loss(xi, t.to(device), reduction=reduction).backward(g.to(device))
+        grads.append(xi.grad.cpu())
+    assert torch.equal(grads[0], grads[1])
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -105,6 +105,17 @@ def test_nan_and_inf_propagate_like_torch(device):
     torch.testing.assert_close(x.grad, x_ref.grad, equal_nan=True, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [1, 37], ids=["scalar_path", "vector_path"])
+def test_tiny_positive_doubles_keep_their_gradient(n, device):
+    # 1e-300 is positive but rounds to 0 as a float32: the backward mask must be taken in float64.
+    x = torch.full((n,), 1e-300, dtype=torch.float64, device=device)
+    x[::2] = -1e-300
+    x.requires_grad_()
+    F.relu(x).sum().backward()
+    torch.testing.assert_close(x.grad, (x.detach() > 0).double(), atol=0, rtol=0)
+
+
 def test_module_matches_torch_module():
     assert repr(torchext.nn.ReLU()) == repr(torch.nn.ReLU())
     assert repr(torchext.nn.ReLU(inplace=True)) == repr(torch.nn.ReLU(inplace=True))

@@ -52,7 +52,9 @@ struct AdamOp {
     using M = typename OpMathT<T>::type;
     if (a.found_inf != nullptr && *a.found_inf != 0.f) return;
     const double lr = a.lr_ptr != nullptr ? *a.lr_ptr : a.lr;
-    const double step = static_cast<double>(*t.counter) + 1.0;  // counter is bumped after this kernel
+    // The counter is float32 like torch's and is bumped after this kernel; its incremented value
+    // sets the bias correction, formed in float as the CPU kernel and torch do.
+    const double step = static_cast<double>(*t.counter + 1.f);
     const double bc1 = 1.0 - pow(a.beta1, step);
     const double bc2 = 1.0 - pow(a.beta2, step);
     const double inv_scale = a.grad_scale != nullptr ? 1.0 / static_cast<double>(*a.grad_scale) : 1.0;
@@ -81,20 +83,20 @@ struct AdamOp {
       const int64_t nvec = n / V;
       for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
         const int64_t o = i * V;
-        Pack<T, V> pp = load_pack<T, V>(p + o), mp = load_pack<T, V>(m + o), vp = load_pack<T, V>(v + o);
+        // With master weights the param is only written: its old value is the master's rounding.
+        bool from_master = false;
+        if constexpr (sizeof(T) == 2) from_master = master != nullptr;
+        Pack<T, V> pp;
+        if (!from_master) pp = load_pack<T, V>(p + o);
+        Pack<T, V> mp = load_pack<T, V>(m + o), vp = load_pack<T, V>(v + o);
         const Pack<T, V> gp = load_pack<T, V>(g + o);
         Pack<T, V> xp;
         if (a.amsgrad) xp = load_pack<T, V>(vmax + o);
         Pack<float, V> master_p;
-        if constexpr (sizeof(T) == 2) {
-          if (master != nullptr) master_p = load_pack<float, V>(master + o);
-        }
+        if (from_master) master_p = load_pack<float, V>(master + o);
 #pragma unroll
         for (int k = 0; k < V; ++k) {
-          M pv = static_cast<M>(pp.v[k]);
-          if constexpr (sizeof(T) == 2) {
-            if (master != nullptr) pv = master_p.v[k];
-          }
+          M pv = from_master ? static_cast<M>(master_p.v[k]) : static_cast<M>(pp.v[k]);
           M mv = static_cast<M>(mp.v[k]), vv = static_cast<M>(vp.v[k]);
           M xv = a.amsgrad ? static_cast<M>(xp.v[k]) : M(0);
           adam_math<M>(pv, static_cast<M>(gp.v[k]), mv, vv, xv, a.amsgrad, c);
@@ -108,9 +110,7 @@ struct AdamOp {
         store_pack<T, V>(m + o, mp);
         store_pack<T, V>(v + o, vp);
         if (a.amsgrad) store_pack<T, V>(vmax + o, xp);
-        if constexpr (sizeof(T) == 2) {
-          if (master != nullptr) store_pack<float, V>(master + o, master_p);
-        }
+        if (from_master) store_pack<float, V>(master + o, master_p);
       }
       done = nvec * V;
     }

@@ -41,8 +41,9 @@ __global__ void __launch_bounds__(kThreadsSimt) linear_simt_kernel(LinearProblem
   __shared__ T As[kTile * LD];
   __shared__ T Bs[kTile * LD];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kTile;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  // Row tiles on x (up to 2^31 - 1 blocks, so any batch fits); neighbouring blocks share a weight tile.
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kTile;
   // Thread (ty, tx) owns rows ty + 16*i and columns tx + 16*j: strided so that stores coalesce.
   Acc acc[4][4];
 #pragma unroll
@@ -133,8 +134,8 @@ at::Tensor linear_cuda_impl(const char* op, const at::Tensor& input, const at::T
     if (relu) out.clamp_min_(0);
     return out;
   }
-  TORCH_CHECK((M + kTile - 1) / kTile <= 65535, "torchext.", op, ": batch of ", M,
-              " rows exceeds the CUDA grid limit");
+  TORCH_CHECK((N + kTile - 1) / kTile <= 65535, "torchext.", op, ": ", N,
+              " output features exceed the CUDA grid limit of ", 65535 * kTile);
   // The kernels read input and weight through their strides (no copies for transposed views).
   const at::Tensor* bias = has_bias ? &*bias_opt : nullptr;
   if (launch_linear_tensor_core(input, weight, bias, out, relu)) return out;
@@ -153,7 +154,7 @@ at::Tensor linear_cuda_impl(const char* op, const at::Tensor& input, const at::T
     p.N = N;
     p.K = K;
     p.relu = relu;
-    const dim3 grid(static_cast<unsigned>((N + kTile - 1) / kTile), static_cast<unsigned>((M + kTile - 1) / kTile));
+    const dim3 grid(static_cast<unsigned>((M + kTile - 1) / kTile), static_cast<unsigned>((N + kTile - 1) / kTile));
     linear_simt_kernel<scalar_t><<<grid, kThreadsSimt, 0, at::cuda::getCurrentCUDAStream()>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

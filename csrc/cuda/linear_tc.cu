@@ -13,7 +13,9 @@
 #include <cuda_fp16.h>
 #include <mma.h>
 
+#include <mutex>
 #include <type_traits>
+#include <vector>
 
 #include "cuda/linear.cuh"
 
@@ -69,8 +71,8 @@ __global__ void __launch_bounds__(kThreadsTC) linear_tc_kernel(LinearProblem<T> 
   const S* Bs_w = reinterpret_cast<const S*>(Bs);
   float* Cs = reinterpret_cast<float*>(smem);
 
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kBM;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kBN;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM;  // row tiles on x: any batch fits
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kBN;
   const int warp = threadIdx.x / 32;
   const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
 
@@ -140,10 +142,28 @@ void launch_tc(const at::Tensor& input, const at::Tensor& weight, const at::Tens
   p.N = weight.size(0);
   p.K = input.size(1);
   p.relu = relu;
-  const dim3 grid(static_cast<unsigned>((p.N + kBN - 1) / kBN), static_cast<unsigned>((p.M + kBM - 1) / kBM));
-  TORCH_CHECK(grid.y <= 65535, "torchext.linear: batch of ", p.M, " rows exceeds the CUDA grid limit");
+  const dim3 grid(static_cast<unsigned>((p.M + kBM - 1) / kBM), static_cast<unsigned>((p.N + kBN - 1) / kBN));
+  TORCH_CHECK(grid.y <= 65535, "torchext.linear: ", p.N, " output features exceed the CUDA grid limit of ",
+              65535 * kBN);
   linear_tc_kernel<T><<<grid, kThreadsTC, 0, at::cuda::getCurrentCUDAStream()>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The kernel body exists only in code compiled for sm_80 or newer. A build whose code for this
+// device comes from older PTX (say TORCH_CUDA_ARCH_LIST="7.5+PTX", JIT-compiled on an H100)
+// carries only the trap stub, so such builds take the SIMT path instead. Cached per device.
+bool tensor_core_code_loaded() {
+  static std::mutex mutex;
+  static std::vector<int> cache;  // -1: not asked yet
+  const int device = c10::cuda::current_device();
+  std::lock_guard<std::mutex> lock(mutex);
+  if (cache.size() <= static_cast<size_t>(device)) cache.resize(device + 1, -1);
+  if (cache[device] < 0) {
+    cudaFuncAttributes attr;
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, linear_tc_kernel<at::Half>));
+    cache[device] = attr.ptxVersion >= 80 ? 1 : 0;
+  }
+  return cache[device] == 1;
 }
 
 }  // namespace
@@ -151,7 +171,7 @@ void launch_tc(const at::Tensor& input, const at::Tensor& weight, const at::Tens
 bool launch_linear_tensor_core(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
                                at::Tensor& out, bool relu) {
   const auto* props = at::cuda::getCurrentDeviceProperties();
-  if (props->major < 8) return false;
+  if (props->major < 8 || !tensor_core_code_loaded()) return false;
   switch (input.scalar_type()) {
     case at::kHalf: launch_tc<at::Half>(input, weight, bias, out, relu); return true;
     case at::kBFloat16: launch_tc<at::BFloat16>(input, weight, bias, out, relu); return true;

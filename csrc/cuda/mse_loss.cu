@@ -135,14 +135,16 @@ __global__ void sq_diff_kernel(const T* __restrict__ x, const T* __restrict__ t,
 // no host sync) or elementwise (none, g_elementwise).
 template <typename T>
 __global__ void backward_kernel(const T* __restrict__ g, bool g_elementwise, const T* __restrict__ diff,
-                                T* __restrict__ out, int64_t n, compute_t<T> norm, bool vectorized) {
+                                T* __restrict__ out, int64_t n, double norm_d, bool vectorized) {
   using C = compute_t<T>;
   constexpr int V = Vec16<T>::kSize;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   int64_t done = 0;
   if (!g_elementwise) {
-    const C scale = norm * static_cast<C>(g[0]);
+    // Formed in double and rounded once, as the CPU kernel does (2/n rounded to float first
+    // would put a second rounding into every element).
+    const C scale = static_cast<C>(norm_d * static_cast<double>(g[0]));
     if (vectorized) {
       const int64_t nvec = n / V;
       for (int64_t i = tid; i < nvec; i += stride) {
@@ -156,6 +158,7 @@ __global__ void backward_kernel(const T* __restrict__ g, bool g_elementwise, con
     for (int64_t i = done + tid; i < n; i += stride) out[i] = static_cast<T>(scale * static_cast<C>(diff[i]));
     return;
   }
+  const C norm = static_cast<C>(norm_d);  // 2 for reduction='none': exact in every type
   if (vectorized) {
     const int64_t nvec = n / V;
     for (int64_t i = tid; i < nvec; i += stride) {
@@ -250,13 +253,12 @@ at::Tensor mse_loss_backward_cuda(const at::Tensor& grad_output, const at::Tenso
   const int64_t n = d.numel();
   if (n == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(), "torchext::mse_loss_backward_cuda", [&] {
-    using C = compute_t<scalar_t>;
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     const scalar_t* dp = d.const_data_ptr<scalar_t>();
     scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
     const bool elementwise = reduction == 0;
     const bool vec = aligned16(dp) && aligned16(op_) && (!elementwise || aligned16(gp));
-    const C norm = static_cast<C>(reduction == 1 ? 2.0 / static_cast<double>(n) : 2.0);
+    const double norm = reduction == 1 ? 2.0 / static_cast<double>(n) : 2.0;
     const unsigned int grid = grid_for(vec ? n / Vec16<scalar_t>::kSize + 1 : n);
     backward_kernel<scalar_t>
         <<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(gp, elementwise, dp, op_, n, norm, vec);

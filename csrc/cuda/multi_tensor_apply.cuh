@@ -104,6 +104,11 @@ inline at::Tensor device_lr(const char* op, const c10::optional<at::Tensor>& lr_
                             double& lr) {
   if (!lr_tensor.has_value()) return at::Tensor();
   if (lr_tensor->is_cpu()) {
+    // Read now, so a graph would replay this value forever while the tensor's later edits (an
+    // lr scheduler) are silently ignored: refuse that instead.
+    TORCH_CHECK(at::cuda::currentStreamCaptureStatus() == at::cuda::CaptureStatus::None, "torchext.", op,
+                ": 'lr' is a CPU tensor, whose value would be frozen into the CUDA graph being captured; put it on ",
+                device, " (or pass a float)");
     lr = lr_tensor->item<double>();
     return at::Tensor();
   }

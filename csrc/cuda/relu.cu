@@ -41,6 +41,12 @@ __global__ void relu_kernel(const T* x, T* y, int64_t n, bool vectorized) {
   for (int64_t i = done + tid; i < n; i += stride) y[i] = relu_value(x[i]);
 }
 
+// Compared in the element's own precision for double (a tiny positive double is 0 as a float);
+// half types widen to float exactly.
+template <typename T>
+__device__ __forceinline__ bool not_positive(T r) { return static_cast<float>(r) <= 0.f; }
+__device__ __forceinline__ bool not_positive(double r) { return r <= 0.0; }
+
 template <typename T>
 __global__ void relu_backward_kernel(const T* __restrict__ g, const T* __restrict__ r, T* __restrict__ out,
                                      int64_t n, bool vectorized) {
@@ -55,13 +61,13 @@ __global__ void relu_backward_kernel(const T* __restrict__ g, const T* __restric
       const Vec16<T> rv = load16(r + i * V);
 #pragma unroll
       for (int k = 0; k < V; ++k) {
-        if (static_cast<float>(rv.v[k]) <= 0.f) gv.v[k] = T(0.f);
+        if (not_positive(rv.v[k])) gv.v[k] = T(0.f);
       }
       store16(out + i * V, gv);
     }
     done = nvec * V;
   }
-  for (int64_t i = done + tid; i < n; i += stride) out[i] = static_cast<float>(r[i]) <= 0.f ? T(0.f) : g[i];
+  for (int64_t i = done + tid; i < n; i += stride) out[i] = not_positive(r[i]) ? T(0.f) : g[i];
 }
 
 void launch_relu(const at::Tensor& x, const at::Tensor& y) {

@@ -69,20 +69,19 @@ struct SgdOp {
       const int64_t nvec = n / V;
       for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
         const int64_t o = i * V;
-        Pack<T, V> pp = load_pack<T, V>(p + o);
+        // With master weights the param is only written: its old value is the master's rounding.
+        bool from_master = false;
+        if constexpr (sizeof(T) == 2) from_master = master != nullptr;
+        Pack<T, V> pp;
+        if (!from_master) pp = load_pack<T, V>(p + o);
         const Pack<T, V> gp = load_pack<T, V>(g + o);
         Pack<T, V> bp;
         if (a.use_momentum) bp = load_pack<T, V>(buf + o);
         Pack<float, V> master_p;
-        if constexpr (sizeof(T) == 2) {
-          if (master != nullptr) master_p = load_pack<float, V>(master + o);
-        }
+        if (from_master) master_p = load_pack<float, V>(master + o);
 #pragma unroll
         for (int k = 0; k < V; ++k) {
-          M pv = static_cast<M>(pp.v[k]);
-          if constexpr (sizeof(T) == 2) {
-            if (master != nullptr) pv = master_p.v[k];
-          }
+          M pv = from_master ? static_cast<M>(master_p.v[k]) : static_cast<M>(pp.v[k]);
           M bv = a.use_momentum ? static_cast<M>(bp.v[k]) : M(0);
           sgd_math<M>(pv, static_cast<M>(gp.v[k]), bv, c);
           pp.v[k] = static_cast<T>(pv);
@@ -91,9 +90,7 @@ struct SgdOp {
         }
         store_pack<T, V>(p + o, pp);
         if (a.use_momentum) store_pack<T, V>(buf + o, bp);
-        if constexpr (sizeof(T) == 2) {
-          if (master != nullptr) store_pack<float, V>(master + o, master_p);
-        }
+        if (from_master) store_pack<float, V>(master + o, master_p);
       }
       done = nvec * V;
     }
