@@ -1,8 +1,11 @@
 """torchext.optim Adam / SGD steps against torch.optim (for-loop, foreach and fused) in one run.
 
 Optimizer steps are memory bound, so each row reports torchext's effective bandwidth as a share of
-the copy bandwidth measured in the same run. Bytes per fp32 param and step: Adam 28 (reads p, g, m,
-v; writes p, m, v), SGD with momentum 20 (reads p, g, buf; writes p, buf).
+a bandwidth measured in the same run: device-to-device copy on CUDA, and on CPU an in-place
+`a += b`, which like an optimizer step writes back lines it has just read (a CPU copy also pays a
+read of every destination line, so copy bandwidth would understate the ceiling). Bytes per fp32
+param and step: Adam 28 (reads p, g, m, v; writes p, m, v), SGD with momentum 20 (reads p, g, buf;
+writes p, buf); half the bytes for float16 / bfloat16.
 
     python benchmarks/bench_optim.py [--device cpu|cuda|all] [--quick] [--json PATH]
 """
@@ -10,11 +13,13 @@ import gc
 
 import torch
 
-from harness import bench, copy_bandwidth_gbps, devices_from_args, report, row
+from harness import bench, copy_bandwidth_gbps, devices_from_args, inplace_bandwidth_gbps, report, row
 
 import torchext
 
-BYTES_PER_PARAM = {"Adam": 28, "SGD": 20}
+BYTES_PER_PARAM = {"Adam": 28, "SGD": 20}  # float32; scaled by element size / 4
+# Half-type rows are compared against torch's fused kernels only (the fastest torch variant).
+HALF_DTYPES = {"cpu": [torch.bfloat16, torch.float16], "cuda": [torch.bfloat16]}
 KWARGS = {"Adam": dict(lr=1e-3), "SGD": dict(lr=1e-3, momentum=0.9)}
 TORCH_MODES = [("for-loop", dict(foreach=False)), ("foreach", dict(foreach=True)), ("fused", dict(fused=True))]
 
@@ -41,15 +46,15 @@ def cases(device, quick):
     yield "2000 x 4K", [(4096,)] * 2000
 
 
-def make_params(shapes, device):
-    params = [torch.nn.Parameter(torch.randn(s, device=device)) for s in shapes]
+def make_params(shapes, device, dtype=torch.float32):
+    params = [torch.nn.Parameter(torch.randn(s, device=device, dtype=dtype)) for s in shapes]
     for p in params:
         p.grad = torch.randn_like(p)
     return params
 
 
-def time_step(opt_cls, kw, shapes, device):
-    params = make_params(shapes, device)
+def time_step(opt_cls, kw, shapes, device, dtype=torch.float32):
+    params = make_params(shapes, device, dtype)
     opt = opt_cls(params, **kw)
     opt.step()  # creates the state outside the timed region
     t = bench(opt.step, device=device)
@@ -64,19 +69,27 @@ def main():
     args = devices_from_args(description=__doc__)
     rows = []
     for device in args.devices:
-        bw = copy_bandwidth_gbps(device)
+        if device == "cpu":
+            bw, ceiling = inplace_bandwidth_gbps(device), "in-place BW"
+        else:
+            bw, ceiling = copy_bandwidth_gbps(device), "copy BW"
         for label, shapes in cases(device, args.quick):
             numel = sum(torch.Size(s).numel() for s in shapes)
-            for name in ("Adam", "SGD"):
-                kw = KWARGS[name]
-                for mode, extra in TORCH_MODES:
-                    # Timed back to back with each torch variant, so a shared machine's load drift
-                    # does not favour either side.
-                    ours = time_step(getattr(torchext.optim, name), kw, shapes, device)
-                    ref = time_step(getattr(torch.optim, name), dict(kw, **extra), shapes, device)
-                    gbps = BYTES_PER_PARAM[name] * numel / (ours.median_ms * 1e-3) / 1e9
-                    rows.append(row(name, device, torch.float32, label, "vs torch " + mode, ref, ours,
-                                    pct_ceiling=100 * gbps / bw, ceiling="copy BW"))
+            runs = [(torch.float32, TORCH_MODES)]
+            if not args.quick:
+                runs += [(dt, TORCH_MODES[-1:]) for dt in HALF_DTYPES.get(device, [])]
+            for dtype, modes in runs:
+                scale = torch.empty((), dtype=dtype).element_size() / 4
+                for name in ("Adam", "SGD"):
+                    kw = KWARGS[name]
+                    for mode, extra in modes:
+                        # Timed back to back with each torch variant, so a shared machine's load
+                        # drift does not favour either side.
+                        ours = time_step(getattr(torchext.optim, name), kw, shapes, device, dtype)
+                        ref = time_step(getattr(torch.optim, name), dict(kw, **extra), shapes, device, dtype)
+                        gbps = BYTES_PER_PARAM[name] * scale * numel / (ours.median_ms * 1e-3) / 1e9
+                        rows.append(row(name, device, dtype, label, "vs torch " + mode, ref, ours,
+                                        pct_ceiling=100 * gbps / bw, ceiling=ceiling))
     report(rows, "torchext.optim step vs torch.optim (ms per step)", args.json)
 
 

@@ -5,6 +5,9 @@ reports the median and the 20th/80th percentiles. Ceilings are measured in the s
 row can say how close it is to what the machine can do:
   * copy bandwidth: a large tensor copy (bytes read + bytes written per second), the roofline of
     every memory-bound kernel (ReLU, MSE, optimizer steps);
+  * in-place bandwidth: a large `a += b` (reads a and b, writes a where it was read). Optimizer
+    steps update in place like this; on CPUs a copy's writes also cost a read of the destination
+    line (write-allocate), so the copy ceiling understates what in-place updates can reach;
   * GEMM throughput: torch.mm in the same dtype (MKL/oneDNN on CPU, cuBLAS on CUDA).
 """
 import argparse
@@ -62,6 +65,19 @@ def copy_bandwidth_gbps(device="cpu"):
     return _CEILINGS[key]
 
 
+def inplace_bandwidth_gbps(device="cpu"):
+    """Measured bandwidth of `a += b` in GB/s (2 reads + 1 in-place write per element), buffers as
+    large as copy_bandwidth_gbps's."""
+    key = ("in-place", str(device))
+    if key not in _CEILINGS:
+        n = (1 << 26) if str(device) == "cpu" else (1 << 28)
+        a = torch.rand(n, device=device)
+        b = torch.rand(n, device=device)
+        t = bench(lambda: a.add_(b, alpha=1e-30), device=device)
+        _CEILINGS[key] = 3 * a.numel() * a.element_size() / (t.median_ms * 1e-3) / 1e9
+    return _CEILINGS[key]
+
+
 def gemm_tflops(device="cpu", dtype=torch.float32, n=2048):
     """Measured torch.mm throughput (TFLOP/s) for n x n x n in dtype: the vendor-BLAS ceiling."""
     key = ("gemm", str(device), dtype, n)
@@ -112,8 +128,8 @@ def report(rows, title, json_path=None):
 def ceilings_summary():
     parts = []
     for key, value in _CEILINGS.items():
-        if key[0] == "copy":
-            parts.append("copy %s %.1f GB/s" % (key[1], value))
+        if key[0] in ("copy", "in-place"):
+            parts.append("%s %s %.1f GB/s" % (key[0], key[1], value))
         else:
             parts.append("mm %s %s n=%d %.2f TFLOP/s" % (key[1], str(key[2]).replace("torch.", ""), key[3], value))
     return ", ".join(parts)
