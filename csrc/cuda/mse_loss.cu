@@ -5,8 +5,11 @@
 //
 // Reductions: each block folds its grid-stride share (per-thread sums, then warp shuffles) into
 // one partial; a one-block kernel adds the partials in a fixed order and applies the mean. No
-// float atomics, so the result is reproducible on a given GPU. Sums accumulate in double for
-// float64 and float32 (the squared float32 diffs are exact there) and in float for half types.
+// float atomics, so the same call on the same GPU gives the same bits. The split into blocks
+// depends on the SM count and on whether the operands are 16-byte aligned (vector or scalar
+// loop), so another GPU model, or the same values at an offset, may round differently (unlike the
+// CPU kernel, whose chunks depend on n alone). Sums accumulate in double for float64 and float32
+// (the squared float32 diffs are exact there) and in float for half types.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
