@@ -31,6 +31,16 @@ def reference_dtype(dtype):
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def round_moments(opt, dtype):
+    """Rounds a float32 reference optimizer's moments to dtype after a step, as torchext stores
+    them in the param dtype. Not a small effect a tolerance could absorb: a float16 second moment
+    can underflow, and later updates of that element then differ by tens of percent."""
+    for state in opt.state.values():
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer"):
+            if key in state:
+                state[key].copy_(state[key].to(dtype).float())
+
+
 def set_grads(*param_lists, skip=(NO_GRAD,), scale=1.0):
     """Fresh random grads, identical across the lists; params at `skip` get none."""
     for i, p in enumerate(param_lists[0]):

@@ -7,8 +7,8 @@ import torch
 
 import torchext
 from conftest import DEVICES
-from optim_common import (assert_bitwise_equal, assert_params_close, clone_params, make_params, set_grads,
-                          snapshot)
+from optim_common import (assert_bitwise_equal, assert_params_close, clone_params, make_params, round_moments,
+                          set_grads, snapshot)
 
 CASES = [
     ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.2)),
@@ -164,14 +164,7 @@ def test_master_weights_follow_float32_math(case, dtype, device):
         set_grads(ours, ref)
         opt.step()
         opt_ref.step()
-        # The moments (and SGD's buffer) are stored in the param dtype: the float32 reference gets
-        # the same rounding after each step. (Not a small effect to tolerate: a second moment
-        # that underflows in float16 changes later updates by several percent.)
-        for q in ref:
-            for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer"):
-                if key in opt_ref.state.get(q, {}):
-                    buf = opt_ref.state[q][key]
-                    buf.copy_(buf.to(dtype).float())
+        round_moments(opt_ref, dtype)  # ours keeps the moments (and SGD's buffer) in the param dtype
     for p, q in zip(ours, ref):
         if p.grad is None:
             assert p not in opt.state
