@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "checks.h"
+#include "math_type.h"
 #include "cpu/convert.h"
 #include "cpu/dispatch.h"
 #include "cpu/optim.h"
@@ -19,29 +20,17 @@
 namespace torchext {
 namespace {
 
-template <typename M>
-struct AdamScalars {
-  M lr, beta1, beta2, eps, weight_decay, inv_scale;
-  // Formed in double like torch's Python scalars: 1 - 0.999f in float is off by 1.3e-5.
-  M one_minus_beta1, one_minus_beta2, decay;
-  M step_size;             // lr / (1 - beta1^t)
-  M bias_correction2_sqrt; // sqrt(1 - beta2^t); eps is added after dividing by it, as torch does
-  bool amsgrad, maximize, decoupled;
-};
-
-// Per-call constants of the update, derived once from AdamScalars.
+// The per-tensor constants of one step, formed in double from the step's arguments (as torch forms
+// its Python numbers: 1 - 0.999f in float is off by 1.3e-5), then rounded to the math type.
 template <typename M>
 struct AdamConsts {
-  M one_minus_beta1, one_minus_beta2, beta2, eps, step_size;
-  // One division per element instead of two; differs from torch's division by sqrt(bc2) by at most
-  // one rounding of the denominator.
+  M one_minus_beta1, one_minus_beta2, beta2, eps;
+  M step_size;     // lr / (1 - beta1^t)
+  // 1 / sqrt(1 - beta2^t): one division per element instead of two; differs from torch's division
+  // by sqrt(bc2) by at most one rounding of the denominator. eps is added after it, as torch does.
   M inv_bc2_sqrt;
-  M decay, l2;       // (1 - lr * wd) for decoupled weight decay, else 1; wd for L2, else 0
-  M grad_factor;     // unscale and maximize in one multiply
-  explicit AdamConsts(const AdamScalars<M>& s)
-      : one_minus_beta1(s.one_minus_beta1), one_minus_beta2(s.one_minus_beta2), beta2(s.beta2), eps(s.eps),
-        step_size(s.step_size), inv_bc2_sqrt(M(1) / s.bias_correction2_sqrt), decay(s.decoupled ? s.decay : M(1)),
-        l2(s.decoupled ? M(0) : s.weight_decay), grad_factor(s.maximize ? -s.inv_scale : s.inv_scale) {}
+  M decay, l2;     // (1 - lr * wd) for decoupled weight decay, else 1; wd for L2, else 0
+  M grad_factor;   // unscale and maximize in one multiply
 };
 
 TORCHEXT_INLINE float vsqrt(float x) { return std::sqrt(x); }
@@ -78,8 +67,8 @@ TORCHEXT_INLINE V adam_math(V p, V g, V& m, V& v, V& vmax, const AdamConsts<M>& 
 template <typename T, bool kMaster, bool kAmsgrad>
 TORCHEXT_INLINE void adam_loop(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
                                T* __restrict__ vmax, float* __restrict__ master, int64_t n,
-                               const AdamConsts<typename cpu::OpMath<T>::type>& c) {
-  using M = typename cpu::OpMath<T>::type;
+                               const AdamConsts<math_t<T>>& c) {
+  using M = math_t<T>;
   for (int64_t j = 0; j < n; ++j) {
     M mv = cpu::load(m, j), vv = cpu::load(v, j), vmaxv = kAmsgrad ? cpu::load(vmax, j) : M(0);
     const M pv = adam_math<kAmsgrad>(kMaster ? static_cast<M>(master[j]) : cpu::load(p, j), cpu::load(g, j), mv,
@@ -92,15 +81,15 @@ TORCHEXT_INLINE void adam_loop(T* __restrict__ p, const T* __restrict__ g, T* __
   }
 }
 
+// vmax is null without amsgrad, master without master weights.
 template <typename T>
 TORCHEXT_INLINE void adam_impl(T* p, const T* g, T* m, T* v, T* vmax, float* master, int64_t n,
-                               AdamScalars<typename cpu::OpMath<T>::type> s) {
-  const AdamConsts<typename cpu::OpMath<T>::type> c(s);
+                               const AdamConsts<math_t<T>>& c) {
   if (master) {
-    if (s.amsgrad) return adam_loop<T, true, true>(p, g, m, v, vmax, master, n, c);
+    if (vmax) return adam_loop<T, true, true>(p, g, m, v, vmax, master, n, c);
     return adam_loop<T, true, false>(p, g, m, v, vmax, master, n, c);
   }
-  if (s.amsgrad) return adam_loop<T, false, true>(p, g, m, v, vmax, master, n, c);
+  if (vmax) return adam_loop<T, false, true>(p, g, m, v, vmax, master, n, c);
   return adam_loop<T, false, false>(p, g, m, v, vmax, master, n, c);
 }
 TORCHEXT_CPU_DISPATCH(adam_kernel, adam_impl)
@@ -130,24 +119,22 @@ TORCHEXT_TARGET_AVX2 void adam_loop_f16c(c10::Half* p, const c10::Half* g, c10::
 #endif
 
 template <typename T>
-void run_adam(T* p, const T* g, T* m, T* v, T* vmax, float* master, int64_t n,
-              const AdamScalars<typename cpu::OpMath<T>::type>& s) {
-  adam_kernel<T>(p, g, m, v, vmax, master, n, s);
+void run_adam(T* p, const T* g, T* m, T* v, T* vmax, float* master, int64_t n, const AdamConsts<math_t<T>>& c) {
+  adam_kernel<T>(p, g, m, v, vmax, master, n, c);
 }
 void run_adam(c10::Half* p, const c10::Half* g, c10::Half* m, c10::Half* v, c10::Half* vmax, float* master,
-              int64_t n, const AdamScalars<float>& s) {
+              int64_t n, const AdamConsts<float>& c) {
 #if defined(__x86_64__) && defined(__GNUC__)
   if (cpu::use_f16c()) {
-    const AdamConsts<float> c(s);
     if (master) {
-      if (s.amsgrad) return adam_loop_f16c<true, true>(p, g, m, v, vmax, master, n, c);
+      if (vmax) return adam_loop_f16c<true, true>(p, g, m, v, vmax, master, n, c);
       return adam_loop_f16c<true, false>(p, g, m, v, vmax, master, n, c);
     }
-    if (s.amsgrad) return adam_loop_f16c<false, true>(p, g, m, v, vmax, master, n, c);
+    if (vmax) return adam_loop_f16c<false, true>(p, g, m, v, vmax, master, n, c);
     return adam_loop_f16c<false, false>(p, g, m, v, vmax, master, n, c);
   }
 #endif
-  adam_kernel<c10::Half>(p, g, m, v, vmax, master, n, s);
+  adam_kernel<c10::Half>(p, g, m, v, vmax, master, n, c);
 }
 
 constexpr int64_t kGrain = 1 << 14;
@@ -167,16 +154,23 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   std::vector<int64_t> numels;
   for (const auto& p : params) numels.push_back(p.numel());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "torchext::adam_step_", [&] {
-    using M = typename cpu::OpMath<scalar_t>::type;
-    std::vector<AdamScalars<M>> scalars(params.size());
+    using M = math_t<scalar_t>;
+    std::vector<AdamConsts<M>> consts(params.size());
     for (size_t i = 0; i < params.size(); ++i) {
       // The counter is float32 like torch's; its incremented value sets the bias correction.
       const double step = static_cast<double>(state_steps[i].item<float>() + 1.f);
       const double bc1 = 1.0 - std::pow(beta1, step);
       const double bc2 = 1.0 - std::pow(beta2, step);
-      scalars[i] = {M(lr), M(beta1), M(beta2), M(eps), M(weight_decay), M(inv_scale), M(1.0 - beta1),
-                    M(1.0 - beta2), M(1.0 - lr * weight_decay), M(lr / bc1),
-                    M(std::sqrt(bc2)), amsgrad, maximize, decoupled_weight_decay};
+      AdamConsts<M>& c = consts[i];
+      c.one_minus_beta1 = M(1.0 - beta1);
+      c.one_minus_beta2 = M(1.0 - beta2);
+      c.beta2 = M(beta2);
+      c.eps = M(eps);
+      c.step_size = M(lr / bc1);
+      c.inv_bc2_sqrt = M(1) / M(std::sqrt(bc2));
+      c.decay = decoupled_weight_decay ? M(1.0 - lr * weight_decay) : M(1);
+      c.l2 = decoupled_weight_decay ? M(0) : M(weight_decay);
+      c.grad_factor = maximize ? -M(inv_scale) : M(inv_scale);
     }
     cpu::parallel_over_tensors(numels, kGrain, [&](size_t t, int64_t begin, int64_t end) {
       scalar_t* p = params[t].mutable_data_ptr<scalar_t>() + begin;
@@ -185,7 +179,7 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
       scalar_t* v = exp_avg_sqs[t].mutable_data_ptr<scalar_t>() + begin;
       scalar_t* vmax = amsgrad ? max_exp_avg_sqs[t].mutable_data_ptr<scalar_t>() + begin : nullptr;
       float* master = master_params.empty() ? nullptr : master_params[t].mutable_data_ptr<float>() + begin;
-      run_adam(p, g, m, v, vmax, master, end - begin, scalars[t]);
+      run_adam(p, g, m, v, vmax, master, end - begin, consts[t]);
     });
   });
   for (const auto& s : state_steps) s.add_(1);

@@ -22,37 +22,15 @@
 
 #include "cpu/dispatch.h"
 #include "linear_checks.h"
+#include "linear_problem.h"
+#include "math_type.h"
 
 namespace torchext {
 namespace {
 
-template <typename T>
-struct AccOf {
-  using type = float;  // half types and float accumulate in float
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-
 template <typename A, int Bytes>
 struct VecOf {
   typedef A type __attribute__((vector_size(Bytes)));
-};
-
-// One GEMM problem. Strides are in elements, so packing can read any layout.
-template <typename T>
-struct GemmProblem {
-  const T* a;  // A(i, k) = a[i * sam + k * sak]        (input)
-  int64_t sam, sak;
-  const T* b;  // B(j, k) = b[j * sbn + k * sbk]        (weight)
-  int64_t sbn, sbk;
-  const T* bias;  // bias[j * sbias], or null
-  int64_t sbias;
-  T* c;  // C(i, j) = c[i * ldc + j]                    (output, row-major)
-  int64_t ldc;
-  int64_t M, N, K;
-  bool relu;
 };
 
 // Task grid: the output is cut into mc x nc tiles, one task each; K is walked in kc slices.
@@ -94,7 +72,7 @@ TORCHEXT_INLINE void transpose8x8(const float* src, int64_t ld, float* dst, int6
 // for each k, MR consecutive values. Rows past the edge are zero so the micro-kernel needs no
 // row masking.
 template <typename T, typename Acc, int MR>
-TORCHEXT_INLINE void pack_a(const GemmProblem<T>& g, int64_t i0, int64_t rows, int64_t k0, int64_t kc,
+TORCHEXT_INLINE void pack_a(const LinearProblem<T>& g, int64_t i0, int64_t rows, int64_t k0, int64_t kc,
                             Acc* __restrict__ dst) {
   for (int64_t p = 0; p < rows; p += MR) {
     const int64_t valid = std::min<int64_t>(MR, rows - p);
@@ -123,7 +101,7 @@ TORCHEXT_INLINE void pack_a(const GemmProblem<T>& g, int64_t i0, int64_t rows, i
 
 // Packs B rows (output columns) [j0, j0 + cols) x [k0, k0 + kc) into NR-wide micro-panels.
 template <typename T, typename Acc, int NR>
-TORCHEXT_INLINE void pack_b(const GemmProblem<T>& g, int64_t j0, int64_t cols, int64_t k0, int64_t kc,
+TORCHEXT_INLINE void pack_b(const LinearProblem<T>& g, int64_t j0, int64_t cols, int64_t k0, int64_t kc,
                             Acc* __restrict__ dst) {
   for (int64_t p = 0; p < cols; p += NR) {
     const int64_t valid = std::min<int64_t>(NR, cols - p);
@@ -168,7 +146,7 @@ TORCHEXT_INLINE void pack_b(const GemmProblem<T>& g, int64_t j0, int64_t cols, i
 template <typename T, typename Acc, int VB, int MR, bool kDirectA>
 TORCHEXT_INLINE void micro_kernel(int64_t kc, const Acc* __restrict__ ap, int64_t lda, const Acc* __restrict__ bp,
                                   Acc* __restrict__ partial, int64_t ldp, bool first, bool last,
-                                  const GemmProblem<T>& g, int64_t i0, int64_t j0, int64_t rows, int64_t cols) {
+                                  const LinearProblem<T>& g, int64_t i0, int64_t j0, int64_t rows, int64_t cols) {
   using V = typename VecOf<Acc, VB>::type;
   constexpr int VL = VB / static_cast<int>(sizeof(Acc));
   constexpr int NR = 2 * VL;
@@ -222,7 +200,7 @@ TORCHEXT_INLINE void micro_kernel(int64_t kc, const Acc* __restrict__ ap, int64_
         v0 = v0 < zero ? zero : v0;
         v1 = v1 < zero ? zero : v1;
       }
-      T* out = g.c + (i0 + r) * g.ldc + j0;
+      T* out = g.c + (i0 + r) * g.N + j0;
       if constexpr (std::is_same<T, Acc>::value) {
         std::memcpy(out, &v0, VB);
         std::memcpy(out + VL, &v1, VB);
@@ -253,7 +231,7 @@ TORCHEXT_INLINE void micro_kernel(int64_t kc, const Acc* __restrict__ ap, int64_
   Acc bias[NR];
   for (int64_t c = 0; c < cols; ++c) bias[c] = g.bias ? static_cast<Acc>(g.bias[(j0 + c) * g.sbias]) : Acc(0);
   for (int64_t r = 0; r < rows; ++r) {
-    T* out = g.c + (i0 + r) * g.ldc + j0;
+    T* out = g.c + (i0 + r) * g.N + j0;
     for (int64_t c = 0; c < cols; ++c) {
       Acc v = tile[r * NR + c] + bias[c];
       if (g.relu) v = v < Acc(0) ? Acc(0) : v;  // NaN passes through, as in torch.relu
@@ -265,12 +243,12 @@ TORCHEXT_INLINE void micro_kernel(int64_t kc, const Acc* __restrict__ ap, int64_
 // Runs tasks [task_begin, task_end) of the grid. Per task and kc slice: pack A and B once, then
 // sweep micro-tiles with the A micro-panel (MR x kc) resident in L1 while B panels stream from L2.
 template <typename T, int VB, int MR>
-TORCHEXT_INLINE void gemm_tasks_impl(const GemmProblem<T>* gp, const Blocking* blp, int64_t task_begin,
-                                     int64_t task_end, typename AccOf<T>::type* pa, typename AccOf<T>::type* pb,
-                                     typename AccOf<T>::type* pc) {
-  using Acc = typename AccOf<T>::type;
+TORCHEXT_INLINE void gemm_tasks_impl(const LinearProblem<T>* gp, const Blocking* blp, int64_t task_begin,
+                                     int64_t task_end, math_t<T>* pa, math_t<T>* pb,
+                                     math_t<T>* pc) {
+  using Acc = math_t<T>;
   constexpr int NR = 2 * VB / static_cast<int>(sizeof(Acc));
-  const GemmProblem<T>& g = *gp;
+  const LinearProblem<T>& g = *gp;
   const Blocking& bl = *blp;
   for (int64_t t = task_begin; t < task_end; ++t) {
     const int64_t i0 = (t / bl.tiles_n) * bl.mc;
@@ -339,8 +317,8 @@ struct AlignedFree {
 };
 
 template <typename T>
-void run_gemm(const GemmProblem<T>& g) {
-  using Acc = typename AccOf<T>::type;
+void run_gemm(const LinearProblem<T>& g) {
+  using Acc = math_t<T>;
   const Tile tile = tile_for_level();
   const int64_t mr = tile.mr;
   const int64_t nr = 2 * tile.vb / static_cast<int64_t>(sizeof(Acc));
@@ -390,33 +368,11 @@ namespace {
 at::Tensor linear_cpu_impl(const char* op, const at::Tensor& input, const at::Tensor& weight,
                            const c10::optional<at::Tensor>& bias_opt, bool relu) {
   check_linear_args(op, input, weight, bias_opt);
-  const int64_t M = input.size(0), K = input.size(1), N = weight.size(0);
-  at::Tensor out = at::empty({M, N}, input.options());
-  const bool has_bias = bias_opt.has_value() && bias_opt->defined();
-  if (M == 0 || N == 0) return out;
-  if (K == 0) {  // empty sum: the output is the bias (or zero), through the activation
-    if (has_bias) out.copy_(bias_opt->unsqueeze(0).expand({M, N}));
-    else out.zero_();
-    if (relu) out.clamp_min_(0);
-    return out;
-  }
+  at::Tensor out = at::empty({input.size(0), weight.size(0)}, input.options());
+  const at::Tensor* bias = bias_opt.has_value() && bias_opt->defined() ? &*bias_opt : nullptr;
+  if (linear_without_gemm(input, bias, out, relu)) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "torchext::linear", [&] {
-    GemmProblem<scalar_t> g;
-    g.a = input.const_data_ptr<scalar_t>();
-    g.sam = input.stride(0);
-    g.sak = input.stride(1);
-    g.b = weight.const_data_ptr<scalar_t>();
-    g.sbn = weight.stride(0);
-    g.sbk = weight.stride(1);
-    g.bias = has_bias ? bias_opt->const_data_ptr<scalar_t>() : nullptr;
-    g.sbias = has_bias ? bias_opt->stride(0) : 0;
-    g.c = out.mutable_data_ptr<scalar_t>();
-    g.ldc = N;
-    g.M = M;
-    g.N = N;
-    g.K = K;
-    g.relu = relu;
-    run_gemm(g);
+    run_gemm(linear_problem<scalar_t>(input, weight, bias, out, relu));
   });
   return out;
 }
@@ -436,7 +392,7 @@ at::Tensor linear_relu_cpu(const at::Tensor& input, const at::Tensor& weight,
 template <typename T>
 TORCHEXT_INLINE void column_sum_impl(const T* __restrict__ g, const T* __restrict__ r, T* __restrict__ masked,
                                      T* __restrict__ sums, int64_t M, int64_t N, int64_t j0, int64_t j1) {
-  using Acc = typename AccOf<T>::type;
+  using Acc = math_t<T>;
   constexpr int64_t kMaxCols = 256;
   Acc acc[kMaxCols];
   const int64_t w = j1 - j0;

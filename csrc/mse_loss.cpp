@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "math_type.h"
 #include "mse_loss_checks.h"
 #include "cpu/convert.h"
 #include "cpu/dispatch.h"
@@ -29,14 +30,7 @@
 namespace torchext {
 namespace {
 
-// Arithmetic type of the elementwise math (float32 keeps torch's rounding of input - target) and
-// accumulator type of the sums.
-template <typename T>
-using compute_t = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
-template <typename T>
-using acc_t = typename std::conditional<std::is_same<T, double>::value || std::is_same<T, float>::value,
-                                        double, float>::type;
-
+// Elementwise math in math_t (float32 keeps torch's rounding of input - target), sums in sum_t.
 using cpu::load;
 using cpu::store;
 using cpu::u16_alias;
@@ -45,8 +39,8 @@ using cpu::u16_alias;
 // SIMD lane (it may reassociate); the order is fixed for a given SIMD level, so results repeat.
 template <typename T>
 TORCHEXT_INLINE void sq_diff_sum_impl(const T* __restrict__ x, const T* __restrict__ t, int64_t n,
-                                      acc_t<T>* __restrict__ out) {
-  using A = acc_t<T>;
+                                      sum_t<T>* __restrict__ out) {
+  using A = sum_t<T>;
   A acc = 0;
 #pragma omp simd reduction(+ : acc)
   for (int64_t i = 0; i < n; ++i) {
@@ -60,12 +54,12 @@ TORCHEXT_CPU_DISPATCH(sq_diff_sum_kernel, sq_diff_sum_impl)
 // Same sum, also writing diff = x - t for the backward in the same pass.
 template <typename T>
 TORCHEXT_INLINE void sq_diff_sum_save_impl(const T* __restrict__ x, const T* __restrict__ t, T* __restrict__ diff,
-                                           int64_t n, acc_t<T>* __restrict__ out) {
-  using A = acc_t<T>;
+                                           int64_t n, sum_t<T>* __restrict__ out) {
+  using A = sum_t<T>;
   A acc = 0;
 #pragma omp simd reduction(+ : acc)
   for (int64_t i = 0; i < n; ++i) {
-    const compute_t<T> d = load(x, i) - load(t, i);
+    const math_t<T> d = load(x, i) - load(t, i);
     store(diff, i, d);
     acc += static_cast<A>(d) * static_cast<A>(d);
   }
@@ -79,12 +73,12 @@ TORCHEXT_INLINE void sq_diff_impl(const T* __restrict__ x, const T* __restrict__
                                   T* __restrict__ diff, int64_t n) {
   if (diff == nullptr) {
     for (int64_t i = 0; i < n; ++i) {
-      const compute_t<T> d = load(x, i) - load(t, i);
+      const math_t<T> d = load(x, i) - load(t, i);
       store(loss, i, d * d);
     }
   } else {
     for (int64_t i = 0; i < n; ++i) {
-      const compute_t<T> d = load(x, i) - load(t, i);
+      const math_t<T> d = load(x, i) - load(t, i);
       store(diff, i, d);
       store(loss, i, d * d);
     }
@@ -94,7 +88,7 @@ TORCHEXT_CPU_DISPATCH(sq_diff_kernel, sq_diff_impl)
 
 // grad_input = scale * diff (mean/sum: scale = 2 * grad_output [/ numel]).
 template <typename T>
-TORCHEXT_INLINE void scale_impl(const T* __restrict__ diff, T* __restrict__ out, int64_t n, compute_t<T> scale) {
+TORCHEXT_INLINE void scale_impl(const T* __restrict__ diff, T* __restrict__ out, int64_t n, math_t<T> scale) {
   for (int64_t i = 0; i < n; ++i) store(out, i, scale * load(diff, i));
 }
 TORCHEXT_CPU_DISPATCH(scale_kernel, scale_impl)
@@ -103,7 +97,7 @@ TORCHEXT_CPU_DISPATCH(scale_kernel, scale_impl)
 template <typename T>
 TORCHEXT_INLINE void scale_mul_impl(const T* __restrict__ g, const T* __restrict__ diff, T* __restrict__ out,
                                     int64_t n) {
-  using C = compute_t<T>;
+  using C = math_t<T>;
   for (int64_t i = 0; i < n; ++i) store(out, i, C(2) * load(diff, i) * load(g, i));
 }
 TORCHEXT_CPU_DISPATCH(scale_mul_kernel, scale_mul_impl)
@@ -120,7 +114,7 @@ using cpu::use_f16c;
 
 // The kernels as called by the drivers below: generic, with a staged float16 overload.
 template <typename T>
-void run_sum(const T* x, const T* t, T* diff, int64_t n, acc_t<T>* out) {
+void run_sum(const T* x, const T* t, T* diff, int64_t n, sum_t<T>* out) {
   if (diff == nullptr) {
     sq_diff_sum_kernel<T>(x, t, n, out);
   } else {
@@ -170,7 +164,7 @@ void run_elementwise(const c10::Half* x, const c10::Half* t, c10::Half* loss, c1
 }
 
 template <typename T>
-void run_scale(const T* diff, T* out, int64_t n, compute_t<T> scale) {
+void run_scale(const T* diff, T* out, int64_t n, math_t<T> scale) {
   scale_kernel<T>(diff, out, n, scale);
 }
 void run_scale(const c10::Half* diff, c10::Half* out, int64_t n, float scale) {
@@ -210,7 +204,7 @@ constexpr int64_t kChunksPerTask = 4;     // so small reductions stay on the cal
 // Deterministic sum of (x - t)^2, optionally writing diff.
 template <typename T>
 double reduce_sq_diff(const T* x, const T* t, T* diff, int64_t n) {
-  using A = acc_t<T>;
+  using A = sum_t<T>;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   std::vector<A> partial(static_cast<size_t>(chunks));
   at::parallel_for(0, chunks, kChunksPerTask, [&](int64_t c0, int64_t c1) {
@@ -291,7 +285,7 @@ at::Tensor mse_loss_backward_cpu(const at::Tensor& grad_output, const at::Tensor
   const at::Tensor d = diff.is_non_overlapping_and_dense() ? diff : diff.contiguous();
   at::Tensor out = at::empty_like(d);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(), "torchext::mse_loss_backward", [&] {
-    using C = compute_t<scalar_t>;
+    using C = math_t<scalar_t>;
     const double g = static_cast<double>(*grad_output.const_data_ptr<scalar_t>());
     const double norm = reduction == 1 ? 2.0 / static_cast<double>(n) : 2.0;
     const C scale = static_cast<C>(norm * g);

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "checks.h"
+#include "math_type.h"
 #include "cpu/convert.h"
 #include "cpu/dispatch.h"
 #include "cpu/optim.h"
@@ -16,22 +17,14 @@
 namespace torchext {
 namespace {
 
-template <typename M>
-struct SgdScalars {
-  M lr, momentum, one_minus_dampening, weight_decay, inv_scale;  // 1 - dampening formed in double, as torch
-  bool nesterov, maximize, use_momentum, first;  // first: buf holds no history yet, copy g into it
-};
-
-// Per-call constants of the update, derived once from SgdScalars.
+// The per-tensor constants of one step, formed in double from the step's arguments (1 - dampening
+// as torch forms it), then rounded to the math type.
 template <typename M>
 struct SgdConsts {
   M grad_factor;  // unscale and maximize in one multiply
   M lr, wd, momentum;
   M keep, take;   // buf = keep * buf + take * g; the first step's buffer is the gradient itself
   bool nesterov;
-  explicit SgdConsts(const SgdScalars<M>& s)
-      : grad_factor(s.maximize ? -s.inv_scale : s.inv_scale), lr(s.lr), wd(s.weight_decay), momentum(s.momentum),
-        keep(s.first ? M(0) : s.momentum), take(s.first ? M(1) : s.one_minus_dampening), nesterov(s.nesterov) {}
 };
 
 // The update of one element (V = the math type) or of 8 float lanes (V = __m256, whose arithmetic
@@ -55,8 +48,8 @@ TORCHEXT_INLINE V sgd_math(V p, V g, V& buf, const SgdConsts<M>& c) {
 // Which arrays exist is compile-time so the loop has no conditional memory access and vectorises.
 template <typename T, bool kMaster, bool kMomentum>
 TORCHEXT_INLINE void sgd_loop(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ buf,
-                              float* __restrict__ master, int64_t n, const SgdConsts<typename cpu::OpMath<T>::type>& c) {
-  using M = typename cpu::OpMath<T>::type;
+                              float* __restrict__ master, int64_t n, const SgdConsts<math_t<T>>& c) {
+  using M = math_t<T>;
   for (int64_t i = 0; i < n; ++i) {
     M b = kMomentum ? cpu::load(buf, i) : M(0);
     const M out = sgd_math<kMomentum>(kMaster ? static_cast<M>(master[i]) : cpu::load(p, i), cpu::load(g, i), b, c);
@@ -68,13 +61,12 @@ TORCHEXT_INLINE void sgd_loop(T* __restrict__ p, const T* __restrict__ g, T* __r
 
 template <typename T>
 TORCHEXT_INLINE void sgd_impl(T* p, const T* g, T* buf, float* master, int64_t n,
-                              SgdScalars<typename cpu::OpMath<T>::type> s) {
-  const SgdConsts<typename cpu::OpMath<T>::type> c(s);
+                              const SgdConsts<math_t<T>>& c) {  // buf is null without momentum
   if (master) {
-    if (s.use_momentum) return sgd_loop<T, true, true>(p, g, buf, master, n, c);
+    if (buf) return sgd_loop<T, true, true>(p, g, buf, master, n, c);
     return sgd_loop<T, true, false>(p, g, buf, master, n, c);
   }
-  if (s.use_momentum) return sgd_loop<T, false, true>(p, g, buf, master, n, c);
+  if (buf) return sgd_loop<T, false, true>(p, g, buf, master, n, c);
   return sgd_loop<T, false, false>(p, g, buf, master, n, c);
 }
 TORCHEXT_CPU_DISPATCH(sgd_kernel, sgd_impl)
@@ -100,22 +92,21 @@ TORCHEXT_TARGET_AVX2 void sgd_loop_f16c(c10::Half* p, const c10::Half* g, c10::H
 #endif
 
 template <typename T>
-void run_sgd(T* p, const T* g, T* buf, float* master, int64_t n, const SgdScalars<typename cpu::OpMath<T>::type>& s) {
-  sgd_kernel<T>(p, g, buf, master, n, s);
+void run_sgd(T* p, const T* g, T* buf, float* master, int64_t n, const SgdConsts<math_t<T>>& c) {
+  sgd_kernel<T>(p, g, buf, master, n, c);
 }
-void run_sgd(c10::Half* p, const c10::Half* g, c10::Half* buf, float* master, int64_t n, const SgdScalars<float>& s) {
+void run_sgd(c10::Half* p, const c10::Half* g, c10::Half* buf, float* master, int64_t n, const SgdConsts<float>& c) {
 #if defined(__x86_64__) && defined(__GNUC__)
   if (cpu::use_f16c()) {
-    const SgdConsts<float> c(s);
     if (master) {
-      if (s.use_momentum) return sgd_loop_f16c<true, true>(p, g, buf, master, n, c);
+      if (buf) return sgd_loop_f16c<true, true>(p, g, buf, master, n, c);
       return sgd_loop_f16c<true, false>(p, g, buf, master, n, c);
     }
-    if (s.use_momentum) return sgd_loop_f16c<false, true>(p, g, buf, master, n, c);
+    if (buf) return sgd_loop_f16c<false, true>(p, g, buf, master, n, c);
     return sgd_loop_f16c<false, false>(p, g, buf, master, n, c);
   }
 #endif
-  sgd_kernel<c10::Half>(p, g, buf, master, n, s);
+  sgd_kernel<c10::Half>(p, g, buf, master, n, c);
 }
 
 constexpr int64_t kGrain = 1 << 14;
@@ -136,19 +127,26 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
   std::vector<int64_t> numels;
   for (const auto& p : params) numels.push_back(p.numel());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "torchext::sgd_step_", [&] {
-    using M = typename cpu::OpMath<scalar_t>::type;
-    std::vector<SgdScalars<M>> scalars(params.size());
+    using M = math_t<scalar_t>;
+    std::vector<SgdConsts<M>> consts(params.size());
     for (size_t i = 0; i < params.size(); ++i) {
+      // first: the buffer holds no history yet, so it becomes the gradient itself
       const bool first = use_momentum && momentum_counts[i].item<float>() == 0.f;
-      scalars[i] = {M(lr), M(momentum), M(1.0 - dampening), M(weight_decay), M(inv_scale), nesterov, maximize,
-                    use_momentum, first};
+      SgdConsts<M>& c = consts[i];
+      c.grad_factor = maximize ? -M(inv_scale) : M(inv_scale);
+      c.lr = M(lr);
+      c.wd = M(weight_decay);
+      c.momentum = M(momentum);
+      c.keep = first ? M(0) : M(momentum);
+      c.take = first ? M(1) : M(1.0 - dampening);
+      c.nesterov = nesterov;
     }
     cpu::parallel_over_tensors(numels, kGrain, [&](size_t t, int64_t begin, int64_t end) {
       scalar_t* p = params[t].mutable_data_ptr<scalar_t>() + begin;
       const scalar_t* g = grads[t].const_data_ptr<scalar_t>() + begin;
       scalar_t* buf = use_momentum ? momentum_buffers[t].mutable_data_ptr<scalar_t>() + begin : nullptr;
       float* master = master_params.empty() ? nullptr : master_params[t].mutable_data_ptr<float>() + begin;
-      run_sgd(p, g, buf, master, end - begin, scalars[t]);
+      run_sgd(p, g, buf, master, end - begin, consts[t]);
     });
   });
   for (const auto& c : momentum_counts) c.add_(1);

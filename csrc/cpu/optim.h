@@ -13,16 +13,6 @@
 namespace torchext {
 namespace cpu {
 
-// Half types are updated in float; float and double in their own precision.
-template <typename T>
-struct OpMath {
-  using type = float;
-};
-template <>
-struct OpMath<double> {
-  using type = double;
-};
-
 // Calls fn(tensor_index, begin, end) over the concatenation of all tensors' elements with a single
 // parallel_for, so a list of many small tensors keeps every thread as busy as one big tensor.
 // Empty tensors occupy no index range and are never visited.

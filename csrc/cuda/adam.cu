@@ -49,7 +49,7 @@ struct AdamOp {
   AdamArgs a;
 
   __device__ void operator()(const TensorMeta<6>& t, int64_t start, int64_t n) const {
-    using M = typename OpMathT<T>::type;
+    using M = math_t<T>;
     if (a.found_inf != nullptr && *a.found_inf != 0.f) return;
     const double lr = a.lr_ptr != nullptr ? *a.lr_ptr : a.lr;
     // The counter is float32 like torch's and is bumped after this kernel; its incremented value
@@ -139,18 +139,9 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
   const at::Tensor lr_dev = device_lr("adam_step_", lr_tensor, device, lr);  // alive until the launch is queued
-  std::vector<TensorMeta<6>> metas(params.size());
-  for (size_t i = 0; i < params.size(); ++i) {
-    TensorMeta<6>& t = metas[i];
-    t.ptr[0] = params[i].data_ptr();
-    t.ptr[1] = const_cast<void*>(grads[i].const_data_ptr());
-    t.ptr[2] = exp_avgs[i].data_ptr();
-    t.ptr[3] = exp_avg_sqs[i].data_ptr();
-    t.ptr[4] = amsgrad ? max_exp_avg_sqs[i].data_ptr() : nullptr;
-    t.ptr[5] = master_params.empty() ? nullptr : master_params[i].data_ptr();
-    t.counter = state_steps[i].data_ptr<float>();
-    t.numel = params[i].numel();
-  }
+  std::vector<TensorMeta<6>> metas = tensor_metas<6>(
+      {params, grads, exp_avgs, exp_avg_sqs, amsgrad ? max_exp_avg_sqs : at::TensorList(), master_params},
+      state_steps);
   AdamArgs args{lr,
                 beta1,
                 beta2,

@@ -18,25 +18,17 @@
 
 #include "cuda/linear.cuh"
 #include "linear_checks.h"
+#include "math_type.h"
 
 namespace torchext {
 namespace cuda {
 namespace {
 
-template <typename T>
-struct AccType {
-  using type = float;
-};
-template <>
-struct AccType<double> {
-  using type = double;
-};
-
 constexpr int kTile = 64, kSlice = 16, kThreadsSimt = 256;
 
 template <typename T>
 __global__ void __launch_bounds__(kThreadsSimt) linear_simt_kernel(LinearProblem<T> p) {
-  using Acc = typename AccType<T>::type;
+  using Acc = math_t<T>;
   constexpr int LD = kSlice + 1;  // odd stride: the 16 columns a warp reads fall in distinct banks
   __shared__ T As[kTile * LD];
   __shared__ T Bs[kTile * LD];
@@ -82,7 +74,7 @@ constexpr int kSumCols = 32, kSumLanes = 16;
 template <typename T>
 __global__ void column_sum_kernel(const T* __restrict__ g, const T* __restrict__ r, T* __restrict__ masked,
                                   T* __restrict__ sums, int64_t M, int64_t N) {
-  using Acc = typename AccType<T>::type;
+  using Acc = math_t<T>;
   __shared__ Acc part[kSumLanes][kSumCols];
   const int64_t col = static_cast<int64_t>(blockIdx.x) * kSumCols + threadIdx.x;
   Acc s = Acc(0);
@@ -124,36 +116,16 @@ at::Tensor linear_cuda_impl(const char* op, const at::Tensor& input, const at::T
                             const c10::optional<at::Tensor>& bias_opt, bool relu) {
   check_linear_args(op, input, weight, bias_opt);
   const c10::cuda::CUDAGuard guard(input.device());
-  const int64_t M = input.size(0), K = input.size(1), N = weight.size(0);
+  const int64_t M = input.size(0), N = weight.size(0);
   at::Tensor out = at::empty({M, N}, input.options());
-  const bool has_bias = bias_opt.has_value() && bias_opt->defined();
-  if (M == 0 || N == 0) return out;
-  if (K == 0) {  // empty sum: the output is the bias (or zero), through the activation
-    if (has_bias) out.copy_(bias_opt->unsqueeze(0).expand({M, N}));
-    else out.zero_();
-    if (relu) out.clamp_min_(0);
-    return out;
-  }
+  const at::Tensor* bias = bias_opt.has_value() && bias_opt->defined() ? &*bias_opt : nullptr;
+  if (linear_without_gemm(input, bias, out, relu)) return out;
   TORCH_CHECK((N + kTile - 1) / kTile <= 65535, "torchext.", op, ": ", N,
               " output features exceed the CUDA grid limit of ", 65535 * kTile);
   // The kernels read input and weight through their strides (no copies for transposed views).
-  const at::Tensor* bias = has_bias ? &*bias_opt : nullptr;
   if (launch_linear_tensor_core(input, weight, bias, out, relu)) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "torchext::linear_cuda", [&] {
-    LinearProblem<scalar_t> p;
-    p.a = input.const_data_ptr<scalar_t>();
-    p.sam = input.stride(0);
-    p.sak = input.stride(1);
-    p.b = weight.const_data_ptr<scalar_t>();
-    p.sbn = weight.stride(0);
-    p.sbk = weight.stride(1);
-    p.bias = bias ? bias->const_data_ptr<scalar_t>() : nullptr;
-    p.sbias = bias ? bias->stride(0) : 0;
-    p.c = out.mutable_data_ptr<scalar_t>();
-    p.M = M;
-    p.N = N;
-    p.K = K;
-    p.relu = relu;
+    const LinearProblem<scalar_t> p = linear_problem<scalar_t>(input, weight, bias, out, relu);
     const dim3 grid(static_cast<unsigned>((M + kTile - 1) / kTile), static_cast<unsigned>((N + kTile - 1) / kTile));
     linear_simt_kernel<scalar_t><<<grid, kThreadsSimt, 0, at::cuda::getCurrentCUDAStream()>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

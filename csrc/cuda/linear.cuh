@@ -1,4 +1,4 @@
-// Shared pieces of the CUDA Linear kernels: the problem description, the strided tile loader and
+// Shared pieces of the CUDA Linear kernels (the problem itself is linear_problem.h): the strided tile loader and
 // the fused bias/ReLU epilogue. The SIMT GEMM and the grad helpers live in linear.cu, the
 // tensor-core GEMM in linear_tc.cu (its own file so nvcc builds the heavy templates separately).
 #pragma once
@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "cuda/vectorized.cuh"
+#include "linear_problem.h"
 
 namespace torchext {
 namespace cuda {
@@ -15,22 +16,6 @@ namespace cuda {
 __device__ __forceinline__ bool aligned16_device(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }
-
-// out[M, N] = A[M, K] @ B[N, K]^T (+ bias) (ReLU). A and B are read through their strides, so the
-// transposed views the backward pass produces (W.t(), dY.t(), X.t()) need no copy; the tile
-// loader picks, per operand, the thread order that walks the unit-stride dimension.
-template <typename T>
-struct LinearProblem {
-  const T* a;
-  int64_t sam, sak;
-  const T* b;
-  int64_t sbn, sbk;
-  const T* bias;  // null when absent
-  int64_t sbias;
-  T* c;  // row-major, ld = N
-  int64_t M, N, K;
-  bool relu;
-};
 
 // Fills a ROWS x COLS tile (rows index M or N, cols index K) of a strided operand with zero
 // padding outside [0, nrows) x [0, K); stored as smem[r * LD + k]. Global reads coalesce along k

@@ -128,20 +128,7 @@ __global__ void __launch_bounds__(kThreadsTC) linear_tc_kernel(LinearProblem<T> 
 template <typename T>
 void launch_tc(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& out,
                bool relu) {
-  LinearProblem<T> p;
-  p.a = input.const_data_ptr<T>();
-  p.sam = input.stride(0);
-  p.sak = input.stride(1);
-  p.b = weight.const_data_ptr<T>();
-  p.sbn = weight.stride(0);
-  p.sbk = weight.stride(1);
-  p.bias = bias ? bias->const_data_ptr<T>() : nullptr;
-  p.sbias = bias ? bias->stride(0) : 0;
-  p.c = out.mutable_data_ptr<T>();
-  p.M = input.size(0);
-  p.N = weight.size(0);
-  p.K = input.size(1);
-  p.relu = relu;
+  const LinearProblem<T> p = linear_problem<T>(input, weight, bias, out, relu);
   const dim3 grid(static_cast<unsigned>((p.M + kBM - 1) / kBM), static_cast<unsigned>((p.N + kBN - 1) / kBN));
   TORCH_CHECK(grid.y <= 65535, "torchext.linear: ", p.N, " output features exceed the CUDA grid limit of ",
               65535 * kBN);

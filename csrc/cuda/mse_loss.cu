@@ -18,6 +18,7 @@
 #include <type_traits>
 
 #include "checks.h"
+#include "math_type.h"
 #include "mse_loss_checks.h"
 #include "cuda/vectorized.cuh"
 
@@ -25,11 +26,6 @@ namespace torchext {
 namespace cuda {
 namespace {
 
-template <typename T>
-using compute_t = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
-template <typename T>
-using acc_t = typename std::conditional<std::is_same<T, double>::value || std::is_same<T, float>::value,
-                                        double, float>::type;
 
 template <typename A>
 __device__ __forceinline__ A warp_sum(A v) {
@@ -56,9 +52,9 @@ __device__ __forceinline__ A block_sum(A v) {
 // partial[blockIdx.x] = sum of (x - t)^2 over this block's share; diff = x - t when kSaveDiff.
 template <typename T, bool kSaveDiff>
 __global__ void sq_diff_partial_kernel(const T* __restrict__ x, const T* __restrict__ t, T* __restrict__ diff,
-                                       int64_t n, bool vectorized, acc_t<T>* __restrict__ partial) {
-  using C = compute_t<T>;
-  using A = acc_t<T>;
+                                       int64_t n, bool vectorized, sum_t<T>* __restrict__ partial) {
+  using C = math_t<T>;
+  using A = sum_t<T>;
   constexpr int V = Vec16<T>::kSize;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -91,9 +87,9 @@ __global__ void sq_diff_partial_kernel(const T* __restrict__ x, const T* __restr
 
 // loss = sum(partial) (/ n for mean), in a fixed order; one block.
 template <typename T>
-__global__ void finish_sum_kernel(const acc_t<T>* __restrict__ partial, int parts, int64_t n, bool mean,
+__global__ void finish_sum_kernel(const sum_t<T>* __restrict__ partial, int parts, int64_t n, bool mean,
                                   T* __restrict__ loss) {
-  using A = acc_t<T>;
+  using A = sum_t<T>;
   A acc = A(0);
   for (int i = threadIdx.x; i < parts; i += blockDim.x) acc += partial[i];
   acc = block_sum(acc);
@@ -105,7 +101,7 @@ __global__ void finish_sum_kernel(const acc_t<T>* __restrict__ partial, int part
 template <typename T, bool kSaveDiff>
 __global__ void sq_diff_kernel(const T* __restrict__ x, const T* __restrict__ t, T* __restrict__ loss,
                                T* __restrict__ diff, int64_t n, bool vectorized) {
-  using C = compute_t<T>;
+  using C = math_t<T>;
   constexpr int V = Vec16<T>::kSize;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -139,7 +135,7 @@ __global__ void sq_diff_kernel(const T* __restrict__ x, const T* __restrict__ t,
 template <typename T>
 __global__ void backward_kernel(const T* __restrict__ g, bool g_elementwise, const T* __restrict__ diff,
                                 T* __restrict__ out, int64_t n, double norm_d, bool vectorized) {
-  using C = compute_t<T>;
+  using C = math_t<T>;
   constexpr int V = Vec16<T>::kSize;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -198,7 +194,7 @@ at::Tensor mse_impl(const char* op, const at::Tensor& input, const at::Tensor& t
   if (reduction == 0 && n == 0) return loss;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "torchext::mse_loss_cuda", [&] {
-    using A = acc_t<scalar_t>;
+    using A = sum_t<scalar_t>;
     constexpr int V = Vec16<scalar_t>::kSize;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* tp = t.const_data_ptr<scalar_t>();

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cuda/vectorized.cuh"
+#include "math_type.h"
 
 namespace torchext {
 namespace cuda {
@@ -117,6 +118,29 @@ inline at::Tensor device_lr(const char* op, const c10::optional<at::Tensor>& lr_
   return lr_tensor->to(at::kDouble).reshape({});
 }
 
+// The engine's per-tensor metadata: one entry per tensor of lists[0], whose ptr[k] is the i-th
+// tensor of lists[k] (null where lists[k] is empty: an absent list). List 1, the gradients, is
+// only read; counters may be empty too.
+template <int N>
+std::vector<TensorMeta<N>> tensor_metas(const std::array<at::TensorList, N>& lists, at::TensorList counters) {
+  std::vector<TensorMeta<N>> metas(lists[0].size());
+  for (size_t i = 0; i < metas.size(); ++i) {
+    TensorMeta<N>& t = metas[i];
+    for (int k = 0; k < N; ++k) {
+      if (lists[k].empty()) {
+        t.ptr[k] = nullptr;
+      } else if (k == 1) {
+        t.ptr[k] = const_cast<void*>(lists[k][i].const_data_ptr());
+      } else {
+        t.ptr[k] = lists[k][i].data_ptr();
+      }
+    }
+    t.counter = counters.empty() ? nullptr : counters[i].data_ptr<float>();
+    t.numel = lists[0][i].numel();
+  }
+  return metas;
+}
+
 // Applies op to every element of every tensor; tensors[i].ptr[k] is list k's i-th tensor. Bumps the
 // counters afterwards unless *found_inf != 0. Empty tensors get no block but their counter counts.
 template <int N, typename Op>
@@ -176,15 +200,6 @@ template <typename T, int K>
 __device__ __forceinline__ void store_pack(T* p, const Pack<T, K>& v) {
   *reinterpret_cast<Pack<T, K>*>(p) = v;
 }
-
-template <typename T>
-struct OpMathT {
-  using type = float;
-};
-template <>
-struct OpMathT<double> {
-  using type = double;
-};
 
 }  // namespace cuda
 }  // namespace torchext

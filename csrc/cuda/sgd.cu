@@ -44,7 +44,7 @@ struct SgdOp {
   SgdArgs a;
 
   __device__ void operator()(const TensorMeta<4>& t, int64_t start, int64_t n) const {
-    using M = typename OpMathT<T>::type;
+    using M = math_t<T>;
     if (a.found_inf != nullptr && *a.found_inf != 0.f) return;
     const double inv_scale = a.grad_scale != nullptr ? 1.0 / static_cast<double>(*a.grad_scale) : 1.0;
     const bool first = a.use_momentum && *t.counter == 0.f;  // counter is bumped after this kernel
@@ -117,16 +117,9 @@ void sgd_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList m
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
   const at::Tensor lr_dev = device_lr("sgd_step_", lr_tensor, device, lr);  // alive until the launch is queued
-  std::vector<TensorMeta<4>> metas(params.size());
-  for (size_t i = 0; i < params.size(); ++i) {
-    TensorMeta<4>& t = metas[i];
-    t.ptr[0] = params[i].data_ptr();
-    t.ptr[1] = const_cast<void*>(grads[i].const_data_ptr());
-    t.ptr[2] = use_momentum ? momentum_buffers[i].data_ptr() : nullptr;
-    t.ptr[3] = master_params.empty() ? nullptr : master_params[i].data_ptr();
-    t.counter = use_momentum ? momentum_counts[i].data_ptr<float>() : nullptr;
-    t.numel = params[i].numel();
-  }
+  std::vector<TensorMeta<4>> metas =
+      tensor_metas<4>({params, grads, use_momentum ? momentum_buffers : at::TensorList(), master_params},
+                      use_momentum ? momentum_counts : at::TensorList());
   SgdArgs args{lr,
                momentum,
                dampening,
