@@ -1,6 +1,7 @@
 // Fused Adam / AdamW step on CPU. One pass per element: reads p, g, m, v and writes p, m, v
-// (28 B in fp32; +8 B with amsgrad, +8 B with fp32 master weights). About 15 FLOPs and one sqrt
-// and one division per element.
+// (28 B in fp32, +8 B with amsgrad; also 28 B for a half param with fp32 master weights, which
+// reads and writes the master instead of p, keeps float32 moments, reads a half g and writes a half
+// p). About 15 FLOPs, one sqrt and one division per element.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -60,15 +61,18 @@ TORCHEXT_INLINE V adam_math(V p, V g, V& m, V& v, V& vmax, const AdamConsts<M>& 
   return p - c.step_size * m / (vsqrt(denom) * c.inv_bc2_sqrt + c.eps);  // eps after the bias correction, as torch
 }
 
-// Master weights and amsgrad change which arrays are touched, so they are compile-time: the loop
-// then has no conditional memory access and GCC vectorises it, square root and division included
-// (setup.py passes -fno-math-errno; without it every sqrt becomes a scalar libm call), at every ISA
-// level. One pass: each element is loaded once and stored once.
-template <typename T, bool kMaster, bool kAmsgrad>
-TORCHEXT_INLINE void adam_loop(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v,
-                               T* __restrict__ vmax, float* __restrict__ master, int64_t n,
+// S is the moments' storage type: the param dtype, or float32 beside fp32 master weights (then T is
+// a half type and master is never null). Master weights and amsgrad change which arrays are
+// touched, so they are compile-time: the loop then has no conditional memory access and GCC
+// vectorises it, square root and division included (setup.py passes -fno-math-errno; without it
+// every sqrt becomes a scalar libm call), at every ISA level. One pass: each element is loaded once
+// and stored once.
+template <typename T, typename S, bool kAmsgrad>
+TORCHEXT_INLINE void adam_loop(T* __restrict__ p, const T* __restrict__ g, S* __restrict__ m, S* __restrict__ v,
+                               S* __restrict__ vmax, float* __restrict__ master, int64_t n,
                                const AdamConsts<math_t<T>>& c) {
   using M = math_t<T>;
+  constexpr bool kMaster = cpu::kHasMaster<T, S>;
   for (int64_t j = 0; j < n; ++j) {
     M mv = cpu::load(m, j), vv = cpu::load(v, j), vmaxv = kAmsgrad ? cpu::load(vmax, j) : M(0);
     const M pv = adam_math<kAmsgrad>(kMaster ? static_cast<M>(master[j]) : cpu::load(p, j), cpu::load(g, j), mv,
@@ -81,16 +85,12 @@ TORCHEXT_INLINE void adam_loop(T* __restrict__ p, const T* __restrict__ g, T* __
   }
 }
 
-// vmax is null without amsgrad, master without master weights.
-template <typename T>
-TORCHEXT_INLINE void adam_impl(T* p, const T* g, T* m, T* v, T* vmax, float* master, int64_t n,
+// vmax is null without amsgrad.
+template <typename T, typename S>
+TORCHEXT_INLINE void adam_impl(T* p, const T* g, S* m, S* v, S* vmax, float* master, int64_t n,
                                const AdamConsts<math_t<T>>& c) {
-  if (master) {
-    if (vmax) return adam_loop<T, true, true>(p, g, m, v, vmax, master, n, c);
-    return adam_loop<T, true, false>(p, g, m, v, vmax, master, n, c);
-  }
-  if (vmax) return adam_loop<T, false, true>(p, g, m, v, vmax, master, n, c);
-  return adam_loop<T, false, false>(p, g, m, v, vmax, master, n, c);
+  if (vmax) return adam_loop<T, S, true>(p, g, m, v, vmax, master, n, c);
+  return adam_loop<T, S, false>(p, g, m, v, vmax, master, n, c);
 }
 TORCHEXT_CPU_DISPATCH(adam_kernel, adam_impl)
 
@@ -98,9 +98,10 @@ TORCHEXT_CPU_DISPATCH(adam_kernel, adam_impl)
 
 // float16 with F16C: 8 elements converted in registers per step (GCC does not vectorise scalar
 // half conversions through F16C), the same math as adam_loop. The tail goes through adam_loop.
-template <bool kMaster, bool kAmsgrad>
-TORCHEXT_TARGET_AVX2 void adam_loop_f16c(c10::Half* p, const c10::Half* g, c10::Half* m, c10::Half* v,
-                                         c10::Half* vmax, float* master, int64_t n, const AdamConsts<float>& c) {
+template <typename S, bool kAmsgrad>
+TORCHEXT_TARGET_AVX2 void adam_loop_f16c(c10::Half* p, const c10::Half* g, S* m, S* v, S* vmax, float* master,
+                                         int64_t n, const AdamConsts<float>& c) {
+  constexpr bool kMaster = cpu::kHasMaster<c10::Half, S>;
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
     __m256 mv = cpu::load8(m + j), vv = cpu::load8(v + j);
@@ -113,25 +114,22 @@ TORCHEXT_TARGET_AVX2 void adam_loop_f16c(c10::Half* p, const c10::Half* g, c10::
     if (kMaster) _mm256_storeu_ps(master + j, pv);
     cpu::store8(p + j, pv);
   }
-  adam_loop<c10::Half, kMaster, kAmsgrad>(p + j, g + j, m + j, v + j, kAmsgrad ? vmax + j : nullptr,
-                                          kMaster ? master + j : nullptr, n - j, c);
+  adam_loop<c10::Half, S, kAmsgrad>(p + j, g + j, m + j, v + j, kAmsgrad ? vmax + j : nullptr,
+                                    kMaster ? master + j : nullptr, n - j, c);
 }
 #endif
 
-template <typename T>
-void run_adam(T* p, const T* g, T* m, T* v, T* vmax, float* master, int64_t n, const AdamConsts<math_t<T>>& c) {
+template <typename T, typename S>
+void run_adam(T* p, const T* g, S* m, S* v, S* vmax, float* master, int64_t n, const AdamConsts<math_t<T>>& c) {
   adam_kernel<T>(p, g, m, v, vmax, master, n, c);
 }
-void run_adam(c10::Half* p, const c10::Half* g, c10::Half* m, c10::Half* v, c10::Half* vmax, float* master,
-              int64_t n, const AdamConsts<float>& c) {
+template <typename S>
+void run_adam(c10::Half* p, const c10::Half* g, S* m, S* v, S* vmax, float* master, int64_t n,
+              const AdamConsts<float>& c) {
 #if defined(__x86_64__) && defined(__GNUC__)
   if (cpu::use_f16c()) {
-    if (master) {
-      if (vmax) return adam_loop_f16c<true, true>(p, g, m, v, vmax, master, n, c);
-      return adam_loop_f16c<true, false>(p, g, m, v, vmax, master, n, c);
-    }
-    if (vmax) return adam_loop_f16c<false, true>(p, g, m, v, vmax, master, n, c);
-    return adam_loop_f16c<false, false>(p, g, m, v, vmax, master, n, c);
+    if (vmax) return adam_loop_f16c<S, true>(p, g, m, v, vmax, master, n, c);
+    return adam_loop_f16c<S, false>(p, g, m, v, vmax, master, n, c);
   }
 #endif
   adam_kernel<c10::Half>(p, g, m, v, vmax, master, n, c);
@@ -172,15 +170,23 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
       c.l2 = decoupled_weight_decay ? M(0) : M(weight_decay);
       c.grad_factor = maximize ? -M(inv_scale) : M(inv_scale);
     }
-    cpu::parallel_over_tensors(numels, kGrain, [&](size_t t, int64_t begin, int64_t end) {
-      scalar_t* p = params[t].mutable_data_ptr<scalar_t>() + begin;
-      const scalar_t* g = grads[t].const_data_ptr<scalar_t>() + begin;
-      scalar_t* m = exp_avgs[t].mutable_data_ptr<scalar_t>() + begin;
-      scalar_t* v = exp_avg_sqs[t].mutable_data_ptr<scalar_t>() + begin;
-      scalar_t* vmax = amsgrad ? max_exp_avg_sqs[t].mutable_data_ptr<scalar_t>() + begin : nullptr;
-      float* master = master_params.empty() ? nullptr : master_params[t].mutable_data_ptr<float>() + begin;
-      run_adam(p, g, m, v, vmax, master, end - begin, consts[t]);
-    });
+    // S: the moments' storage type (float32 beside master weights, else the param dtype).
+    auto run = [&](auto moment_type) {
+      using S = decltype(moment_type);
+      cpu::parallel_over_tensors(numels, kGrain, [&](size_t t, int64_t begin, int64_t end) {
+        scalar_t* p = params[t].mutable_data_ptr<scalar_t>() + begin;
+        const scalar_t* g = grads[t].const_data_ptr<scalar_t>() + begin;
+        S* m = exp_avgs[t].mutable_data_ptr<S>() + begin;
+        S* v = exp_avg_sqs[t].mutable_data_ptr<S>() + begin;
+        S* vmax = amsgrad ? max_exp_avg_sqs[t].mutable_data_ptr<S>() + begin : nullptr;
+        float* master = master_params.empty() ? nullptr : master_params[t].mutable_data_ptr<float>() + begin;
+        run_adam(p, g, m, v, vmax, master, end - begin, consts[t]);
+      });
+    };
+    if constexpr (sizeof(scalar_t) == 2) {
+      if (!master_params.empty()) return run(float());  // the checks allow master weights for half types only
+    }
+    run(scalar_t());
   });
   for (const auto& s : state_steps) s.add_(1);
 }

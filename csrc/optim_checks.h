@@ -24,11 +24,11 @@ inline void check_amp_scalar(const char* op, const char* name, const c10::option
 }
 
 // The checks every optimizer step makes before touching memory: if any fails, nothing was written.
-// `lists` are the per-parameter state lists in the order (name, tensors, may_be_empty).
+// `lists` are the per-parameter state lists, each empty or holding one tensor per param.
 struct StateList {
   const char* name;
   const at::TensorList* tensors;
-  bool dtype_of_param;  // false: float32 (master weights)
+  bool float32;  // stored in float32 (master weights, and the moments beside them), else in the param dtype
 };
 
 inline void check_optimizer_lists(const char* op, const at::TensorList& params, const at::TensorList& grads,
@@ -57,7 +57,7 @@ inline void check_optimizer_lists(const char* op, const at::TensorList& params, 
     for (const auto& l : lists) {
       if (l.tensors->empty()) continue;
       const at::Tensor& s = (*l.tensors)[i];
-      const auto dtype = l.dtype_of_param ? p.scalar_type() : at::kFloat;
+      const auto dtype = l.float32 ? at::kFloat : p.scalar_type();
       TORCH_CHECK(s.scalar_type() == dtype && s.sizes() == p.sizes() && s.strides() == p.strides() &&
                       s.device() == p.device(),
                   "torchext.", op, ": ", l.name, "[", i, "] must be ", dtype, " with the shape, strides and device of params[",
@@ -94,8 +94,10 @@ inline void check_sgd_step(const at::TensorList& params, const at::TensorList& g
                            const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
                            const c10::optional<at::Tensor>& lr_tensor) {
   const char* op = "sgd_step_";
+  // With master weights the momentum buffers are float32 too.
+  const bool fp32_state = !master_params.empty();
   check_optimizer_lists(op, params, grads,
-                        {{"momentum_buffers", &momentum_buffers, true}, {"master_params", &master_params, false}});
+                        {{"momentum_buffers", &momentum_buffers, fp32_state}, {"master_params", &master_params, true}});
   TORCH_CHECK(!use_momentum || momentum_buffers.size() == params.size(), "torchext.", op,
               ": momentum != 0 needs one momentum buffer per param");
   const at::Device device = params[0].device();
@@ -115,11 +117,15 @@ inline void check_adam_step(const at::TensorList& params, const at::TensorList& 
                             const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
                             const c10::optional<at::Tensor>& lr_tensor) {
   const char* op = "adam_step_";
+  // With master weights the moments are float32 too: a float16 second moment, (1 - beta2) g^2 at the
+  // first step, rounds to zero for |g| below about 5e-3 with the default betas, and that element's
+  // update then becomes lr * m / eps.
+  const bool fp32_state = !master_params.empty();
   check_optimizer_lists(op, params, grads,
-                        {{"exp_avgs", &exp_avgs, true},
-                         {"exp_avg_sqs", &exp_avg_sqs, true},
-                         {"max_exp_avg_sqs", &max_exp_avg_sqs, true},
-                         {"master_params", &master_params, false}});
+                        {{"exp_avgs", &exp_avgs, fp32_state},
+                         {"exp_avg_sqs", &exp_avg_sqs, fp32_state},
+                         {"max_exp_avg_sqs", &max_exp_avg_sqs, fp32_state},
+                         {"master_params", &master_params, true}});
   TORCH_CHECK(exp_avgs.size() == params.size() && exp_avg_sqs.size() == params.size(), "torchext.", op,
               ": expected one exp_avg and one exp_avg_sq per param");
   TORCH_CHECK(!amsgrad || max_exp_avg_sqs.size() == params.size(), "torchext.", op,

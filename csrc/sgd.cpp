@@ -1,5 +1,6 @@
 // Fused SGD step on CPU. Per element: with momentum reads p, g, buf and writes p, buf (20 B in
-// fp32); without momentum reads p, g and writes p (12 B). About 6 FLOPs per element.
+// fp32); without momentum reads p, g and writes p (12 B). A half param with fp32 master weights
+// reads and writes the master (and a float32 buffer) and writes p. About 6 FLOPs per element.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -44,12 +45,15 @@ TORCHEXT_INLINE V sgd_math(V p, V g, V& buf, const SgdConsts<M>& c) {
   return p - c.lr * gv;
 }
 
-// master (fp32) replaces p as the value being updated when present; p then receives its rounding.
-// Which arrays exist is compile-time so the loop has no conditional memory access and vectorises.
-template <typename T, bool kMaster, bool kMomentum>
-TORCHEXT_INLINE void sgd_loop(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ buf,
+// S is the momentum buffer's storage type: the param dtype, or float32 beside fp32 master weights
+// (then T is a half type and master is never null); master replaces p as the value being updated
+// and p receives its rounding. Which arrays exist is compile-time so the loop has no conditional
+// memory access and vectorises.
+template <typename T, typename S, bool kMomentum>
+TORCHEXT_INLINE void sgd_loop(T* __restrict__ p, const T* __restrict__ g, S* __restrict__ buf,
                               float* __restrict__ master, int64_t n, const SgdConsts<math_t<T>>& c) {
   using M = math_t<T>;
+  constexpr bool kMaster = cpu::kHasMaster<T, S>;
   for (int64_t i = 0; i < n; ++i) {
     M b = kMomentum ? cpu::load(buf, i) : M(0);
     const M out = sgd_math<kMomentum>(kMaster ? static_cast<M>(master[i]) : cpu::load(p, i), cpu::load(g, i), b, c);
@@ -59,24 +63,21 @@ TORCHEXT_INLINE void sgd_loop(T* __restrict__ p, const T* __restrict__ g, T* __r
   }
 }
 
-template <typename T>
-TORCHEXT_INLINE void sgd_impl(T* p, const T* g, T* buf, float* master, int64_t n,
+template <typename T, typename S>
+TORCHEXT_INLINE void sgd_impl(T* p, const T* g, S* buf, float* master, int64_t n,
                               const SgdConsts<math_t<T>>& c) {  // buf is null without momentum
-  if (master) {
-    if (buf) return sgd_loop<T, true, true>(p, g, buf, master, n, c);
-    return sgd_loop<T, true, false>(p, g, buf, master, n, c);
-  }
-  if (buf) return sgd_loop<T, false, true>(p, g, buf, master, n, c);
-  return sgd_loop<T, false, false>(p, g, buf, master, n, c);
+  if (buf) return sgd_loop<T, S, true>(p, g, buf, master, n, c);
+  return sgd_loop<T, S, false>(p, g, buf, master, n, c);
 }
 TORCHEXT_CPU_DISPATCH(sgd_kernel, sgd_impl)
 
 #if defined(__x86_64__) && defined(__GNUC__)
 // float16 with F16C: 8 elements converted in registers per step (GCC does not vectorise scalar
 // half conversions through F16C), the same math as sgd_loop. The tail goes through sgd_loop.
-template <bool kMaster, bool kMomentum>
-TORCHEXT_TARGET_AVX2 void sgd_loop_f16c(c10::Half* p, const c10::Half* g, c10::Half* buf, float* master, int64_t n,
+template <typename S, bool kMomentum>
+TORCHEXT_TARGET_AVX2 void sgd_loop_f16c(c10::Half* p, const c10::Half* g, S* buf, float* master, int64_t n,
                                         const SgdConsts<float>& c) {
+  constexpr bool kMaster = cpu::kHasMaster<c10::Half, S>;
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     __m256 b = kMomentum ? cpu::load8(buf + i) : _mm256_setzero_ps();
@@ -86,24 +87,21 @@ TORCHEXT_TARGET_AVX2 void sgd_loop_f16c(c10::Half* p, const c10::Half* g, c10::H
     if (kMaster) _mm256_storeu_ps(master + i, out);
     cpu::store8(p + i, out);
   }
-  sgd_loop<c10::Half, kMaster, kMomentum>(p + i, g + i, kMomentum ? buf + i : nullptr, kMaster ? master + i : nullptr,
-                                          n - i, c);
+  sgd_loop<c10::Half, S, kMomentum>(p + i, g + i, kMomentum ? buf + i : nullptr, kMaster ? master + i : nullptr,
+                                    n - i, c);
 }
 #endif
 
-template <typename T>
-void run_sgd(T* p, const T* g, T* buf, float* master, int64_t n, const SgdConsts<math_t<T>>& c) {
+template <typename T, typename S>
+void run_sgd(T* p, const T* g, S* buf, float* master, int64_t n, const SgdConsts<math_t<T>>& c) {
   sgd_kernel<T>(p, g, buf, master, n, c);
 }
-void run_sgd(c10::Half* p, const c10::Half* g, c10::Half* buf, float* master, int64_t n, const SgdConsts<float>& c) {
+template <typename S>
+void run_sgd(c10::Half* p, const c10::Half* g, S* buf, float* master, int64_t n, const SgdConsts<float>& c) {
 #if defined(__x86_64__) && defined(__GNUC__)
   if (cpu::use_f16c()) {
-    if (master) {
-      if (buf) return sgd_loop_f16c<true, true>(p, g, buf, master, n, c);
-      return sgd_loop_f16c<true, false>(p, g, buf, master, n, c);
-    }
-    if (buf) return sgd_loop_f16c<false, true>(p, g, buf, master, n, c);
-    return sgd_loop_f16c<false, false>(p, g, buf, master, n, c);
+    if (buf) return sgd_loop_f16c<S, true>(p, g, buf, master, n, c);
+    return sgd_loop_f16c<S, false>(p, g, buf, master, n, c);
   }
 #endif
   sgd_kernel<c10::Half>(p, g, buf, master, n, c);
@@ -141,13 +139,21 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
       c.take = first ? M(1) : M(1.0 - dampening);
       c.nesterov = nesterov;
     }
-    cpu::parallel_over_tensors(numels, kGrain, [&](size_t t, int64_t begin, int64_t end) {
-      scalar_t* p = params[t].mutable_data_ptr<scalar_t>() + begin;
-      const scalar_t* g = grads[t].const_data_ptr<scalar_t>() + begin;
-      scalar_t* buf = use_momentum ? momentum_buffers[t].mutable_data_ptr<scalar_t>() + begin : nullptr;
-      float* master = master_params.empty() ? nullptr : master_params[t].mutable_data_ptr<float>() + begin;
-      run_sgd(p, g, buf, master, end - begin, consts[t]);
-    });
+    // S: the momentum buffer's storage type (float32 beside master weights, else the param dtype).
+    auto run = [&](auto buffer_type) {
+      using S = decltype(buffer_type);
+      cpu::parallel_over_tensors(numels, kGrain, [&](size_t t, int64_t begin, int64_t end) {
+        scalar_t* p = params[t].mutable_data_ptr<scalar_t>() + begin;
+        const scalar_t* g = grads[t].const_data_ptr<scalar_t>() + begin;
+        S* buf = use_momentum ? momentum_buffers[t].mutable_data_ptr<S>() + begin : nullptr;
+        float* master = master_params.empty() ? nullptr : master_params[t].mutable_data_ptr<float>() + begin;
+        run_sgd(p, g, buf, master, end - begin, consts[t]);
+      });
+    };
+    if constexpr (sizeof(scalar_t) == 2) {
+      if (!master_params.empty()) return run(float());  // the checks allow master weights for half types only
+    }
+    run(scalar_t());
   });
   for (const auto& c : momentum_counts) c.add_(1);
 }

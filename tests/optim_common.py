@@ -33,7 +33,7 @@ def reference_dtype(dtype):
 
 def round_moments(opt, dtype):
     """Rounds a float32 reference optimizer's moments to dtype after a step, as torchext stores
-    them in the param dtype. Not a small effect a tolerance could absorb: a float16 second moment
+    them in the param dtype (without master weights). Not a small effect a tolerance could absorb: a float16 second moment
     can underflow, and later updates of that element then differ by tens of percent."""
     for state in opt.state.values():
         for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer"):

@@ -35,6 +35,11 @@ def _sgd_samples(dtype, device):
                                                               _scalar(0.0, device))):
             out.append(((params, grads, bufs, counts, [], 0.1, momentum, 0.0, 1e-2, False, False,
                          lr_tensor, scale, found), {}))
+        if dtype in (torch.float16, torch.bfloat16):  # master weights, with float32 buffers beside them
+            masters = [p.float() for p in params]
+            fp32_bufs = [b.float() for b in bufs]
+            out.append(((params, grads, fp32_bufs, counts, masters, 0.1, momentum, 0.0, 1e-2, False, False,
+                         None, None, None), {}))
     return out
 
 
@@ -42,11 +47,12 @@ def _adam_samples(dtype, device):
     out = []
     for amsgrad, decoupled in ((False, False), (True, True)):
         params, grads = _optim_lists(dtype, device)
-        m = [torch.randn_like(p) for p in params]
-        v = [torch.rand_like(p) for p in params]
+        masters = [p.float() for p in params] if dtype in (torch.float16, torch.bfloat16) else []
+        state_dtype = torch.float32 if masters else dtype  # moments beside master weights are float32
+        m = [torch.randn_like(p, dtype=state_dtype) for p in params]
+        v = [torch.rand_like(p, dtype=state_dtype) for p in params]
         vmax = [x.clone() for x in v] if amsgrad else []
         steps = [_scalar(2.0, device) for _ in params]
-        masters = [p.float() for p in params] if dtype in (torch.float16, torch.bfloat16) else []
         for lr_tensor, scale, found in ((None, None, None), (_scalar(1e-3, device), _scalar(8.0, device),
                                                               _scalar(0.0, device))):
             out.append(((params, grads, m, v, vmax, steps, masters, 1e-3, 0.9, 0.999, 1e-8, 1e-2, amsgrad,

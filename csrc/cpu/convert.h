@@ -95,13 +95,15 @@ TORCHEXT_TARGET_AVX2 inline void float_to_half(const float* src, c10::Half* dst,
   for (; i < n; ++i) store(dst, i, src[i]);
 }
 
-// 8 float16 elements to and from a float vector, for kernels that convert in registers.
+// 8 float16 (or float32) elements to and from a float vector, for kernels that convert in registers.
 TORCHEXT_TARGET_AVX2 inline __m256 load8(const c10::Half* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 TORCHEXT_TARGET_AVX2 inline void store8(c10::Half* p, __m256 v) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
+TORCHEXT_TARGET_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+TORCHEXT_TARGET_AVX2 inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
 
 }  // namespace cpu
 }  // namespace torchext

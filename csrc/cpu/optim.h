@@ -6,12 +6,18 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "optim_checks.h"
 
 namespace torchext {
 namespace cpu {
+
+// An optimizer kernel's buffer type S (moments, momentum buffer) differs from its param type T
+// exactly when fp32 master weights are present: T is then a half type and S is float.
+template <typename T, typename S>
+constexpr bool kHasMaster = !std::is_same<S, T>::value;
 
 // Calls fn(tensor_index, begin, end) over the concatenation of all tensors' elements with a single
 // parallel_for, so a list of many small tensors keeps every thread as busy as one big tensor.

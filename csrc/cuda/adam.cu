@@ -1,12 +1,15 @@
 // Fused Adam / AdamW step on CUDA through the multi-tensor engine. Per element: reads p, g, m, v and
-// writes p, m, v (28 B in fp32, 14 B in half types); +2 accesses with amsgrad, +8 B with fp32
-// master weights. About 15 FLOPs, one sqrt and one division per element: memory bound.
+// writes p, m, v (28 B in fp32, 14 B in half types); +2 accesses with amsgrad. A half param with
+// fp32 master weights reads and writes the master and float32 moments and writes p: 28 B. About
+// 15 FLOPs, one sqrt and one division per element: memory bound.
 // step, lr, grad_scale and found_inf are read on the device, so a step never syncs with the host
 // and can be captured in a CUDA graph.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
+
+#include <type_traits>
 
 #include "cuda/multi_tensor_apply.cuh"
 #include "optim_checks.h"
@@ -44,12 +47,16 @@ __device__ __forceinline__ void adam_math(M& p, M g, M& m, M& v, M& vmax, bool a
 }
 
 // Lists: 0 params, 1 grads, 2 exp_avgs, 3 exp_avg_sqs, 4 max_exp_avg_sqs, 5 fp32 master params.
-template <typename T>
+// S is the moments' storage type: T, or float beside fp32 master weights (T is then a half type and
+// list 5 is present). With master weights the param is only written: its old value is the
+// master's rounding.
+template <typename T, typename S>
 struct AdamOp {
   AdamArgs a;
 
   __device__ void operator()(const TensorMeta<6>& t, int64_t start, int64_t n) const {
     using M = math_t<T>;
+    constexpr bool kMaster = !std::is_same<S, T>::value;
     if (a.found_inf != nullptr && *a.found_inf != 0.f) return;
     const double lr = a.lr_ptr != nullptr ? *a.lr_ptr : a.lr;
     // The counter is float32 like torch's and is bumped after this kernel; its incremented value
@@ -72,10 +79,10 @@ struct AdamOp {
 
     T* p = static_cast<T*>(t.ptr[0]) + start;
     const T* g = static_cast<const T*>(t.ptr[1]) + start;
-    T* m = static_cast<T*>(t.ptr[2]) + start;
-    T* v = static_cast<T*>(t.ptr[3]) + start;
-    T* vmax = a.amsgrad ? static_cast<T*>(t.ptr[4]) + start : nullptr;
-    float* master = t.ptr[5] != nullptr ? static_cast<float*>(t.ptr[5]) + start : nullptr;
+    S* m = static_cast<S*>(t.ptr[2]) + start;
+    S* v = static_cast<S*>(t.ptr[3]) + start;
+    S* vmax = a.amsgrad ? static_cast<S*>(t.ptr[4]) + start : nullptr;
+    float* master = kMaster ? static_cast<float*>(t.ptr[5]) + start : nullptr;
 
     constexpr int V = 16 / sizeof(T);
     int64_t done = 0;
@@ -83,46 +90,46 @@ struct AdamOp {
       const int64_t nvec = n / V;
       for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
         const int64_t o = i * V;
-        // With master weights the param is only written: its old value is the master's rounding.
-        bool from_master = false;
-        if constexpr (sizeof(T) == 2) from_master = master != nullptr;
         Pack<T, V> pp;
-        if (!from_master) pp = load_pack<T, V>(p + o);
-        Pack<T, V> mp = load_pack<T, V>(m + o), vp = load_pack<T, V>(v + o);
-        const Pack<T, V> gp = load_pack<T, V>(g + o);
-        Pack<T, V> xp;
-        if (a.amsgrad) xp = load_pack<T, V>(vmax + o);
         Pack<float, V> master_p;
-        if (from_master) master_p = load_pack<float, V>(master + o);
+        if constexpr (kMaster) {
+          master_p = load_pack<float, V>(master + o);
+        } else {
+          pp = load_pack<T, V>(p + o);
+        }
+        Pack<S, V> mp = load_pack<S, V>(m + o), vp = load_pack<S, V>(v + o);
+        const Pack<T, V> gp = load_pack<T, V>(g + o);
+        Pack<S, V> xp;
+        if (a.amsgrad) xp = load_pack<S, V>(vmax + o);
 #pragma unroll
         for (int k = 0; k < V; ++k) {
-          M pv = from_master ? static_cast<M>(master_p.v[k]) : static_cast<M>(pp.v[k]);
+          M pv = kMaster ? static_cast<M>(master_p.v[k]) : static_cast<M>(pp.v[k]);
           M mv = static_cast<M>(mp.v[k]), vv = static_cast<M>(vp.v[k]);
           M xv = a.amsgrad ? static_cast<M>(xp.v[k]) : M(0);
           adam_math<M>(pv, static_cast<M>(gp.v[k]), mv, vv, xv, a.amsgrad, c);
           pp.v[k] = static_cast<T>(pv);
-          mp.v[k] = static_cast<T>(mv);
-          vp.v[k] = static_cast<T>(vv);
-          if (a.amsgrad) xp.v[k] = static_cast<T>(xv);
-          if constexpr (sizeof(T) == 2) master_p.v[k] = static_cast<float>(pv);
+          mp.v[k] = static_cast<S>(mv);
+          vp.v[k] = static_cast<S>(vv);
+          if (a.amsgrad) xp.v[k] = static_cast<S>(xv);
+          if constexpr (kMaster) master_p.v[k] = static_cast<float>(pv);
         }
         store_pack<T, V>(p + o, pp);
-        store_pack<T, V>(m + o, mp);
-        store_pack<T, V>(v + o, vp);
-        if (a.amsgrad) store_pack<T, V>(vmax + o, xp);
-        if (from_master) store_pack<float, V>(master + o, master_p);
+        store_pack<S, V>(m + o, mp);
+        store_pack<S, V>(v + o, vp);
+        if (a.amsgrad) store_pack<S, V>(vmax + o, xp);
+        if constexpr (kMaster) store_pack<float, V>(master + o, master_p);
       }
       done = nvec * V;
     }
     for (int64_t i = done + threadIdx.x; i < n; i += blockDim.x) {
-      M pv = master != nullptr ? static_cast<M>(master[i]) : static_cast<M>(p[i]);
+      M pv = kMaster ? static_cast<M>(master[i]) : static_cast<M>(p[i]);
       M mv = static_cast<M>(m[i]), vv = static_cast<M>(v[i]);
       M xv = a.amsgrad ? static_cast<M>(vmax[i]) : M(0);
       adam_math<M>(pv, static_cast<M>(g[i]), mv, vv, xv, a.amsgrad, c);
-      m[i] = static_cast<T>(mv);
-      v[i] = static_cast<T>(vv);
-      if (a.amsgrad) vmax[i] = static_cast<T>(xv);
-      if (master != nullptr) master[i] = static_cast<float>(pv);
+      m[i] = static_cast<S>(mv);
+      v[i] = static_cast<S>(vv);
+      if (a.amsgrad) vmax[i] = static_cast<S>(xv);
+      if constexpr (kMaster) master[i] = static_cast<float>(pv);
       p[i] = static_cast<T>(pv);
     }
   }
@@ -154,7 +161,12 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
                 maximize,
                 decoupled_weight_decay};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "torchext::adam_step_cuda", [&] {
-    multi_tensor_apply<6>(std::move(metas), args.found_inf, device, AdamOp<scalar_t>{args});
+    if constexpr (sizeof(scalar_t) == 2) {
+      if (!master_params.empty()) {  // the checks allow master weights for half types only
+        return multi_tensor_apply<6>(std::move(metas), args.found_inf, device, AdamOp<scalar_t, float>{args});
+      }
+    }
+    multi_tensor_apply<6>(std::move(metas), args.found_inf, device, AdamOp<scalar_t, scalar_t>{args});
   });
 }
 

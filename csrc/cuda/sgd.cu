@@ -1,11 +1,14 @@
 // Fused SGD step on CUDA through the multi-tensor engine. Per element with momentum: reads p, g,
-// buf and writes p, buf (20 B in fp32); without momentum 12 B; +8 B with fp32 master weights.
+// buf and writes p, buf (20 B in fp32); without momentum 12 B. A half param with fp32 master
+// weights reads and writes the master (and a float32 buffer) instead of p, and writes p.
 // About 6 FLOPs per element: memory bound. The per-tensor momentum count (0: the buffer holds no
 // history yet and takes the gradient) and lr, grad_scale, found_inf are read on the device.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
+
+#include <type_traits>
 
 #include "cuda/multi_tensor_apply.cuh"
 #include "optim_checks.h"
@@ -38,13 +41,16 @@ __device__ __forceinline__ void sgd_math(M& p, M g, M& buf, const SgdCoeffs<M>& 
   p -= c.lr * g;
 }
 
-// Lists: 0 params, 1 grads, 2 momentum buffers, 3 fp32 master params.
-template <typename T>
+// Lists: 0 params, 1 grads, 2 momentum buffers, 3 fp32 master params. S is the buffer's storage
+// type: T, or float beside fp32 master weights (T is then a half type and list 3 is present). With
+// master weights the param is only written: its old value is the master's rounding.
+template <typename T, typename S>
 struct SgdOp {
   SgdArgs a;
 
   __device__ void operator()(const TensorMeta<4>& t, int64_t start, int64_t n) const {
     using M = math_t<T>;
+    constexpr bool kMaster = !std::is_same<S, T>::value;
     if (a.found_inf != nullptr && *a.found_inf != 0.f) return;
     const double inv_scale = a.grad_scale != nullptr ? 1.0 / static_cast<double>(*a.grad_scale) : 1.0;
     const bool first = a.use_momentum && *t.counter == 0.f;  // counter is bumped after this kernel
@@ -60,8 +66,8 @@ struct SgdOp {
 
     T* p = static_cast<T*>(t.ptr[0]) + start;
     const T* g = static_cast<const T*>(t.ptr[1]) + start;
-    T* buf = a.use_momentum ? static_cast<T*>(t.ptr[2]) + start : nullptr;
-    float* master = t.ptr[3] != nullptr ? static_cast<float*>(t.ptr[3]) + start : nullptr;
+    S* buf = a.use_momentum ? static_cast<S*>(t.ptr[2]) + start : nullptr;
+    float* master = kMaster ? static_cast<float*>(t.ptr[3]) + start : nullptr;
 
     constexpr int V = 16 / sizeof(T);
     int64_t done = 0;
@@ -69,37 +75,37 @@ struct SgdOp {
       const int64_t nvec = n / V;
       for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
         const int64_t o = i * V;
-        // With master weights the param is only written: its old value is the master's rounding.
-        bool from_master = false;
-        if constexpr (sizeof(T) == 2) from_master = master != nullptr;
         Pack<T, V> pp;
-        if (!from_master) pp = load_pack<T, V>(p + o);
-        const Pack<T, V> gp = load_pack<T, V>(g + o);
-        Pack<T, V> bp;
-        if (a.use_momentum) bp = load_pack<T, V>(buf + o);
         Pack<float, V> master_p;
-        if (from_master) master_p = load_pack<float, V>(master + o);
+        if constexpr (kMaster) {
+          master_p = load_pack<float, V>(master + o);
+        } else {
+          pp = load_pack<T, V>(p + o);
+        }
+        const Pack<T, V> gp = load_pack<T, V>(g + o);
+        Pack<S, V> bp;
+        if (a.use_momentum) bp = load_pack<S, V>(buf + o);
 #pragma unroll
         for (int k = 0; k < V; ++k) {
-          M pv = from_master ? static_cast<M>(master_p.v[k]) : static_cast<M>(pp.v[k]);
+          M pv = kMaster ? static_cast<M>(master_p.v[k]) : static_cast<M>(pp.v[k]);
           M bv = a.use_momentum ? static_cast<M>(bp.v[k]) : M(0);
           sgd_math<M>(pv, static_cast<M>(gp.v[k]), bv, c);
           pp.v[k] = static_cast<T>(pv);
-          if (a.use_momentum) bp.v[k] = static_cast<T>(bv);
-          if constexpr (sizeof(T) == 2) master_p.v[k] = static_cast<float>(pv);
+          if (a.use_momentum) bp.v[k] = static_cast<S>(bv);
+          if constexpr (kMaster) master_p.v[k] = static_cast<float>(pv);
         }
         store_pack<T, V>(p + o, pp);
-        if (a.use_momentum) store_pack<T, V>(buf + o, bp);
-        if (from_master) store_pack<float, V>(master + o, master_p);
+        if (a.use_momentum) store_pack<S, V>(buf + o, bp);
+        if constexpr (kMaster) store_pack<float, V>(master + o, master_p);
       }
       done = nvec * V;
     }
     for (int64_t i = done + threadIdx.x; i < n; i += blockDim.x) {
-      M pv = master != nullptr ? static_cast<M>(master[i]) : static_cast<M>(p[i]);
+      M pv = kMaster ? static_cast<M>(master[i]) : static_cast<M>(p[i]);
       M bv = a.use_momentum ? static_cast<M>(buf[i]) : M(0);
       sgd_math<M>(pv, static_cast<M>(g[i]), bv, c);
-      if (a.use_momentum) buf[i] = static_cast<T>(bv);
-      if (master != nullptr) master[i] = static_cast<float>(pv);
+      if (a.use_momentum) buf[i] = static_cast<S>(bv);
+      if constexpr (kMaster) master[i] = static_cast<float>(pv);
       p[i] = static_cast<T>(pv);
     }
   }
@@ -131,7 +137,12 @@ void sgd_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList m
                maximize,
                use_momentum};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "torchext::sgd_step_cuda", [&] {
-    multi_tensor_apply<4>(std::move(metas), args.found_inf, device, SgdOp<scalar_t>{args});
+    if constexpr (sizeof(scalar_t) == 2) {
+      if (!master_params.empty()) {  // the checks allow master weights for half types only
+        return multi_tensor_apply<4>(std::move(metas), args.found_inf, device, SgdOp<scalar_t, float>{args});
+      }
+    }
+    multi_tensor_apply<4>(std::move(metas), args.found_inf, device, SgdOp<scalar_t, scalar_t>{args});
   });
 }
 

@@ -14,11 +14,13 @@ _PRIVATE_KEYS = ("momentum_count",)
 
 
 class FusedOptimizer(Optimizer):
-    """Base of torchext's optimizers. Subclasses set `_name`, implement `_init_state(p, state,
-    group)`, `_state_tensors(p, state, group)` (name -> tensor to validate) and `_launch(group,
+    """Base of torchext's optimizers. Subclasses set `_name` and `_buffer_keys` (the per-param state
+    tensors the update reads and writes), implement `_init_state(p, state, group)`,
+    `_state_tensors(p, state, group)` (state key -> tensor to validate) and `_launch(group,
     device_params, lr_tensor, grad_scale, found_inf)`."""
 
     _name = "Optimizer"
+    _buffer_keys = ()
 
     def __init__(self, params, defaults, *, differentiable, fused, foreach, master_weights):
         if differentiable:
@@ -69,11 +71,18 @@ class FusedOptimizer(Optimizer):
             work.append((group, items))
         return work
 
+    @staticmethod
+    def _state_dtype(p, group):
+        """The dtype of p's buffers (moments, momentum buffer): float32 beside master weights, where
+        a float16 second moment would underflow for gradients below about 5e-3; else p's dtype,
+        as torch keeps them."""
+        return torch.float32 if group["master_weights"] and p.dtype in _HALF else p.dtype
+
     def _check_state(self, work):
         for group, items in work:
             for p in items:
                 for name, t in self._state_tensors(p, self.state.get(p, {}), group).items():
-                    want = torch.float32 if name == "master_param" else p.dtype
+                    want = torch.float32 if name == "master_param" else self._state_dtype(p, group)
                     if t.shape != p.shape or t.dtype != want or t.device != p.device:
                         raise RuntimeError(
                             "torchext.optim.%s: state '%s' of a %s param of shape %s on %s is %s of shape %s on %s"
@@ -100,6 +109,13 @@ class FusedOptimizer(Optimizer):
                 self._init_state(p, state, group)
                 if group["master_weights"] and p.dtype in _HALF and "master_param" not in state:
                     state["master_param"] = p.detach().to(torch.float32, copy=True)
+                # Buffers from a torch state_dict, or from before master_weights was switched on
+                # or off, are converted to the dtype this group keeps them in.
+                want = self._state_dtype(p, group)
+                for key in self._buffer_keys:
+                    t = state.get(key)
+                    if isinstance(t, torch.Tensor) and t.dtype != want:
+                        state[key] = t.to(want)
                 if not state:  # like torch, a param needing no state gets no entry
                     del self.state[p]
         self._check_state(work)
@@ -179,10 +195,14 @@ class FusedOptimizer(Optimizer):
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
+        # A torch optimizer's groups have no master_weights: each group keeps its own setting.
+        saved_groups = [g if "master_weights" in g else dict(g, master_weights=own["master_weights"])
+                        for g, own in zip(saved_groups, self.param_groups)]
+        state_dict = dict(state_dict, param_groups=saved_groups)
         id_map = dict(zip(chain.from_iterable(g["params"] for g in saved_groups),
                           chain.from_iterable(g["params"] for g in self.param_groups)))
         # Validate every state tensor against its param before anything is replaced.
-        masters = {}
+        float32_state = {}
         for idx, entry in state_dict["state"].items():
             p = id_map.get(idx)
             if p is None:
@@ -192,13 +212,18 @@ class FusedOptimizer(Optimizer):
                     raise ValueError("torchext.optim.%s.load_state_dict: state '%s' of param %s has shape %s, "
                                      "but the param has shape %s" % (self._name, k, idx, tuple(v.shape),
                                                                      tuple(p.shape)))
-            if isinstance(entry.get("master_param"), torch.Tensor):
-                masters[idx] = entry["master_param"]
+            float32_state[idx] = {k: v for k, v in entry.items()
+                                  if k in ("master_param",) + self._buffer_keys and isinstance(v, torch.Tensor)}
         super().load_state_dict(state_dict)
-        # torch casts every state tensor to the param dtype; master weights must stay float32.
-        for idx, m in masters.items():
+        # torch casts every state tensor to the param dtype. Master weights stay float32, and so do
+        # the buffers of a group that keeps master weights (from the saved values, not the cast).
+        groups = {p: g for g in self.param_groups for p in g["params"]}
+        for idx, saved in float32_state.items():
             p = id_map[idx]
-            self.state[p]["master_param"] = m.to(device=p.device, dtype=torch.float32, copy=True)
+            state = self.state[p]
+            for k, v in saved.items():
+                if k == "master_param" or self._state_dtype(p, groups[p]) == torch.float32:
+                    state[k] = v.to(device=p.device, dtype=torch.float32, copy=True)
 
 
 def _dense(t):

@@ -15,11 +15,13 @@ class Adam(FusedOptimizer):
 
     `step` is a 0-dim float32 tensor; on CUDA it lives on the param's device (the kernel reads and
     bumps it there) and state_dict() reports it on the CPU unless capturable, as torch does.
-    Extra keyword: master_weights (see torchext.optim.SGD). foreach and fused are accepted and
+    Extra keyword: master_weights (see torchext.optim.SGD); with it, exp_avg, exp_avg_sq and
+    max_exp_avg_sq of float16/bfloat16 params are float32 too. foreach and fused are accepted and
     ignored: every step is fused.
     """
 
     _name = "Adam"
+    _buffer_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
@@ -65,8 +67,10 @@ class Adam(FusedOptimizer):
     def _init_state(self, p, state, group):
         if len(state) == 0 or "step" not in state:
             state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg"] = torch.zeros_like(p, dtype=self._state_dtype(p, group),
+                                                memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=self._state_dtype(p, group),
+                                                   memory_format=torch.preserve_format)
         step = state["step"]
         if not isinstance(step, torch.Tensor):
             state["step"] = torch.tensor(float(step), dtype=torch.float32, device=p.device)
@@ -74,7 +78,8 @@ class Adam(FusedOptimizer):
             # e.g. a torch (non-capturable) state_dict keeps CUDA params' steps on the CPU
             state["step"] = step.to(device=p.device, dtype=torch.float32).reshape(())
         if group["amsgrad"] and "max_exp_avg_sq" not in state:
-            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["max_exp_avg_sq"] = torch.zeros_like(p, dtype=self._state_dtype(p, group),
+                                                       memory_format=torch.preserve_format)
 
     def _state_tensors(self, p, state, group):
         out = {"exp_avg": state["exp_avg"], "exp_avg_sq": state["exp_avg_sq"]}

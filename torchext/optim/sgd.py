@@ -10,11 +10,14 @@ class SGD(FusedOptimizer):
     """Drop-in for torch.optim.SGD (same arguments, defaults, equations and state_dict layout).
 
     Extra keyword: master_weights=True keeps a float32 copy of every float16/bfloat16 param in
-    state['master_param'], updates it and writes its rounding to the param. foreach and fused are
+    state['master_param'], updates it and writes its rounding to the param; those params'
+    momentum buffers are float32 too. state_dict() saves both, load_state_dict() restores them in
+    float32 (a torch optimizer loading the state casts them to the param dtype). foreach and fused are
     accepted and ignored: every step is fused.
     """
 
     _name = "SGD"
+    _buffer_keys = ("momentum_buffer",)
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
                  maximize=False, foreach=None, differentiable=False, fused=None, master_weights=False):
@@ -49,7 +52,8 @@ class SGD(FusedOptimizer):
         if state.get("momentum_buffer") is None:
             # Zero-filled with a count of 0 rather than a clone of the grad, so that a step skipped
             # by GradScaler (decided on the device) leaves the next step still the first one.
-            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["momentum_buffer"] = torch.zeros_like(p, dtype=self._state_dtype(p, group),
+                                                        memory_format=torch.preserve_format)
             state["momentum_count"] = torch.zeros((), dtype=torch.float32, device=p.device)
         elif "momentum_count" not in state:  # a buffer loaded from a state_dict carries history
             state["momentum_count"] = torch.ones((), dtype=torch.float32, device=p.device)
