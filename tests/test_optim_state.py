@@ -317,3 +317,36 @@ def test_ops_refuse_half_buffers_beside_master_weights(device):
                                      None, None, None)
     assert all(torch.equal(a, b) for a, b in zip(ps, before))
     assert all(float(c) == 0 for c in counters)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_switching_master_weights_converts_the_state(case):
+    # Turning master_weights on for a group mid-training starts masters from the params and moves
+    # the existing buffers to float32 (exactly); turning it off moves them back to the param dtype.
+    name, kw = case
+    ours = make_params(torch.bfloat16, "cpu")
+    opt = getattr(torchext.optim, name)(ours, **kw)
+    set_grads(ours)
+    opt.step()
+    keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
+    half_state = {p: {k: v.clone() for k, v in opt.state[p].items() if k in keys} for p in opt.state}
+    params_before = [p.detach().clone() for p in ours]
+    opt.param_groups[0]["master_weights"] = True
+    set_grads(ours)
+    opt.step()
+    for p, p0 in zip(ours, params_before):
+        if p not in opt.state:
+            continue
+        state = opt.state[p]
+        assert state["master_param"].dtype == torch.float32
+        assert torch.equal(p.detach(), state["master_param"].to(p.dtype))
+        assert not torch.equal(p.detach(), p0) or p.numel() == 0
+        for k in half_state[p]:
+            assert state[k].dtype == torch.float32, k
+    opt.param_groups[0]["master_weights"] = False
+    set_grads(ours)
+    opt.step()
+    for p in opt.state:
+        assert "master_param" not in opt.state[p]
+        for k in half_state[p]:
+            assert opt.state[p][k].dtype == torch.bfloat16, k

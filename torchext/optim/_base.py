@@ -109,6 +109,8 @@ class FusedOptimizer(Optimizer):
                 self._init_state(p, state, group)
                 if group["master_weights"] and p.dtype in _HALF and "master_param" not in state:
                     state["master_param"] = p.detach().to(torch.float32, copy=True)
+                elif not group["master_weights"]:  # switched off: the param carries on alone
+                    state.pop("master_param", None)
                 # Buffers from a torch state_dict, or from before master_weights was switched on
                 # or off, are converted to the dtype this group keeps them in.
                 want = self._state_dtype(p, group)
