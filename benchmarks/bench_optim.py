@@ -36,6 +36,8 @@ def gpt2_small_shapes():
 def cases(device, quick):
     if device == "cpu":
         yield "10 x 1M", [(1 << 20,)] * (2 if quick else 10)
+        if not quick:  # per-tensor overhead (Python and launch) against memory traffic
+            yield "2000 x 4K", [(4096,)] * 2000
         return
     if quick:
         yield "1 x 10M", [(10_000_000,)]

@@ -145,6 +145,8 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   if (params.empty()) return;
   check_adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, master_params, amsgrad,
                   grad_scale, found_inf, lr_tensor);
+  std::vector<at::Tensor> grad_copies;
+  grads = grads_in_param_layout(params, grads, grad_copies);
   if (lr_tensor.has_value()) lr = lr_tensor->item<double>();
   if (found_inf.has_value() && found_inf->item<float>() != 0.f) return;  // skipped step: touch nothing
   const double inv_scale = grad_scale.has_value() ? 1.0 / static_cast<double>(grad_scale->item<float>()) : 1.0;
@@ -156,7 +158,7 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
     std::vector<AdamConsts<M>> consts(params.size());
     for (size_t i = 0; i < params.size(); ++i) {
       // The counter is float32 like torch's; its incremented value sets the bias correction.
-      const double step = static_cast<double>(state_steps[i].item<float>() + 1.f);
+      const double step = static_cast<double>(cpu::counter_value(state_steps[i]) + 1.f);
       const double bc1 = 1.0 - std::pow(beta1, step);
       const double bc2 = 1.0 - std::pow(beta2, step);
       AdamConsts<M>& c = consts[i];
@@ -188,7 +190,7 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
     }
     run(scalar_t());
   });
-  for (const auto& s : state_steps) s.add_(1);
+  cpu::bump_counters(state_steps);
 }
 
 }  // namespace

@@ -3,7 +3,10 @@
 // kernels are registered from Python next to each op's autograd wrapper (torchext/_ops/<op>.py).
 #include <torch/extension.h>
 
+#include <vector>
+
 #include "cpu/dispatch.h"
+#include "optim_checks.h"
 
 #ifndef TORCHEXT_TORCH_VERSION
 #define TORCHEXT_TORCH_VERSION "unknown"
@@ -52,6 +55,67 @@ TORCH_LIBRARY(torchext, m) {
 
 namespace {
 
+using Tensors = std::vector<at::Tensor>;
+using OptTensor = c10::optional<at::Tensor>;
+
+// The optimizer ops' argument checks alone, with the ops' signatures: an optimizer whose step
+// launches several ops (one per param group, device and dtype) runs every launch's checks first,
+// so a bad argument in a later launch cannot leave the earlier ones applied.
+void check_sgd_step_args(const Tensors& params, const Tensors& grads, const Tensors& momentum_buffers,
+                         const Tensors& momentum_counts, const Tensors& master_params, double /*lr*/,
+                         double momentum, double /*dampening*/, double /*weight_decay*/, bool /*nesterov*/,
+                         bool /*maximize*/, const OptTensor& lr_tensor, const OptTensor& grad_scale,
+                         const OptTensor& found_inf) {
+  if (params.empty()) return;
+  torchext::check_sgd_step(params, grads, momentum_buffers, momentum_counts, master_params, momentum != 0.0,
+                           grad_scale, found_inf, lr_tensor);
+}
+
+void check_adam_step_args(const Tensors& params, const Tensors& grads, const Tensors& exp_avgs,
+                          const Tensors& exp_avg_sqs, const Tensors& max_exp_avg_sqs, const Tensors& state_steps,
+                          const Tensors& master_params, double /*lr*/, double /*beta1*/, double /*beta2*/,
+                          double /*eps*/, double /*weight_decay*/, bool amsgrad, bool /*maximize*/,
+                          bool /*decoupled_weight_decay*/, const OptTensor& lr_tensor, const OptTensor& grad_scale,
+                          const OptTensor& found_inf) {
+  if (params.empty()) return;
+  torchext::check_adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, master_params,
+                            amsgrad, grad_scale, found_inf, lr_tensor);
+}
+
+// Eager entry points for the optimizer steps: the same ops through the dispatcher, called from C++
+// so that pybind converts the tensor lists once instead of torch.ops boxing them from Python (and
+// re-taking the GIL per tensor when the boxed copies are released), and dispatched below the
+// autograd keys, which have nothing to record for an in-place update under no_grad. About half
+// the per-tensor overhead of a torch.ops call for lists of thousands of small tensors.
+void sgd_step_eager(const Tensors& params, const Tensors& grads, const Tensors& momentum_buffers,
+                    const Tensors& momentum_counts, const Tensors& master_params, double lr, double momentum,
+                    double dampening, double weight_decay, bool nesterov, bool maximize, const OptTensor& lr_tensor,
+                    const OptTensor& grad_scale, const OptTensor& found_inf) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torchext::sgd_step_", "")
+                       .typed<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
+                                   double, double, double, double, bool, bool, const OptTensor&, const OptTensor&,
+                                   const OptTensor&)>();
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  op.call(params, grads, momentum_buffers, momentum_counts, master_params, lr, momentum, dampening, weight_decay,
+          nesterov, maximize, lr_tensor, grad_scale, found_inf);
+}
+
+void adam_step_eager(const Tensors& params, const Tensors& grads, const Tensors& exp_avgs, const Tensors& exp_avg_sqs,
+                     const Tensors& max_exp_avg_sqs, const Tensors& state_steps, const Tensors& master_params,
+                     double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
+                     bool maximize, bool decoupled_weight_decay, const OptTensor& lr_tensor,
+                     const OptTensor& grad_scale, const OptTensor& found_inf) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torchext::adam_step_", "")
+                       .typed<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
+                                   at::TensorList, at::TensorList, double, double, double, double, double, bool, bool,
+                                   bool, const OptTensor&, const OptTensor&, const OptTensor&)>();
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  op.call(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, master_params, lr, beta1, beta2, eps,
+          weight_decay, amsgrad, maximize, decoupled_weight_decay, lr_tensor, grad_scale, found_inf);
+}
+
 bool with_cuda() {
 #ifdef TORCHEXT_WITH_CUDA
   return true;
@@ -69,6 +133,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("with_cuda", &with_cuda, "whether CUDA kernels were compiled in");
   m.def("cuda_archs", [] { return std::string(TORCHEXT_CUDA_ARCHS); },
         "TORCH_CUDA_ARCH_LIST the CUDA kernels were compiled for");
+  m.def("check_sgd_step_args", &check_sgd_step_args, "torchext::sgd_step_'s argument checks, writing nothing");
+  m.def("check_adam_step_args", &check_adam_step_args, "torchext::adam_step_'s argument checks, writing nothing");
+  m.def("sgd_step_eager", &sgd_step_eager, "torchext::sgd_step_ called from C++, below the autograd keys");
+  m.def("adam_step_eager", &adam_step_eager, "torchext::adam_step_ called from C++, below the autograd keys");
   m.def("cpu_capability", [] { return std::string(torchext::cpu::level_name()); },
         "SIMD level the CPU kernels dispatch to on this machine");
 }

@@ -2,6 +2,7 @@
 // write, so a step that fails leaves all params and state untouched.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
@@ -49,9 +50,8 @@ inline void check_optimizer_lists(const char* op, const at::TensorList& params, 
                 "] must be dense and non-overlapping");
     const at::Tensor& g = grads[i];
     TORCH_CHECK(g.layout() == at::kStrided, "torchext.", op, ": grads[", i, "] is sparse; sparse gradients are not supported");
-    TORCH_CHECK(g.scalar_type() == p.scalar_type() && g.sizes() == p.sizes() && g.strides() == p.strides() &&
-                    g.device() == p.device(),
-                "torchext.", op, ": grads[", i, "] must match params[", i, "] in dtype, shape, strides and device (",
+    TORCH_CHECK(g.scalar_type() == p.scalar_type() && g.sizes() == p.sizes() && g.device() == p.device(),
+                "torchext.", op, ": grads[", i, "] must match params[", i, "] in dtype, shape and device (",
                 p.scalar_type(), " ", p.sizes(), " on ", p.device(), "), but got ", g.scalar_type(), " ", g.sizes(),
                 " on ", g.device());
     for (const auto& l : lists) {
@@ -65,6 +65,22 @@ inline void check_optimizer_lists(const char* op, const at::TensorList& params, 
                   s.device());
     }
   }
+}
+
+// The kernels walk a grad in its param's memory order: grads laid out differently (strides) are
+// copied into the param's layout, after the checks. `owned` keeps the copies alive.
+inline at::TensorList grads_in_param_layout(const at::TensorList& params, const at::TensorList& grads,
+                                            std::vector<at::Tensor>& owned) {
+  size_t i = 0;
+  while (i < grads.size() && (grads[i].strides() == params[i].strides() || params[i].numel() <= 1)) ++i;
+  if (i == grads.size()) return grads;
+  owned.assign(grads.begin(), grads.end());
+  for (; i < owned.size(); ++i) {
+    if (owned[i].strides() != params[i].strides() && params[i].numel() > 1) {
+      owned[i] = at::empty_like(params[i]).copy_(grads[i]);
+    }
+  }
+  return owned;
 }
 
 // Step counters (Adam's `step`, SGD's momentum-initialised count): one-element float32 tensors.

@@ -118,6 +118,8 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
   const bool use_momentum = momentum != 0.0;
   check_sgd_step(params, grads, momentum_buffers, momentum_counts, master_params, use_momentum, grad_scale,
                  found_inf, lr_tensor);
+  std::vector<at::Tensor> grad_copies;
+  grads = grads_in_param_layout(params, grads, grad_copies);
   if (lr_tensor.has_value()) lr = lr_tensor->item<double>();
   if (found_inf.has_value() && found_inf->item<float>() != 0.f) return;  // skipped step: touch nothing
   const double inv_scale = grad_scale.has_value() ? 1.0 / static_cast<double>(grad_scale->item<float>()) : 1.0;
@@ -129,7 +131,7 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
     std::vector<SgdConsts<M>> consts(params.size());
     for (size_t i = 0; i < params.size(); ++i) {
       // first: the buffer holds no history yet, so it becomes the gradient itself
-      const bool first = use_momentum && momentum_counts[i].item<float>() == 0.f;
+      const bool first = use_momentum && cpu::counter_value(momentum_counts[i]) == 0.f;
       SgdConsts<M>& c = consts[i];
       c.grad_factor = maximize ? -M(inv_scale) : M(inv_scale);
       c.lr = M(lr);
@@ -155,7 +157,7 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
     }
     run(scalar_t());
   });
-  for (const auto& c : momentum_counts) c.add_(1);
+  cpu::bump_counters(momentum_counts);
 }
 
 }  // namespace

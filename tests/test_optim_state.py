@@ -8,7 +8,7 @@ import torch
 import torchext
 from conftest import DEVICES
 from optim_common import (assert_bitwise_equal, assert_params_close, clone_params, make_params,
-                          set_grads, snapshot)
+                          set_grads, snapshot, spoil_grad)
 
 CASES = [
     ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.2)),
@@ -340,7 +340,7 @@ def test_switching_master_weights_converts_the_state(case):
         state = opt.state[p]
         assert state["master_param"].dtype == torch.float32
         assert torch.equal(p.detach(), state["master_param"].to(p.dtype))
-        assert not torch.equal(p.detach(), p0) or p.numel() == 0
+        assert not torch.equal(state["master_param"], p0.float()) or p.numel() == 0  # the step applied
         for k in half_state[p]:
             assert state[k].dtype == torch.float32, k
     opt.param_groups[0]["master_weights"] = False
@@ -350,3 +350,57 @@ def test_switching_master_weights_converts_the_state(case):
         assert "master_param" not in opt.state[p]
         for k in half_state[p]:
             assert opt.state[p][k].dtype == torch.bfloat16, k
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("layout", ["one_launch", "two_groups", "two_dtypes"])
+def test_failed_first_step_creates_no_state(layout, case):
+    # The kernels refuse the bad grad before writing; with several launches every launch is
+    # checked before the first runs; the state this step created is removed again.
+    name, kw = case
+    a = make_params(torch.float32, "cpu", [(4, 3), (5,)])
+    b = make_params(torch.float64 if layout == "two_dtypes" else torch.float32, "cpu", [(6,), (2, 2)])
+    groups = [{"params": a}, {"params": b}] if layout == "two_groups" else [{"params": a + b}]
+    opt = getattr(torchext.optim, name)(groups, **kw)
+    set_grads(a + b, skip=())
+    spoil_grad(b[-1], "dtype")  # wrong dtype for its param, in the last launch
+    before = [p.detach().clone() for p in a + b]
+    with pytest.raises(RuntimeError, match="grads"):
+        opt.step()
+    assert len(opt.state) == 0
+    assert all(torch.equal(p, q) for p, q in zip(a + b, before))
+    # Fixed, the step runs as torch's first step.
+    ref = clone_params(a + b)
+    b[-1].grad = b[-1].grad.to(b[-1].dtype)
+    for p, q in zip(a + b, ref):
+        q.grad = p.grad.clone()
+    opt_ref = getattr(torch.optim, name)(ref, foreach=False, **kw)
+    opt.step()
+    opt_ref.step()
+    assert_params_close(a + b, ref, torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_params_and_grads_in_different_layouts(case, device):
+    # A transposed (dense, non-contiguous) param with a contiguous grad, and a contiguous param
+    # with a transposed grad: the kernels walk memory in the param's order, so such grads are
+    # copied into the param's layout first. The state follows the param's layout.
+    name, kw = case
+    ours = [torch.nn.Parameter(torch.randn(7, 5, dtype=torch.float64, device=device).t()),
+            torch.nn.Parameter(torch.randn(4, 6, dtype=torch.float64, device=device)),
+            torch.nn.Parameter(torch.randn(3, 8, dtype=torch.float64, device=device))]
+    ref = clone_params(ours)
+    opt = getattr(torchext.optim, name)(ours, **kw)
+    opt_ref = getattr(torch.optim, name)(ref, foreach=False, **kw)
+    for _ in range(3):
+        grads = [torch.randn(5, 7, dtype=torch.float64, device=device),
+                 torch.randn(6, 4, dtype=torch.float64, device=device).t(),
+                 torch.randn(3, 8, dtype=torch.float64, device=device)]
+        for p, q, g in zip(ours, ref, grads):
+            p.grad, q.grad = g, g.clone()
+        assert ours[0].grad.stride() != ours[0].stride() and ours[1].grad.stride() != ours[1].stride()
+        opt.step()
+        opt_ref.step()
+    assert_params_close(ours, ref, torch.float64)
+    assert ours[0].stride() == (1, 5)

@@ -19,6 +19,13 @@ namespace cpu {
 template <typename T, typename S>
 constexpr bool kHasMaster = !std::is_same<S, T>::value;
 
+// Step counters are one-element float32 tensors on the CPU (check_counters): read and bumped through
+// their data pointers, since item() and add_() cost a dispatcher round trip each, per tensor.
+inline float counter_value(const at::Tensor& counter) { return *counter.const_data_ptr<float>(); }
+inline void bump_counters(const at::TensorList& counters) {
+  for (const auto& c : counters) *c.mutable_data_ptr<float>() += 1.f;
+}
+
 // Calls fn(tensor_index, begin, end) over the concatenation of all tensors' elements with a single
 // parallel_for, so a list of many small tensors keeps every thread as busy as one big tensor.
 // Empty tensors occupy no index range and are never visited.

@@ -145,6 +145,8 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
                   grad_scale, found_inf, lr_tensor);
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
+  std::vector<at::Tensor> grad_copies;
+  grads = grads_in_param_layout(params, grads, grad_copies);
   const at::Tensor lr_dev = device_lr("adam_step_", lr_tensor, device, lr);  // alive until the launch is queued
   std::vector<TensorMeta<6>> metas = tensor_metas<6>(
       {params, grads, exp_avgs, exp_avg_sqs, amsgrad ? max_exp_avg_sqs : at::TensorList(), master_params},

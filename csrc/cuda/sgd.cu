@@ -122,6 +122,8 @@ void sgd_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList m
                  found_inf, lr_tensor);
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
+  std::vector<at::Tensor> grad_copies;
+  grads = grads_in_param_layout(params, grads, grad_copies);
   const at::Tensor lr_dev = device_lr("sgd_step_", lr_tensor, device, lr);  // alive until the launch is queued
   std::vector<TensorMeta<4>> metas =
       tensor_metas<4>({params, grads, use_momentum ? momentum_buffers : at::TensorList(), master_params},

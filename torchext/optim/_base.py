@@ -1,6 +1,5 @@
 """What SGD and Adam share: gathering a step's work, validating it before anything is written,
 GradScaler plumbing, fp32 master weights and torch-compatible state_dict handling."""
-from collections import defaultdict
 from itertools import chain
 
 import torch
@@ -15,9 +14,11 @@ _PRIVATE_KEYS = ("momentum_count",)
 
 class FusedOptimizer(Optimizer):
     """Base of torchext's optimizers. Subclasses set `_name` and `_buffer_keys` (the per-param state
-    tensors the update reads and writes), implement `_init_state(p, state, group)`,
-    `_state_tensors(p, state, group)` (state key -> tensor to validate) and `_launch(group,
-    device_params, lr_tensor, grad_scale, found_inf)`."""
+    tensors the update reads and writes) and implement `_init_state(p, state, group, buffer_dtype)`
+    and `_step_call(group, params, grads, states, lr_tensor, grad_scale, found_inf)`, which returns the
+    arguments of one launch of `_op` (the torch.ops op, traced by torch.compile), `_eager_op` (the
+    same op called from C++, for eager steps) and `_check_op` (its argument checks alone);
+    `_after_load(p, state)` may fix up state that load_state_dict brought in."""
 
     _name = "Optimizer"
     _buffer_keys = ()
@@ -40,37 +41,6 @@ class FusedOptimizer(Optimizer):
             group.setdefault("master_weights", False)
 
     # ---------------------------------------------------------------- step
-    def _gather(self):
-        """Params with grads per group, validated before any state is created or written."""
-        work = []
-        for gi, group in enumerate(self.param_groups):
-            items = []
-            for p in group["params"]:
-                g = p.grad
-                if g is None:
-                    continue
-                if g.is_sparse or g.layout != torch.strided:
-                    raise RuntimeError(
-                        "torchext.optim.%s does not support sparse gradients (param group %d)" % (self._name, gi))
-                if p.dtype not in _SUPPORTED:
-                    raise RuntimeError("torchext.optim.%s: params must be float64, float32, float16 or bfloat16, "
-                                       "but got %s" % (self._name, p.dtype))
-                if g.shape != p.shape:
-                    raise RuntimeError("torchext.optim.%s: the grad of a param of shape %s has shape %s"
-                                       % (self._name, tuple(p.shape), tuple(g.shape)))
-                if g.dtype != p.dtype:
-                    raise RuntimeError("torchext.optim.%s: the grad of a %s param has dtype %s"
-                                       % (self._name, p.dtype, g.dtype))
-                if g.device != p.device:
-                    raise RuntimeError("torchext.optim.%s: the grad of a param on %s is on %s"
-                                       % (self._name, p.device, g.device))
-                if not _dense(p):
-                    raise RuntimeError("torchext.optim.%s: params must be dense and non-overlapping (got a param "
-                                       "with shape %s and strides %s)" % (self._name, tuple(p.shape), p.stride()))
-                items.append(p)
-            work.append((group, items))
-        return work
-
     @staticmethod
     def _state_dtype(p, group):
         """The dtype of p's buffers (moments, momentum buffer): float32 beside master weights, where
@@ -78,22 +48,17 @@ class FusedOptimizer(Optimizer):
         as torch keeps them."""
         return torch.float32 if group["master_weights"] and p.dtype in _HALF else p.dtype
 
-    def _check_state(self, work):
-        for group, items in work:
-            for p in items:
-                for name, t in self._state_tensors(p, self.state.get(p, {}), group).items():
-                    want = torch.float32 if name == "master_param" else self._state_dtype(p, group)
-                    if t.shape != p.shape or t.dtype != want or t.device != p.device:
-                        raise RuntimeError(
-                            "torchext.optim.%s: state '%s' of a %s param of shape %s on %s is %s of shape %s on %s"
-                            % (self._name, name, p.dtype, tuple(p.shape), p.device, t.dtype, tuple(t.shape),
-                               t.device))
-
     @torch.no_grad()
     def step(self, closure=None, *, grad_scale=None, found_inf=None):
         """One fused update of every param that has a grad. grad_scale / found_inf follow torch's
         fused optimizers (GradScaler sets them as attributes): grads are divided by grad_scale and
-        nothing changes at all when found_inf is nonzero, without a host synchronisation."""
+        nothing changes at all when found_inf is nonzero, without a host synchronisation.
+
+        The kernels validate every list (grads, state, counters) before writing anything; when a
+        step needs several launches (groups, devices, dtypes), all of them are validated before
+        the first one runs (in eager mode; under torch.compile each launch checks its own). A step
+        that raises writes no param and no state value, and state it created for params seen for
+        the first time is removed again."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -102,57 +67,85 @@ class FusedOptimizer(Optimizer):
             grad_scale = getattr(self, "grad_scale", None)
         if found_inf is None:
             found_inf = getattr(self, "found_inf", None)
-        work = self._gather()
-        for group, items in work:
-            for p in items:
-                state = self.state[p]
-                self._init_state(p, state, group)
-                if group["master_weights"] and p.dtype in _HALF and "master_param" not in state:
-                    state["master_param"] = p.detach().to(torch.float32, copy=True)
-                elif not group["master_weights"]:  # switched off: the param carries on alone
-                    state.pop("master_param", None)
-                # Buffers from a torch state_dict, or from before master_weights was switched on
-                # or off, are converted to the dtype this group keeps them in.
-                want = self._state_dtype(p, group)
-                for key in self._buffer_keys:
-                    t = state.get(key)
-                    if isinstance(t, torch.Tensor) and t.dtype != want:
-                        state[key] = t.to(want)
-                if not state:  # like torch, a param needing no state gets no entry
-                    del self.state[p]
-        self._check_state(work)
-        for group, items in work:
-            buckets = defaultdict(list)
-            for p in items:
-                buckets[(p.device, p.dtype)].append(p)
-            for (device, _), ps in buckets.items():
-                lr = group["lr"]
-                lr_tensor = lr if isinstance(lr, torch.Tensor) else None
-                if lr_tensor is not None and lr_tensor.device != device and lr_tensor.device.type != "cpu":
-                    lr_tensor = lr_tensor.to(device)
-                gs = _on(grad_scale, device)
-                fi = _on(found_inf, device)
-                self._launch(group, ps, lr_tensor, gs, fi)
+        fresh = []  # params whose state this step creates
+        try:
+            calls = []
+            for gi, group in enumerate(self.param_groups):
+                buckets = {}
+                for p in group["params"]:
+                    g = p.grad
+                    if g is not None:
+                        bucket = buckets.get((p.device, p.dtype))
+                        if bucket is None:
+                            bucket = buckets[(p.device, p.dtype)] = ([], [])
+                        bucket[0].append(p)
+                        bucket[1].append(g)
+                for (device, dtype), (ps, grads) in buckets.items():
+                    if dtype not in _SUPPORTED:
+                        raise RuntimeError("torchext.optim.%s: params must be float64, float32, float16 or "
+                                           "bfloat16, but param group %d has %s params" % (self._name, gi, dtype))
+                    states = self._prepare_state(group, dtype, ps, fresh)
+                    lr = group["lr"]
+                    lr_tensor = lr if isinstance(lr, torch.Tensor) else None
+                    if lr_tensor is not None and lr_tensor.device != device and lr_tensor.device.type != "cpu":
+                        lr_tensor = lr_tensor.to(device)
+                    calls.append(self._step_call(group, ps, grads, states, lr_tensor, _on(grad_scale, device),
+                                                 _on(found_inf, device)))
+            if torch.compiler.is_compiling():
+                run = self._op  # traceable; each launch validates its own arguments
+            else:
+                run = self._eager_op
+                if len(calls) == 1:
+                    run(*calls.pop())  # validates everything before its first write
+                for args in calls:
+                    self._check_op(*args)
+        except Exception:
+            for p in fresh:
+                self.state.pop(p, None)
+            raise
+        for args in calls:
+            run(*args)
         return loss
 
-    def _masters(self, params):
-        masters = [self.state.get(p, {}).get("master_param") for p in params]
-        if all(m is None for m in masters):
-            return []
-        if any(m is None for m in masters):  # e.g. a group switched master_weights on after a load
-            raise RuntimeError("torchext.optim.%s: master_param missing for some params" % self._name)
-        return masters
+    def _prepare_state(self, group, dtype, params, fresh):
+        """The state dicts of params of one dtype in one group, creating what is missing (and the
+        fp32 masters). When master weights are switched on or off for a param, its buffers move
+        to the dtype the group now keeps them in."""
+        master = bool(group["master_weights"]) and dtype in _HALF
+        want = torch.float32 if master else dtype
+        state_of = self.state
+        init = self._init_state
+        states = []
+        for p in params:
+            state = state_of.get(p)
+            if state is None:
+                fresh.append(p)
+                state = state_of[p] = {}
+            init(p, state, group, want)
+            if master:
+                if "master_param" not in state:
+                    state["master_param"] = p.detach().to(torch.float32, copy=True)
+                    self._convert_buffers(state, want)
+            elif "master_param" in state:  # switched off: the param carries on alone
+                del state["master_param"]
+                self._convert_buffers(state, want)
+            if not state:  # like torch, a param needing no state gets no entry
+                del state_of[p]
+            states.append(state)
+        return states
+
+    def _convert_buffers(self, state, dtype):
+        for key in self._buffer_keys:
+            t = state.get(key)
+            if isinstance(t, torch.Tensor) and t.dtype != dtype:
+                state[key] = t.to(dtype)
 
     @staticmethod
-    def _grads(params):
-        # The kernels walk grads in the param's memory order; a grad laid out differently is copied.
-        out = []
-        for p in params:
-            g = p.grad
-            if g.stride() != p.stride() and p.numel() > 1:
-                g = torch.empty_like(p).copy_(g)
-            out.append(g)
-        return out
+    def _masters(group, params, states):
+        """The fp32 masters of params (one dtype) if their group keeps master weights, else []."""
+        if not (group["master_weights"] and params[0].dtype in _HALF):
+            return []
+        return [s["master_param"] for s in states]
 
     def __repr__(self):
         # torch's printout, without our one extra group key while it is at its default.
@@ -226,15 +219,12 @@ class FusedOptimizer(Optimizer):
             for k, v in saved.items():
                 if k == "master_param" or self._state_dtype(p, groups[p]) == torch.float32:
                     state[k] = v.to(device=p.device, dtype=torch.float32, copy=True)
+        for p in id_map.values():
+            if p in self.state:
+                self._after_load(p, self.state[p])
 
-
-def _dense(t):
-    return t.is_contiguous() or _ops_dense(t)
-
-
-def _ops_dense(t):
-    from .._ops._util import is_non_overlapping_and_dense
-    return is_non_overlapping_and_dense(t)
+    def _after_load(self, p, state):
+        pass
 
 
 def _on(t, device):

@@ -1,6 +1,7 @@
 """Adam and AdamW, one fused kernel launch per device and dtype."""
 import torch
 
+from .. import _C
 from ._base import FusedOptimizer
 
 _ops = torch.ops.torchext
@@ -21,6 +22,9 @@ class Adam(FusedOptimizer):
     """
 
     _name = "Adam"
+    _op = _ops.adam_step_
+    _eager_op = staticmethod(_C.adam_step_eager)
+    _check_op = staticmethod(_C.check_adam_step_args)
     _buffer_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
@@ -64,46 +68,40 @@ class Adam(FusedOptimizer):
             group.setdefault("decoupled_weight_decay", False)
             group.setdefault("fused", None)
 
-    def _init_state(self, p, state, group):
-        if len(state) == 0 or "step" not in state:
+    def _init_state(self, p, state, group, buffer_dtype):
+        if "step" not in state:
             state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-            state["exp_avg"] = torch.zeros_like(p, dtype=self._state_dtype(p, group),
-                                                memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, dtype=self._state_dtype(p, group),
-                                                   memory_format=torch.preserve_format)
-        step = state["step"]
+            state["exp_avg"] = torch.zeros_like(p, dtype=buffer_dtype, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=buffer_dtype, memory_format=torch.preserve_format)
+        if group["amsgrad"] and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = torch.zeros_like(p, dtype=buffer_dtype, memory_format=torch.preserve_format)
+
+    def _after_load(self, p, state):
+        # The kernels keep `step` as a 0-dim float32 tensor on the param's device; a torch
+        # (non-capturable) state_dict keeps CUDA params' steps on the CPU, older ones as numbers.
+        step = state.get("step")
+        if step is None:
+            return
         if not isinstance(step, torch.Tensor):
             state["step"] = torch.tensor(float(step), dtype=torch.float32, device=p.device)
         elif step.device != p.device or step.dtype != torch.float32 or step.dim() != 0:
-            # e.g. a torch (non-capturable) state_dict keeps CUDA params' steps on the CPU
             state["step"] = step.to(device=p.device, dtype=torch.float32).reshape(())
-        if group["amsgrad"] and "max_exp_avg_sq" not in state:
-            state["max_exp_avg_sq"] = torch.zeros_like(p, dtype=self._state_dtype(p, group),
-                                                       memory_format=torch.preserve_format)
-
-    def _state_tensors(self, p, state, group):
-        out = {"exp_avg": state["exp_avg"], "exp_avg_sq": state["exp_avg_sq"]}
-        if group["amsgrad"]:
-            out["max_exp_avg_sq"] = state["max_exp_avg_sq"]
-        if "master_param" in state:
-            out["master_param"] = state["master_param"]
-        return out
 
     def _export_entry(self, entry, group):
         step = entry.get("step")
         if isinstance(step, torch.Tensor) and step.device.type != "cpu" and not group.get("capturable", False):
             entry["step"] = step.to("cpu")
 
-    def _launch(self, group, params, lr_tensor, grad_scale, found_inf):
-        st = [self.state[p] for p in params]
+    def _step_call(self, group, params, grads, states, lr_tensor, grad_scale, found_inf):
         beta1, beta2 = group["betas"]
         amsgrad = bool(group["amsgrad"])
-        _ops.adam_step_(params, self._grads(params), [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
-                        [s["max_exp_avg_sq"] for s in st] if amsgrad else [], [s["step"] for s in st],
-                        self._masters(params), 0.0 if lr_tensor is not None else float(group["lr"]),
-                        float(_to_scalar(beta1)), float(_to_scalar(beta2)), float(group["eps"]),
-                        float(_to_scalar(group["weight_decay"])), amsgrad, bool(group["maximize"]),
-                        bool(group["decoupled_weight_decay"]), lr_tensor, grad_scale, found_inf)
+        args = (params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                [s["max_exp_avg_sq"] for s in states] if amsgrad else [], [s["step"] for s in states],
+                self._masters(group, params, states), 0.0 if lr_tensor is not None else float(group["lr"]),
+                float(_to_scalar(beta1)), float(_to_scalar(beta2)), float(group["eps"]),
+                float(_to_scalar(group["weight_decay"])), amsgrad, bool(group["maximize"]),
+                bool(group["decoupled_weight_decay"]), lr_tensor, grad_scale, found_inf)
+        return args
 
 
 class AdamW(Adam):

@@ -1,6 +1,7 @@
 """SGD with momentum / Nesterov / weight decay, one fused kernel launch per device and dtype."""
 import torch
 
+from .. import _C
 from ._base import FusedOptimizer
 
 _ops = torch.ops.torchext
@@ -17,6 +18,9 @@ class SGD(FusedOptimizer):
     """
 
     _name = "SGD"
+    _op = _ops.sgd_step_
+    _eager_op = staticmethod(_C.sgd_step_eager)
+    _check_op = staticmethod(_C.check_sgd_step_args)
     _buffer_keys = ("momentum_buffer",)
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
@@ -46,36 +50,28 @@ class SGD(FusedOptimizer):
             group.setdefault("differentiable", False)
             group.setdefault("fused", False)
 
-    def _init_state(self, p, state, group):
+    def _init_state(self, p, state, group, buffer_dtype):
         if group["momentum"] == 0:
             return
         if state.get("momentum_buffer") is None:
             # Zero-filled with a count of 0 rather than a clone of the grad, so that a step skipped
             # by GradScaler (decided on the device) leaves the next step still the first one.
-            state["momentum_buffer"] = torch.zeros_like(p, dtype=self._state_dtype(p, group),
-                                                        memory_format=torch.preserve_format)
+            state["momentum_buffer"] = torch.zeros_like(p, dtype=buffer_dtype, memory_format=torch.preserve_format)
             state["momentum_count"] = torch.zeros((), dtype=torch.float32, device=p.device)
         elif "momentum_count" not in state:  # a buffer loaded from a state_dict carries history
             state["momentum_count"] = torch.ones((), dtype=torch.float32, device=p.device)
-
-    def _state_tensors(self, p, state, group):
-        out = {}
-        if group["momentum"] != 0:
-            out["momentum_buffer"] = state["momentum_buffer"]
-        if "master_param" in state:
-            out["master_param"] = state["master_param"]
-        return out
 
     def _export_entry(self, entry, group):
         count = entry.get("momentum_count")
         if count is not None and float(count) == 0.0:
             entry.pop("momentum_buffer", None)  # never stepped: torch would have no buffer either
 
-    def _launch(self, group, params, lr_tensor, grad_scale, found_inf):
+    def _step_call(self, group, params, grads, states, lr_tensor, grad_scale, found_inf):
         use_momentum = group["momentum"] != 0
-        bufs = [self.state[p]["momentum_buffer"] for p in params] if use_momentum else []
-        counts = [self.state[p]["momentum_count"] for p in params] if use_momentum else []
-        _ops.sgd_step_(params, self._grads(params), bufs, counts, self._masters(params),
-                       0.0 if lr_tensor is not None else float(group["lr"]), float(group["momentum"]),
-                       float(group["dampening"]), float(group["weight_decay"]), bool(group["nesterov"]),
-                       bool(group["maximize"]), lr_tensor, grad_scale, found_inf)
+        bufs = [s["momentum_buffer"] for s in states] if use_momentum else []
+        counts = [s["momentum_count"] for s in states] if use_momentum else []
+        args = (params, grads, bufs, counts, self._masters(group, params, states),
+                0.0 if lr_tensor is not None else float(group["lr"]), float(group["momentum"]),
+                float(group["dampening"]), float(group["weight_decay"]), bool(group["nesterov"]),
+                bool(group["maximize"]), lr_tensor, grad_scale, found_inf)
+        return args
