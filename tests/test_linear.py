@@ -34,6 +34,18 @@ def _inputs(M, K, N, dtype, device, bias=True):
     return x, w, b
 
 
+def _kink_free(draw, relu):
+    """draw() -> (x, w, b) for gradcheck, redrawn until every pre-activation of the ReLU epilogue is
+    at least 1e-3 from the kink at 0: there the derivative is undefined, and gradcheck's finite
+    differences (inputs moved by 1e-6, so pre-activations by up to ~4e-6) would straddle it."""
+    for _ in range(100):
+        x, w, b = draw()
+        z = torch.nn.functional.linear(x, w, b)
+        if not relu or z.numel() == 0 or z.abs().min() > 1e-3:
+            return x, w, b
+    raise AssertionError("no kink-free draw in 100 tries")
+
+
 def _torch_fn(relu):
     if relu:
         return lambda x, w, b: torch.relu(torch.nn.functional.linear(x, w, b))
@@ -98,7 +110,7 @@ def test_non_contiguous_input_and_weight(relu, view, dtype, device):
 @pytest.mark.parametrize("relu", [False, True], ids=["linear", "linear_relu"])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (7, 33, 1), (33, 7, 7), (1, 33, 33)], ids=lambda s: "x".join(map(str, s)))
 def test_gradcheck_and_gradgradcheck(shape, relu, bias, device):
-    x, w, b = _inputs(*shape, torch.float64, device, bias=bias)
+    x, w, b = _kink_free(lambda: _inputs(*shape, torch.float64, device, bias=bias), relu)
     args = tuple(t.requires_grad_() for t in (x, w, b) if t is not None)
     fn = _ours_fn(relu)
 
@@ -112,7 +124,7 @@ def test_gradcheck_and_gradgradcheck(shape, relu, bias, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("relu", [False, True], ids=["linear", "linear_relu"])
 def test_gradcheck_non_contiguous(relu, device):
-    x, w, b = _inputs(9, 7, 5, torch.float64, device)
+    x, w, b = _kink_free(lambda: _inputs(9, 7, 5, torch.float64, device), relu)
     xt = x.t().contiguous().t().requires_grad_()
     wt = w.t().contiguous().t().requires_grad_()
     assert torch.autograd.gradcheck(_ours_fn(relu), (xt, wt, b.requires_grad_()))
@@ -143,9 +155,11 @@ def test_any_rank_input(relu, lead, device):
 def test_one_dimensional_weight(relu, lead, bias, device):
     # torch takes a 1-D weight [in] as one output feature and drops that dim: [..., in] -> [...];
     # a bias is allowed only with a 1-D input.
-    x = torch.randn(*lead, 33, dtype=torch.float64, device=device, requires_grad=True)
-    w = torch.randn(33, dtype=torch.float64, device=device, requires_grad=True)
-    b = torch.randn((), dtype=torch.float64, device=device, requires_grad=True) if bias else None
+    x, w, b = _kink_free(lambda: (torch.randn(*lead, 33, dtype=torch.float64, device=device),
+                                  torch.randn(33, dtype=torch.float64, device=device),
+                                  torch.randn((), dtype=torch.float64, device=device) if bias else None), relu)
+    x, w = x.requires_grad_(), w.requires_grad_()
+    b = b.requires_grad_() if bias else None
     y = _ours_fn(relu)(x, w, b)
     y_ref = _torch_fn(relu)(x, w, b)
     assert y.shape == y_ref.shape == lead
