@@ -72,7 +72,7 @@ TORCHEXT_INLINE void adam_loop(T* __restrict__ p, const T* __restrict__ g, S* __
                                S* __restrict__ vmax, float* __restrict__ master, int64_t n,
                                const AdamConsts<math_t<T>>& c) {
   using M = math_t<T>;
-  constexpr bool kMaster = cpu::kHasMaster<T, S>;
+  constexpr bool kMaster = kHasMaster<T, S>;
   for (int64_t j = 0; j < n; ++j) {
     M mv = cpu::load(m, j), vv = cpu::load(v, j), vmaxv = kAmsgrad ? cpu::load(vmax, j) : M(0);
     const M pv = adam_math<kAmsgrad>(kMaster ? static_cast<M>(master[j]) : cpu::load(p, j), cpu::load(g, j), mv,
@@ -101,7 +101,7 @@ TORCHEXT_CPU_DISPATCH(adam_kernel, adam_impl)
 template <typename S, bool kAmsgrad>
 TORCHEXT_TARGET_AVX2 void adam_loop_f16c(c10::Half* p, const c10::Half* g, S* m, S* v, S* vmax, float* master,
                                          int64_t n, const AdamConsts<float>& c) {
-  constexpr bool kMaster = cpu::kHasMaster<c10::Half, S>;
+  constexpr bool kMaster = kHasMaster<c10::Half, S>;
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
     __m256 mv = cpu::load8(m + j), vv = cpu::load8(v + j);
@@ -145,10 +145,10 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   if (params.empty()) return;
   check_adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, master_params, amsgrad,
                   grad_scale, found_inf, lr_tensor);
-  std::vector<at::Tensor> grad_copies;
-  grads = grads_in_param_layout(params, grads, grad_copies);
   if (lr_tensor.has_value()) lr = lr_tensor->item<double>();
   if (found_inf.has_value() && found_inf->item<float>() != 0.f) return;  // skipped step: touch nothing
+  std::vector<at::Tensor> grad_copies;
+  grads = grads_in_param_layout(params, grads, grad_copies);
   const double inv_scale = grad_scale.has_value() ? 1.0 / static_cast<double>(grad_scale->item<float>()) : 1.0;
 
   std::vector<int64_t> numels;
@@ -173,7 +173,7 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
       c.grad_factor = maximize ? -M(inv_scale) : M(inv_scale);
     }
     // S: the moments' storage type (float32 beside master weights, else the param dtype).
-    auto run = [&](auto moment_type) {
+    with_buffer_type<scalar_t>(!master_params.empty(), [&](auto moment_type) {
       using S = decltype(moment_type);
       cpu::parallel_over_tensors(numels, kGrain, [&](size_t t, int64_t begin, int64_t end) {
         scalar_t* p = params[t].mutable_data_ptr<scalar_t>() + begin;
@@ -184,11 +184,7 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
         float* master = master_params.empty() ? nullptr : master_params[t].mutable_data_ptr<float>() + begin;
         run_adam(p, g, m, v, vmax, master, end - begin, consts[t]);
       });
-    };
-    if constexpr (sizeof(scalar_t) == 2) {
-      if (!master_params.empty()) return run(float());  // the checks allow master weights for half types only
-    }
-    run(scalar_t());
+    });
   });
   cpu::bump_counters(state_steps);
 }

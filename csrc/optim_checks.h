@@ -1,5 +1,6 @@
-// Argument checks shared by the CPU and CUDA optimizer steps. Every one runs before the first
-// write, so a step that fails leaves all params and state untouched.
+// Argument checks shared by the CPU and CUDA optimizer steps, and the helpers that follow from them.
+// Every check runs before the first write, so a step that fails leaves all params and state
+// untouched.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -7,6 +8,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
@@ -65,6 +67,21 @@ inline void check_optimizer_lists(const char* op, const at::TensorList& params, 
                   s.device());
     }
   }
+}
+
+// The storage type S of an optimizer's buffers (moments, momentum buffer) for params of type T is
+// float beside fp32 master weights (which the checks allow for half types only), else T; a kernel
+// instantiated with S != T updates the master weights.
+template <typename T, typename S>
+constexpr bool kHasMaster = !std::is_same<S, T>::value;
+
+// Calls f(S()) with that buffer type S.
+template <typename T, typename F>
+void with_buffer_type(bool has_master, const F& f) {
+  if constexpr (sizeof(T) == 2) {
+    if (has_master) return f(float());
+  }
+  f(T());
 }
 
 // The kernels walk a grad in its param's memory order: grads laid out differently (strides) are

@@ -53,7 +53,7 @@ template <typename T, typename S, bool kMomentum>
 TORCHEXT_INLINE void sgd_loop(T* __restrict__ p, const T* __restrict__ g, S* __restrict__ buf,
                               float* __restrict__ master, int64_t n, const SgdConsts<math_t<T>>& c) {
   using M = math_t<T>;
-  constexpr bool kMaster = cpu::kHasMaster<T, S>;
+  constexpr bool kMaster = kHasMaster<T, S>;
   for (int64_t i = 0; i < n; ++i) {
     M b = kMomentum ? cpu::load(buf, i) : M(0);
     const M out = sgd_math<kMomentum>(kMaster ? static_cast<M>(master[i]) : cpu::load(p, i), cpu::load(g, i), b, c);
@@ -77,7 +77,7 @@ TORCHEXT_CPU_DISPATCH(sgd_kernel, sgd_impl)
 template <typename S, bool kMomentum>
 TORCHEXT_TARGET_AVX2 void sgd_loop_f16c(c10::Half* p, const c10::Half* g, S* buf, float* master, int64_t n,
                                         const SgdConsts<float>& c) {
-  constexpr bool kMaster = cpu::kHasMaster<c10::Half, S>;
+  constexpr bool kMaster = kHasMaster<c10::Half, S>;
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     __m256 b = kMomentum ? cpu::load8(buf + i) : _mm256_setzero_ps();
@@ -118,10 +118,10 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
   const bool use_momentum = momentum != 0.0;
   check_sgd_step(params, grads, momentum_buffers, momentum_counts, master_params, use_momentum, grad_scale,
                  found_inf, lr_tensor);
-  std::vector<at::Tensor> grad_copies;
-  grads = grads_in_param_layout(params, grads, grad_copies);
   if (lr_tensor.has_value()) lr = lr_tensor->item<double>();
   if (found_inf.has_value() && found_inf->item<float>() != 0.f) return;  // skipped step: touch nothing
+  std::vector<at::Tensor> grad_copies;
+  grads = grads_in_param_layout(params, grads, grad_copies);
   const double inv_scale = grad_scale.has_value() ? 1.0 / static_cast<double>(grad_scale->item<float>()) : 1.0;
 
   std::vector<int64_t> numels;
@@ -142,7 +142,7 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
       c.nesterov = nesterov;
     }
     // S: the momentum buffer's storage type (float32 beside master weights, else the param dtype).
-    auto run = [&](auto buffer_type) {
+    with_buffer_type<scalar_t>(!master_params.empty(), [&](auto buffer_type) {
       using S = decltype(buffer_type);
       cpu::parallel_over_tensors(numels, kGrain, [&](size_t t, int64_t begin, int64_t end) {
         scalar_t* p = params[t].mutable_data_ptr<scalar_t>() + begin;
@@ -151,11 +151,7 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
         float* master = master_params.empty() ? nullptr : master_params[t].mutable_data_ptr<float>() + begin;
         run_sgd(p, g, buf, master, end - begin, consts[t]);
       });
-    };
-    if constexpr (sizeof(scalar_t) == 2) {
-      if (!master_params.empty()) return run(float());  // the checks allow master weights for half types only
-    }
-    run(scalar_t());
+    });
   });
   cpu::bump_counters(momentum_counts);
 }

@@ -6,18 +6,12 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <type_traits>
 #include <vector>
 
 #include "optim_checks.h"
 
 namespace torchext {
 namespace cpu {
-
-// An optimizer kernel's buffer type S (moments, momentum buffer) differs from its param type T
-// exactly when fp32 master weights are present: T is then a half type and S is float.
-template <typename T, typename S>
-constexpr bool kHasMaster = !std::is_same<S, T>::value;
 
 // Step counters are one-element float32 tensors on the CPU (check_counters): read and bumped through
 // their data pointers, since item() and add_() cost a dispatcher round trip each, per tensor.

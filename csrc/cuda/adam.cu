@@ -9,8 +9,6 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <type_traits>
-
 #include "cuda/multi_tensor_apply.cuh"
 #include "optim_checks.h"
 
@@ -56,7 +54,7 @@ struct AdamOp {
 
   __device__ void operator()(const TensorMeta<6>& t, int64_t start, int64_t n) const {
     using M = math_t<T>;
-    constexpr bool kMaster = !std::is_same<S, T>::value;
+    constexpr bool kMaster = kHasMaster<T, S>;
     if (a.found_inf != nullptr && *a.found_inf != 0.f) return;
     const double lr = a.lr_ptr != nullptr ? *a.lr_ptr : a.lr;
     // The counter is float32 like torch's and is bumped after this kernel; its incremented value
@@ -163,12 +161,9 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
                 maximize,
                 decoupled_weight_decay};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "torchext::adam_step_cuda", [&] {
-    if constexpr (sizeof(scalar_t) == 2) {
-      if (!master_params.empty()) {  // the checks allow master weights for half types only
-        return multi_tensor_apply<6>(std::move(metas), args.found_inf, device, AdamOp<scalar_t, float>{args});
-      }
-    }
-    multi_tensor_apply<6>(std::move(metas), args.found_inf, device, AdamOp<scalar_t, scalar_t>{args});
+    with_buffer_type<scalar_t>(!master_params.empty(), [&](auto buffer_type) {
+      multi_tensor_apply<6>(std::move(metas), args.found_inf, device, AdamOp<scalar_t, decltype(buffer_type)>{args});
+    });
   });
 }
 

@@ -8,8 +8,6 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <type_traits>
-
 #include "cuda/multi_tensor_apply.cuh"
 #include "optim_checks.h"
 
@@ -50,7 +48,7 @@ struct SgdOp {
 
   __device__ void operator()(const TensorMeta<4>& t, int64_t start, int64_t n) const {
     using M = math_t<T>;
-    constexpr bool kMaster = !std::is_same<S, T>::value;
+    constexpr bool kMaster = kHasMaster<T, S>;
     if (a.found_inf != nullptr && *a.found_inf != 0.f) return;
     const double inv_scale = a.grad_scale != nullptr ? 1.0 / static_cast<double>(*a.grad_scale) : 1.0;
     const bool first = a.use_momentum && *t.counter == 0.f;  // counter is bumped after this kernel
@@ -139,12 +137,9 @@ void sgd_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList m
                maximize,
                use_momentum};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "torchext::sgd_step_cuda", [&] {
-    if constexpr (sizeof(scalar_t) == 2) {
-      if (!master_params.empty()) {  // the checks allow master weights for half types only
-        return multi_tensor_apply<4>(std::move(metas), args.found_inf, device, SgdOp<scalar_t, float>{args});
-      }
-    }
-    multi_tensor_apply<4>(std::move(metas), args.found_inf, device, SgdOp<scalar_t, scalar_t>{args});
+    with_buffer_type<scalar_t>(!master_params.empty(), [&](auto buffer_type) {
+      multi_tensor_apply<4>(std::move(metas), args.found_inf, device, SgdOp<scalar_t, decltype(buffer_type)>{args});
+    });
   });
 }
 
