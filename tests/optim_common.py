@@ -31,12 +31,16 @@ def reference_dtype(dtype):
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+# The per-param buffers of torch's (and torchext's) SGD / Adam state.
+BUFFER_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
+
+
 def round_moments(opt, dtype):
     """Rounds a float32 reference optimizer's moments to dtype after a step, as torchext stores
     them in the param dtype (without master weights). Not a small effect a tolerance could absorb: a float16 second moment
     can underflow, and later updates of that element then differ by tens of percent."""
     for state in opt.state.values():
-        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer"):
+        for key in BUFFER_KEYS:
             if key in state:
                 state[key].copy_(state[key].to(dtype).float())
 

@@ -7,7 +7,7 @@ import torch
 
 import torchext
 from conftest import DEVICES
-from optim_common import (assert_bitwise_equal, assert_params_close, clone_params, make_params,
+from optim_common import (BUFFER_KEYS, assert_bitwise_equal, assert_params_close, clone_params, make_params,
                           set_grads, snapshot, spoil_grad)
 
 CASES = [
@@ -188,7 +188,7 @@ def test_master_weights_follow_float32_math(grad_scale, case, dtype, device):
         assert torch.equal(p.detach(), master.to(dtype))  # the param is the master's rounding
         # Left: float32 rounding of a differently ordered formula (a few ulps after 5 steps).
         torch.testing.assert_close(master[~bad], q.detach()[~bad], atol=2e-6, rtol=2e-5)
-        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer"):
+        for key in BUFFER_KEYS:
             if key in state_ref:
                 assert state[key].dtype == torch.float32, key
                 atol = 2e-6 * grad_scale ** (2 if key.endswith("_sq") else 1)
@@ -213,7 +213,7 @@ def test_master_weights_take_over_a_torch_half_state(case, device):
     opt = getattr(torchext.optim, name)(ours, master_weights=True, **kw)
     opt.load_state_dict(copy.deepcopy(opt_src.state_dict()))
     for p, q in zip(ours, src):
-        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer"):
+        for key in BUFFER_KEYS:
             if key in opt_src.state.get(q, {}):
                 assert opt.state[p][key].dtype == torch.float32, key
                 assert torch.equal(opt.state[p][key], opt_src.state[q][key].float()), key
@@ -328,8 +328,7 @@ def test_switching_master_weights_converts_the_state(case):
     opt = getattr(torchext.optim, name)(ours, **kw)
     set_grads(ours)
     opt.step()
-    keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
-    half_state = {p: {k: v.clone() for k, v in opt.state[p].items() if k in keys} for p in opt.state}
+    half_state = {p: {k: v.clone() for k, v in opt.state[p].items() if k in BUFFER_KEYS} for p in opt.state}
     params_before = [p.detach().clone() for p in ours]
     opt.param_groups[0]["master_weights"] = True
     set_grads(ours)

@@ -167,8 +167,13 @@ def _apply(fn, name, input, weight, bias):
     if weight.dim() == 1:
         # A 1-D weight [in] is one output feature whose dim is dropped from the result, as in torch:
         # [..., in] -> [...]. Its bias (1-D input only) is a single value.
-        out = _apply(fn, name, input, weight.unsqueeze(0), None if bias is None else bias.reshape(1))
+        out = _apply_checked(fn, input, weight.unsqueeze(0), None if bias is None else bias.reshape(1))
         return out.squeeze(-1)
+    return _apply_checked(fn, input, weight, bias)
+
+
+def _apply_checked(fn, input, weight, bias):
+    """fn on checked, autocast inputs with a 2-D weight; input [..., in] -> [..., out]."""
     if input.dim() == 2:  # the common case, without the reshapes (they cost microseconds)
         return fn.apply(input, weight, bias)
     # Any leading dims are flattened into the batch ([..., in] -> [B, in]) and restored after;

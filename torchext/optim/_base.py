@@ -42,11 +42,11 @@ class FusedOptimizer(Optimizer):
 
     # ---------------------------------------------------------------- step
     @staticmethod
-    def _state_dtype(p, group):
-        """The dtype of p's buffers (moments, momentum buffer): float32 beside master weights, where
-        a float16 second moment would underflow for gradients below about 5e-3; else p's dtype,
-        as torch keeps them."""
-        return torch.float32 if group["master_weights"] and p.dtype in _HALF else p.dtype
+    def _keeps_master(group, dtype):
+        """Whether params of `dtype` in `group` have fp32 master weights. Their buffers (moments,
+        momentum buffer) are then float32 too, since a float16 second moment would underflow for
+        gradients below about 5e-3; otherwise buffers have the param's dtype, as torch keeps them."""
+        return bool(group["master_weights"]) and dtype in _HALF
 
     @torch.no_grad()
     def step(self, closure=None, *, grad_scale=None, found_inf=None):
@@ -111,7 +111,7 @@ class FusedOptimizer(Optimizer):
         """The state dicts of params of one dtype in one group, creating what is missing (and the
         fp32 masters). When master weights are switched on or off for a param, its buffers move
         to the dtype the group now keeps them in."""
-        master = bool(group["master_weights"]) and dtype in _HALF
+        master = self._keeps_master(group, dtype)
         want = torch.float32 if master else dtype
         state_of = self.state
         init = self._init_state
@@ -140,10 +140,9 @@ class FusedOptimizer(Optimizer):
             if isinstance(t, torch.Tensor) and t.dtype != dtype:
                 state[key] = t.to(dtype)
 
-    @staticmethod
-    def _masters(group, params, states):
+    def _masters(self, group, params, states):
         """The fp32 masters of params (one dtype) if their group keeps master weights, else []."""
-        if not (group["master_weights"] and params[0].dtype in _HALF):
+        if not self._keeps_master(group, params[0].dtype):
             return []
         return [s["master_param"] for s in states]
 
@@ -217,7 +216,7 @@ class FusedOptimizer(Optimizer):
             p = id_map[idx]
             state = self.state[p]
             for k, v in saved.items():
-                if k == "master_param" or self._state_dtype(p, groups[p]) == torch.float32:
+                if k == "master_param" or self._keeps_master(groups[p], p.dtype):
                     state[k] = v.to(device=p.device, dtype=torch.float32, copy=True)
         for p in id_map.values():
             if p in self.state:
