@@ -28,10 +28,16 @@ if valid_env; then
 else
   echo "== creating environment $VENV"
   rm -rf "$VENV"
+  # torch's CUDA build and its nvidia packages take about 6 GB installed; pip's wheel cache would
+  # double that, so it is switched off below. Say so plainly when the disk is short.
+  free_kb=$(df -Pk "$(dirname "$VENV")" | awk 'NR==2 {print $4}')
+  if [ -n "$free_kb" ] && [ "$free_kb" -lt $((7 * 1024 * 1024)) ]; then
+    echo "warning: $((free_kb / 1024)) MiB free under $(dirname "$VENV"); the environment needs about 6 GiB" >&2
+  fi
   "$PY" -m venv "$VENV"
   # (pip's notes about index locations are noise here; real errors still fail the install)
-  "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | { grep -v "^WARNING: Location" || true; }
-  "$VENV/bin/python" -m pip install -q "$TORCH_PIN" numpy pytest hypothesis ninja setuptools wheel 2>&1 \
+  "$VENV/bin/python" -m pip install -q --no-cache-dir --upgrade pip 2>&1 | { grep -v "^WARNING: Location" || true; }
+  "$VENV/bin/python" -m pip install -q --no-cache-dir "$TORCH_PIN" numpy pytest hypothesis ninja setuptools wheel 2>&1 \
     | { grep -v "^WARNING: Location" || true; }
   valid_env || { echo "environment $VENV failed validation after install" >&2; exit 1; }
 fi
