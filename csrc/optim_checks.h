@@ -8,7 +8,9 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
+#include <algorithm>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "checks.h"
@@ -24,6 +26,25 @@ inline void check_amp_scalar(const char* op, const char* name, const c10::option
               " elements");
   TORCH_CHECK(t->device() == device, "torchext.", op, ": expected '", name, "' on ", device, ", but got ",
               t->device());
+}
+
+// One launch updates its params concurrently (threads or blocks per chunk): a param listed twice
+// would be read and written by two workers at once. Non-empty params must start at distinct
+// addresses (sorting the pointers: a few microseconds for thousands of params).
+inline void check_distinct_params(const char* op, const at::TensorList& params) {
+  if (params.size() < 2) return;
+  std::vector<std::pair<const void*, size_t>> starts;
+  starts.reserve(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (params[i].numel() > 0) starts.emplace_back(params[i].const_data_ptr(), i);
+  }
+  std::sort(starts.begin(), starts.end());
+  for (size_t k = 1; k < starts.size(); ++k) {
+    TORCH_CHECK(starts[k].first != starts[k - 1].first, "torchext.", op, ": params[",
+                std::min(starts[k].second, starts[k - 1].second), "] and params[",
+                std::max(starts[k].second, starts[k - 1].second),
+                "] are the same tensor (or views starting at the same address); each param may appear once");
+  }
 }
 
 // The checks every optimizer step makes before touching memory: if any fails, nothing was written.
@@ -42,6 +63,7 @@ inline void check_optimizer_lists(const char* op, const at::TensorList& params, 
     TORCH_CHECK(l.tensors->empty() || l.tensors->size() == params.size(), "torchext.", op, ": expected '", l.name,
                 "' to be empty or hold one tensor per param (", params.size(), "), but got ", l.tensors->size());
   }
+  check_distinct_params(op, params);
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& p = params[i];
     check_floating(op, "params", p);

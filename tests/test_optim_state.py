@@ -319,6 +319,63 @@ def test_ops_refuse_half_buffers_beside_master_weights(device):
     assert all(float(c) == 0 for c in counters)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_ops_refuse_a_param_listed_twice(device):
+    # Two workers of one launch would update the same memory at once: refused by name, nothing written.
+    a, b = (p.detach() for p in make_params(torch.float32, device, [(5, 3), (9,)]))
+    ps = [a, b, a]
+    grads = [torch.randn_like(p) for p in ps]
+    zeros = lambda: [torch.zeros_like(p) for p in ps]  # noqa: E731
+    counters = [torch.zeros((), device=device) for _ in ps]
+    before = [a.clone(), b.clone()]
+    with pytest.raises(RuntimeError, match=r"params\[0\] and params\[2\] are the same tensor"):
+        torch.ops.torchext.adam_step_(ps, grads, zeros(), zeros(), [], counters, [], 1e-3, 0.9, 0.999, 1e-8,
+                                      0.0, False, False, False, None, None, None)
+    with pytest.raises(RuntimeError, match=r"params\[0\] and params\[2\] are the same tensor"):
+        torch.ops.torchext.sgd_step_(ps, grads, zeros(), counters, [], 1e-2, 0.9, 0.0, 0.0, False, False,
+                                     None, None, None)
+    assert torch.equal(a, before[0]) and torch.equal(b, before[1])
+    assert all(float(c) == 0 for c in counters)
+    # Empty params have no memory to share: listing them twice is fine.
+    e = torch.empty(0, device=device)
+    torch.ops.torchext.sgd_step_([e, e], [e, e], [], [], [], 1e-2, 0.0, 0.0, 0.0, False, False, None, None, None)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_op_counters_bumped_once_per_param(device):
+    # A counter tensor shared by two params gets two increments (CUDA bumps atomically), and SGD's
+    # counters are bumped whenever they are passed, momentum or not, on every device alike.
+    ps = [p.detach() for p in make_params(torch.float32, device, [(4,), (6,)])]
+    grads = [torch.randn_like(p) for p in ps]
+    shared = torch.zeros((), device=device)
+    torch.ops.torchext.adam_step_(ps, grads, [torch.zeros_like(p) for p in ps], [torch.zeros_like(p) for p in ps],
+                                  [], [shared, shared], [], 1e-3, 0.9, 0.999, 1e-8, 0.0, False, False, False,
+                                  None, None, None)
+    assert float(shared) == 2.0
+    counts = [torch.full((), 3.0, device=device) for _ in ps]
+    torch.ops.torchext.sgd_step_(ps, grads, [], counts, [], 1e-2, 0.0, 0.0, 0.0, False, False, None, None, None)
+    assert [float(c) for c in counts] == [4.0, 4.0]
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_param_listed_twice_is_updated_once(name):
+    # torch warns about duplicates (its for-loop then updates the param twice, its fused kernels race);
+    # ours keeps the param once in its group and updates it once per step.
+    x = torch.randn(7, requires_grad=True)
+    y = x.detach().clone().requires_grad_()
+    kw = {"lr": 0.1, "momentum": 0.9} if name == "SGD" else {"lr": 0.1}
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        opt = getattr(torchext.optim, name)([x, x], **kw)
+    ref = getattr(torch.optim, name)([y], **kw)
+    assert len(opt.param_groups[0]["params"]) == 1
+    for _ in range(3):
+        g = torch.randn(7)
+        x.grad, y.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+    torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_switching_master_weights_converts_the_state(case):
     # Turning master_weights on for a group mid-training starts masters from the params and moves

@@ -51,6 +51,8 @@ __global__ void __launch_bounds__(kMtaThreads)
 }
 
 // Runs after the update kernel (stream order), so no block can read a counter already bumped.
+// Atomic, so that a counter tensor shared by several params (a direct op call may pass one) gets
+// one increment per param, as the CPU kernels give it.
 template <int N>
 __global__ void bump_counters_kernel(const TensorMeta<N>* __restrict__ tensors, int64_t num_tensors,
                                      const float* __restrict__ found_inf) {
@@ -58,7 +60,7 @@ __global__ void bump_counters_kernel(const TensorMeta<N>* __restrict__ tensors, 
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < num_tensors;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     float* c = tensors[i].counter;
-    if (c != nullptr) *c += 1.f;
+    if (c != nullptr) atomicAdd(c, 1.f);
   }
 }
 

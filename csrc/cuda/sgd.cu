@@ -125,7 +125,7 @@ void sgd_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList m
   const at::Tensor lr_dev = device_lr("sgd_step_", lr_tensor, device, lr);  // alive until the launch is queued
   std::vector<TensorMeta<4>> metas =
       tensor_metas<4>({params, grads, use_momentum ? momentum_buffers : at::TensorList(), master_params},
-                      use_momentum ? momentum_counts : at::TensorList());
+                      momentum_counts);  // bumped whenever given, as on the CPU
   SgdArgs args{lr,
                momentum,
                dampening,

@@ -35,6 +35,17 @@ class FusedOptimizer(Optimizer):
         # GradScaler hands us grad_scale / found_inf instead of unscaling and syncing on the host.
         self._step_supports_amp_scaling = True
 
+    def add_param_group(self, param_group):
+        """torch.optim.Optimizer.add_param_group (same checks, defaults and duplicate warning). A
+        param listed twice in one group is then kept once: torch's for-loop would update it twice
+        per step and its fused kernels would race on it; ours update it once. (A step's kernels
+        refuse a list holding one param twice.)"""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        params = group["params"]
+        if len(set(params)) != len(params):
+            group["params"] = list(dict.fromkeys(params))
+
     def __setstate__(self, state):
         super().__setstate__(state)
         for group in self.param_groups:
