@@ -16,6 +16,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "cuda/linear.cuh"
 #include "linear_checks.h"
 #include "math_type.h"
@@ -68,18 +70,24 @@ __global__ void __launch_bounds__(kThreadsSimt) linear_simt_kernel(LinearProblem
 
 constexpr int kSumCols = 32, kSumLanes = 16;
 
-// Block (32 columns) x (16 row lanes): lane l sums rows l, l + 16, ...; the 16 partials are then
-// added in lane order. With `result`, the gradient is masked by result > 0 (threshold_backward)
-// and the masked values are written out as well.
+// Block (32 columns) x (16 row lanes) over one chunk of rows (blockIdx.y): lane l sums the chunk's
+// rows l, l + 16, ...; the 16 partials are then added in lane order. With one chunk the column sum
+// goes straight to `sums`, else to partials[chunk][col], which finish_column_sums adds in chunk
+// order (no atomics: the result depends only on M and N). With `result`, the gradient is masked by
+// result > 0 (threshold_backward) and the masked values are written out as well.
 template <typename T>
 __global__ void column_sum_kernel(const T* __restrict__ g, const T* __restrict__ r, T* __restrict__ masked,
-                                  T* __restrict__ sums, int64_t M, int64_t N) {
+                                  T* __restrict__ sums, math_t<T>* __restrict__ partials, int64_t M, int64_t N,
+                                  int64_t rows_per_chunk) {
   using Acc = math_t<T>;
   __shared__ Acc part[kSumLanes][kSumCols];
   const int64_t col = static_cast<int64_t>(blockIdx.x) * kSumCols + threadIdx.x;
+  const int64_t chunk_end = (static_cast<int64_t>(blockIdx.y) + 1) * rows_per_chunk;
+  const int64_t row_end = chunk_end < M ? chunk_end : M;
   Acc s = Acc(0);
   if (col < N) {
-    for (int64_t row = threadIdx.y; row < M; row += kSumLanes) {
+    for (int64_t row = static_cast<int64_t>(blockIdx.y) * rows_per_chunk + threadIdx.y; row < row_end;
+         row += kSumLanes) {
       const int64_t at = row * N + col;
       T v = g[at];
       if (r) {
@@ -95,20 +103,58 @@ __global__ void column_sum_kernel(const T* __restrict__ g, const T* __restrict__
     Acc total = Acc(0);
 #pragma unroll
     for (int l = 0; l < kSumLanes; ++l) total += part[l][threadIdx.x];
-    sums[col] = static_cast<T>(total);
+    if (gridDim.y == 1) {
+      sums[col] = static_cast<T>(total);
+    } else {
+      partials[static_cast<int64_t>(blockIdx.y) * N + col] = total;
+    }
   }
+}
+
+template <typename T>
+__global__ void finish_column_sums(const math_t<T>* __restrict__ partials, T* __restrict__ sums, int64_t chunks,
+                                   int64_t N) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= N) return;
+  math_t<T> total = 0;
+  for (int64_t c = 0; c < chunks; ++c) total += partials[c * N + col];
+  sums[col] = static_cast<T>(total);
+}
+
+// Row chunks per column block: enough blocks to fill a large GPU (~1024 in all) when N is small and
+// M large (a bias grad of Linear(..., 1) over a big batch), with at least 256 rows per chunk.
+// Depends on M and N only, so the summation order is the same on every GPU.
+int64_t column_sum_chunks(int64_t M, int64_t N) {
+  const int64_t col_blocks = (N + kSumCols - 1) / kSumCols;
+  const int64_t by_rows = std::max<int64_t>(1, M / 256);
+  const int64_t by_blocks = std::max<int64_t>(1, 1024 / col_blocks);
+  return std::min(by_rows, by_blocks);  // <= 1024, under the grid.y limit
 }
 
 void launch_column_sums(const at::Tensor& g, const at::Tensor* result, at::Tensor* masked, at::Tensor& sums) {
   const int64_t M = g.size(0), N = g.size(1);
   if (N == 0) return;
+  int64_t chunks = column_sum_chunks(M, N);
+  const int64_t rows_per_chunk = std::max<int64_t>(1, (M + chunks - 1) / chunks);
+  chunks = std::max<int64_t>(1, (M + rows_per_chunk - 1) / rows_per_chunk);
   const dim3 block(kSumCols, kSumLanes);
-  const dim3 grid(static_cast<unsigned>((N + kSumCols - 1) / kSumCols));
+  const dim3 grid(static_cast<unsigned>((N + kSumCols - 1) / kSumCols), static_cast<unsigned>(chunks));
+  const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "torchext::linear_grad_cuda", [&] {
-    column_sum_kernel<scalar_t><<<grid, block, 0, at::cuda::getCurrentCUDAStream()>>>(
+    using Acc = math_t<scalar_t>;
+    at::Tensor partials;
+    if (chunks > 1) partials = at::empty({chunks, N}, g.options().dtype(c10::CppTypeToScalarType<Acc>::value));
+    column_sum_kernel<scalar_t><<<grid, block, 0, stream>>>(
         g.const_data_ptr<scalar_t>(), result ? result->const_data_ptr<scalar_t>() : nullptr,
-        masked ? masked->mutable_data_ptr<scalar_t>() : nullptr, sums.mutable_data_ptr<scalar_t>(), M, N);
+        masked ? masked->mutable_data_ptr<scalar_t>() : nullptr, sums.mutable_data_ptr<scalar_t>(),
+        chunks > 1 ? partials.mutable_data_ptr<Acc>() : nullptr, M, N, rows_per_chunk);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (chunks > 1) {
+      constexpr int kThreads = 256;
+      finish_column_sums<scalar_t><<<static_cast<unsigned>((N + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+          partials.const_data_ptr<Acc>(), sums.mutable_data_ptr<scalar_t>(), chunks, N);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   });
 }
 
