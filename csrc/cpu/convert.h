@@ -72,28 +72,9 @@ TORCHEXT_INLINE void store(c10::BFloat16* p, int64_t i, float v) {
 
 // float16 with F16C (every AVX2 / AVX-512 machine): one instruction converts 8 elements, far
 // cheaper than the software path above, but GCC will not vectorise it from scalar code, so
-// kernels call these explicitly: on blocks of L1-resident float buffers, or 8 at a time in
-// registers. Both directions give the same values as the software path (round to nearest even).
+// kernels call these explicitly, 8 elements at a time in registers. Both directions give the same
+// values as the software path (round to nearest even).
 inline bool use_f16c() { return level() != Level::Default; }
-
-TORCHEXT_TARGET_AVX2 inline void half_to_float(const c10::Half* src, float* dst, int64_t n) {
-  const u16_alias* s = reinterpret_cast<const u16_alias*>(src);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i))));
-  }
-  for (; i < n; ++i) dst[i] = load(src, i);
-}
-
-TORCHEXT_TARGET_AVX2 inline void float_to_half(const float* src, c10::Half* dst, int64_t n) {
-  u16_alias* d = reinterpret_cast<u16_alias*>(dst);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i),
-                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  }
-  for (; i < n; ++i) store(dst, i, src[i]);
-}
 
 // 8 float16 (or float32) elements to and from a float vector, for kernels that convert in registers.
 TORCHEXT_TARGET_AVX2 inline __m256 load8(const c10::Half* p) {
