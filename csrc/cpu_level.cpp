@@ -40,6 +40,18 @@ Level level() {
   return chosen;
 }
 
+bool use_avx512_bf16() {
+  static const bool use = [] {
+    if (level() != Level::AVX512 || std::getenv("TORCHEXT_CPU_CAPABILITY") != nullptr) return false;
+#if defined(__x86_64__) && defined(__GNUC__)
+    return __builtin_cpu_supports("avx512bf16") != 0;
+#else
+    return false;
+#endif
+  }();
+  return use;
+}
+
 const char* level_name() {
   switch (level()) {
     case Level::AVX512: return "avx512";

@@ -14,12 +14,15 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <type_traits>
 
+#include "cpu/convert.h"
 #include "cpu/dispatch.h"
 #include "linear_checks.h"
 #include "linear_problem.h"
@@ -139,34 +142,16 @@ TORCHEXT_INLINE void pack_b(const LinearProblem<T>& g, int64_t j0, int64_t cols,
   }
 }
 
-// MR x (2 vectors) register tile over kc steps of packed panels. `partial` (ld = ldp) holds the sum
-// over earlier kc slices when !first; the tile is written back there unless this is the last slice,
-// in which case bias and ReLU are applied and the valid part goes to C in T.
-// kDirectA: `ap` is the caller's row-major A itself (row stride lda), read without packing.
-template <typename T, typename Acc, int VB, int MR, bool kDirectA>
-TORCHEXT_INLINE void micro_kernel(int64_t kc, const Acc* __restrict__ ap, int64_t lda, const Acc* __restrict__ bp,
-                                  Acc* __restrict__ partial, int64_t ldp, bool first, bool last,
-                                  const LinearProblem<T>& g, int64_t i0, int64_t j0, int64_t rows, int64_t cols) {
+// Finishes an MR x NR register tile (c0: columns [0, VL), c1: [VL, NR)) of one kc slice: adds the
+// earlier slices' sum from `partial` unless first, and either writes it back there (not last) or
+// applies bias and ReLU and stores the valid rows x cols part to C in T.
+template <typename T, typename Acc, int VB, int MR>
+TORCHEXT_INLINE void finish_tile(typename VecOf<Acc, VB>::type (&c0)[MR], typename VecOf<Acc, VB>::type (&c1)[MR],
+                                 Acc* __restrict__ partial, int64_t ldp, bool first, bool last,
+                                 const LinearProblem<T>& g, int64_t i0, int64_t j0, int64_t rows, int64_t cols) {
   using V = typename VecOf<Acc, VB>::type;
   constexpr int VL = VB / static_cast<int>(sizeof(Acc));
   constexpr int NR = 2 * VL;
-  V c0[MR], c1[MR];
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r) {
-    c0[r] = V{};
-    c1[r] = V{};
-  }
-  for (int64_t k = 0; k < kc; ++k) {
-    V b0, b1;
-    std::memcpy(&b0, bp + k * NR, VB);
-    std::memcpy(&b1, bp + k * NR + VL, VB);
-#pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      const Acc av = kDirectA ? ap[r * lda + k] : ap[k * MR + r];
-      c0[r] += av * b0;
-      c1[r] += av * b1;
-    }
-  }
   if (rows == MR && cols == NR) {
     // Full tile: the epilogue stays in vector registers (a scalar one costs ~10% at kc = 256).
     if (!first) {
@@ -240,6 +225,36 @@ TORCHEXT_INLINE void micro_kernel(int64_t kc, const Acc* __restrict__ ap, int64_
   }
 }
 
+// MR x (2 vectors) register tile over kc steps of packed panels, then finish_tile. `partial` (ld =
+// ldp) holds the sum over earlier kc slices when !first.
+// kDirectA: `ap` is the caller's row-major A itself (row stride lda), read without packing.
+template <typename T, typename Acc, int VB, int MR, bool kDirectA>
+TORCHEXT_INLINE void micro_kernel(int64_t kc, const Acc* __restrict__ ap, int64_t lda, const Acc* __restrict__ bp,
+                                  Acc* __restrict__ partial, int64_t ldp, bool first, bool last,
+                                  const LinearProblem<T>& g, int64_t i0, int64_t j0, int64_t rows, int64_t cols) {
+  using V = typename VecOf<Acc, VB>::type;
+  constexpr int VL = VB / static_cast<int>(sizeof(Acc));
+  constexpr int NR = 2 * VL;
+  V c0[MR], c1[MR];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+    c0[r] = V{};
+    c1[r] = V{};
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    V b0, b1;
+    std::memcpy(&b0, bp + k * NR, VB);
+    std::memcpy(&b1, bp + k * NR + VL, VB);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const Acc av = kDirectA ? ap[r * lda + k] : ap[k * MR + r];
+      c0[r] += av * b0;
+      c1[r] += av * b1;
+    }
+  }
+  finish_tile<T, Acc, VB, MR>(c0, c1, partial, ldp, first, last, g, i0, j0, rows, cols);
+}
+
 // Runs tasks [task_begin, task_end) of the grid. Per task and kc slice: pack A and B once, then
 // sweep micro-tiles with the A micro-panel (MR x kc) resident in L1 while B panels stream from L2.
 template <typename T, int VB, int MR>
@@ -301,6 +316,135 @@ void gemm_tasks_default(Args... args) {
   gemm_tasks_impl<T, 16, 6>(args...);
 }
 
+// bfloat16 on CPUs with AVX512_BF16: VDPBF16PS multiplies pairs of bf16 values and adds both
+// products to a float32 lane, twice the multiply rate of converting to float first. Both operands
+// are packed as k pairs: for each pair, MR (A) or NR (B) 32-bit words, each holding the values at
+// k and k + 1 (the low half is k); an odd K is padded with a zero pair half. The products are
+// exact in float32, so this differs from the float path only in the order of the additions and in
+// flushing float32 subnormals to zero, which the instruction does (oneDNN, behind torch's bf16
+// matmul on such CPUs, uses the same instruction).
+constexpr int kBf16MR = 12, kBf16NR = 32;
+
+TORCHEXT_INLINE uint32_t bf16_bits(const c10::BFloat16* p, int64_t i) {
+  return reinterpret_cast<const cpu::u16_alias*>(p)[i];
+}
+
+// Words [pairs) x [lanes) of a panel: lane l of pair q holds X(l, 2q) | X(l, 2q + 1) << 16, where
+// X(l, k) = src[l * s_lane + k * s_k] for l < valid and k < kc, else 0.
+TORCHEXT_INLINE void pack_bf16_pairs(const c10::BFloat16* src, int64_t s_lane, int64_t s_k, int64_t valid, int lanes,
+                                     int64_t kc, uint32_t* __restrict__ dst) {
+  const int64_t pairs = (kc + 1) / 2;
+  if (s_k == 1) {  // each lane's values are contiguous in k: copy whole pairs
+    // The pairs are 32-bit words, so with an even row stride this is a word transpose: 8 x 8
+    // blocks through transpose8x8 (bit moves only), the ragged lanes and pairs one by one.
+    const int64_t full = kc / 2;
+    const int64_t full_q = s_lane % 2 == 0 ? full / 8 * 8 : 0;
+    const int64_t full_lanes = s_lane % 2 == 0 ? valid / 8 * 8 : 0;
+    for (int64_t qb = 0; qb < full_q; qb += 8) {
+      for (int64_t l = 0; l < full_lanes; l += 8) {
+        transpose8x8(reinterpret_cast<const float*>(src + l * s_lane + 2 * qb), s_lane / 2,
+                     reinterpret_cast<float*>(dst + qb * lanes + l), lanes);
+      }
+    }
+    for (int64_t qb = 0; qb < full; qb += kPackBlock) {
+      const int64_t qe = std::min(full, qb + kPackBlock);
+      for (int64_t l = 0; l < lanes; ++l) {
+        const int64_t q0 = l < full_lanes ? std::max(qb, std::min(qe, full_q)) : qb;  // skip the transposed part
+        if (l < valid) {
+          const c10::BFloat16* row = src + l * s_lane;
+          for (int64_t q = q0; q < qe; ++q) std::memcpy(dst + q * lanes + l, row + 2 * q, sizeof(uint32_t));
+        } else {
+          for (int64_t q = q0; q < qe; ++q) dst[q * lanes + l] = 0;
+        }
+      }
+    }
+    if (kc % 2) {
+      uint32_t* d = dst + full * lanes;
+      for (int64_t l = 0; l < lanes; ++l) d[l] = l < valid ? bf16_bits(src + l * s_lane, kc - 1) : 0;
+    }
+    return;
+  }
+  for (int64_t q = 0; q < pairs; ++q) {  // lanes adjacent in memory (transposed views): walk k outside
+    const int64_t k = 2 * q;
+    const c10::BFloat16* lo = src + k * s_k;
+    for (int64_t l = 0; l < lanes; ++l) {
+      uint32_t w = 0;
+      if (l < valid) {
+        w = bf16_bits(lo, l * s_lane);
+        if (k + 1 < kc) w |= bf16_bits(lo + s_k, l * s_lane) << 16;
+      }
+      dst[q * lanes + l] = w;
+    }
+  }
+}
+
+TORCHEXT_TARGET_AVX512_BF16 inline void micro_kernel_bf16(int64_t pairs, const uint32_t* __restrict__ ap,
+                                                           const uint32_t* __restrict__ bp, float* __restrict__ partial,
+                                                           int64_t ldp, bool first, bool last,
+                                                           const LinearProblem<c10::BFloat16>& g, int64_t i0,
+                                                           int64_t j0, int64_t rows, int64_t cols) {
+  using V = VecOf<float, 64>::type;
+  __m512 acc0[kBf16MR], acc1[kBf16MR];
+#pragma GCC unroll 16
+  for (int r = 0; r < kBf16MR; ++r) {
+    acc0[r] = _mm512_setzero_ps();
+    acc1[r] = _mm512_setzero_ps();
+  }
+  for (int64_t q = 0; q < pairs; ++q) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp + q * kBf16NR);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + q * kBf16NR + 16);
+#pragma GCC unroll 16
+    for (int r = 0; r < kBf16MR; ++r) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(ap[q * kBf16MR + r]));
+      acc0[r] = _mm512_dpbf16_ps(acc0[r], a, b0);
+      acc1[r] = _mm512_dpbf16_ps(acc1[r], a, b1);
+    }
+  }
+  V c0[kBf16MR], c1[kBf16MR];
+#pragma GCC unroll 16
+  for (int r = 0; r < kBf16MR; ++r) {
+    c0[r] = (V)acc0[r];
+    c1[r] = (V)acc1[r];
+  }
+  finish_tile<c10::BFloat16, float, 64, kBf16MR>(c0, c1, partial, ldp, first, last, g, i0, j0, rows, cols);
+}
+
+// gemm_tasks_impl for the bf16 pair kernel: A and B always packed (pa, pb hold 32-bit pair words).
+TORCHEXT_TARGET_AVX512_BF16 void gemm_tasks_bf16(const LinearProblem<c10::BFloat16>* gp, const Blocking* blp,
+                                                 int64_t task_begin, int64_t task_end, uint32_t* pa, uint32_t* pb,
+                                                 float* pc) {
+  const LinearProblem<c10::BFloat16>& g = *gp;
+  const Blocking& bl = *blp;
+  for (int64_t t = task_begin; t < task_end; ++t) {
+    const int64_t i0 = (t / bl.tiles_n) * bl.mc;
+    const int64_t j0 = (t % bl.tiles_n) * bl.nc;
+    const int64_t rows = std::min(bl.mc, g.M - i0);
+    const int64_t cols = std::min(bl.nc, g.N - j0);
+    for (int64_t k0 = 0; k0 < g.K; k0 += bl.kc) {
+      const int64_t kc = std::min(bl.kc, g.K - k0);
+      const int64_t pairs = (kc + 1) / 2;
+      const bool first = k0 == 0;
+      const bool last = k0 + kc >= g.K;
+      for (int64_t p = 0; p < rows; p += kBf16MR) {
+        pack_bf16_pairs(g.a + (i0 + p) * g.sam + k0 * g.sak, g.sam, g.sak, std::min<int64_t>(kBf16MR, rows - p),
+                        kBf16MR, kc, pa + p * pairs);
+      }
+      for (int64_t p = 0; p < cols; p += kBf16NR) {
+        pack_bf16_pairs(g.b + (j0 + p) * g.sbn + k0 * g.sbk, g.sbn, g.sbk, std::min<int64_t>(kBf16NR, cols - p),
+                        kBf16NR, kc, pb + p * pairs);
+      }
+      for (int64_t ir = 0; ir < rows; ir += kBf16MR) {
+        const int64_t mr = std::min<int64_t>(kBf16MR, rows - ir);
+        for (int64_t jr = 0; jr < cols; jr += kBf16NR) {
+          const int64_t nr = std::min<int64_t>(kBf16NR, cols - jr);
+          micro_kernel_bf16(pairs, pa + ir * pairs, pb + jr * pairs, pc + ir * bl.nc + jr, bl.nc, first, last, g,
+                            i0 + ir, j0 + jr, mr, nr);
+        }
+      }
+    }
+  }
+}
+
 struct Tile {
   int vb, mr;
 };
@@ -320,12 +464,20 @@ template <typename T>
 void run_gemm(const LinearProblem<T>& g) {
   using Acc = math_t<T>;
   const Tile tile = tile_for_level();
+  // The bf16 pair kernel uses the AVX-512 tile (MR 12, NR 32 floats); kc stays even across slices.
+  const bool bf16_pairs = std::is_same<T, c10::BFloat16>::value && cpu::use_avx512_bf16();
   const int64_t mr = tile.mr;
   const int64_t nr = 2 * tile.vb / static_cast<int64_t>(sizeof(Acc));
   Blocking bl;
   bl.kc = 512;  // an MR x kc A panel (24 KiB) stays in L1; the kc x nc B block (512 KiB) in L2
   bl.mc = 96;   // multiple of both MR values
   bl.nc = 256;
+  if (bf16_pairs) {
+    // The pair kernel is fast enough for packing to matter: pack each B block once for up to 288
+    // rows (the whole batch of a typical layer), in row tiles of balanced size.
+    const int64_t tiles = (g.M + 287) / 288;
+    bl.mc = ((g.M + tiles - 1) / tiles + mr - 1) / mr * mr;
+  }
   bl.mc = std::min<int64_t>(bl.mc, (g.M + mr - 1) / mr * mr);
   bl.nc = std::min<int64_t>(bl.nc, (g.N + nr - 1) / nr * nr);
   bl.tiles_m = (g.M + bl.mc - 1) / bl.mc;
@@ -342,7 +494,7 @@ void run_gemm(const LinearProblem<T>& g) {
       bl.tiles_m = (g.M + bl.mc - 1) / bl.mc;
     }
   }
-  const int64_t kc_alloc = std::min(bl.kc, g.K);
+  const int64_t kc_alloc = std::min(bl.kc, g.K) + 1;  // +1: room for a padded bf16 pair
   const bool need_partial = g.K > bl.kc;
   at::parallel_for(0, bl.tiles_m * bl.tiles_n, 1, [&](int64_t begin, int64_t end) {
     auto alloc = [](int64_t n) {
@@ -353,6 +505,13 @@ void run_gemm(const LinearProblem<T>& g) {
     auto pb = alloc(bl.nc * kc_alloc);
     auto pc = alloc(need_partial ? bl.mc * bl.nc : 1);
     TORCH_CHECK(pa && pb && pc, "torchext.linear: out of memory for packing buffers");
+    if constexpr (std::is_same<T, c10::BFloat16>::value) {
+      if (bf16_pairs) {  // pair words take the room of kc / 2 (+1 for an odd kc) floats per lane
+        gemm_tasks_bf16(&g, &bl, begin, end, reinterpret_cast<uint32_t*>(pa.get()),
+                        reinterpret_cast<uint32_t*>(pb.get()), pc.get());
+        return;
+      }
+    }
     switch (cpu::level()) {
       case cpu::Level::AVX512: gemm_tasks_avx512<T>(&g, &bl, begin, end, pa.get(), pb.get(), pc.get()); break;
       case cpu::Level::AVX2: gemm_tasks_avx2<T>(&g, &bl, begin, end, pa.get(), pb.get(), pc.get()); break;

@@ -411,3 +411,32 @@ def test_cuda_batch_beyond_65535_row_tiles(dtype):
     y = F.linear_relu(x, w, b)
     y_ref = torch.relu(torch.nn.functional.linear(x.double(), w.double(), b.double()))
     _close(y, y_ref.to(dtype), dtype)
+
+
+# bfloat16 GEMMs on CPUs with AVX512_BF16 multiply bf16 pairs in hardware (cpu_bf16_dot); the
+# shapes cover an odd K (a padded pair), K over one 512-deep slice, more rows than one row tile
+# (288), ragged rows and columns, and the operand layouts each packing path takes.
+@pytest.mark.parametrize("shape", [(5, 7, 3), (64, 1000, 100), (300, 1025, 77), (13, 1024, 33)], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "transposed_input", "transposed_weight", "odd_stride"])
+def test_bfloat16_cpu_gemm_is_a_float32_sum_rounded_once(shape, layout):
+    M, K, N = shape
+    x = torch.randn(M, K).bfloat16()
+    w = torch.randn(N, K).bfloat16()
+    b = torch.randn(N).bfloat16()
+    if layout == "transposed_input":
+        x = x.t().contiguous().t()
+    elif layout == "transposed_weight":
+        w = w.t().contiguous().t()
+    elif layout == "odd_stride":  # rows at an odd element stride: pairs are not 4-byte words
+        pad = 1 if K % 2 == 0 else 2
+        x = torch.cat([x, torch.randn(M, pad).bfloat16()], 1)[:, :K]
+        w = torch.cat([w, torch.randn(N, pad).bfloat16()], 1)[:, :K]
+        assert x.stride(0) % 2 == 1
+    out = ops.linear(x, w, b).float()
+    exact = x.double() @ w.double().t() + b.double()
+    # One rounding to bfloat16 (half an ulp, 2^-9 relative) of a float32 sum whose own error is far
+    # below 1e-4 of the sum of |terms|.
+    bound = 2.0 ** -8 * exact.abs() + 1e-4 * (x.double().abs() @ w.double().abs().t() + b.double().abs())
+    assert ((out.double() - exact).abs() <= bound).all()
+    relu_out = ops.linear_relu(x, w, b).float()
+    assert torch.equal(relu_out, out.clamp_min(0))

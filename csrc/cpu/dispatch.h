@@ -16,6 +16,10 @@ enum class Level : int { Default = 0, AVX2 = 1, AVX512 = 2 };
 
 Level level();             // the level kernels run at (detected, capped by the environment)
 const char* level_name();  // "avx512", "avx2" or "default"
+// Whether bfloat16 GEMMs use AVX512_BF16 dot products: level() is AVX512, the CPU has the
+// extension, and TORCHEXT_CPU_CAPABILITY does not cap the level (setting it to "avx512" switches
+// the extension off and keeps the plain AVX-512 kernels).
+bool use_avx512_bf16();
 
 }  // namespace cpu
 }  // namespace torchext
@@ -25,9 +29,12 @@ const char* level_name();  // "avx512", "avx2" or "default"
 #if defined(__x86_64__) && defined(__GNUC__)
 #define TORCHEXT_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 #define TORCHEXT_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define TORCHEXT_TARGET_AVX512_BF16 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")))
 #else
 #define TORCHEXT_TARGET_AVX512
 #define TORCHEXT_TARGET_AVX2
+#define TORCHEXT_TARGET_AVX512_BF16
 #endif
 
 // Declares NAME<T>(args...) that forwards to the SIMD variant of IMPL<T> chosen at run time.
