@@ -70,7 +70,8 @@ def main():
     for device in args.devices:
         if device == "cpu":
             shapes = CPU_QUICK if args.quick else CPU_SHAPES
-            dtypes = [torch.float32]
+            # bfloat16: what torch.autocast("cpu") runs Linear in
+            dtypes = [torch.float32] if args.quick else [torch.float32, torch.bfloat16]
         else:
             shapes = CUDA_QUICK if args.quick else CUDA_SHAPES
             dtypes = [torch.float32, torch.bfloat16] if args.quick else [torch.float32, torch.float16, torch.bfloat16]
