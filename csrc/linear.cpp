@@ -464,7 +464,8 @@ template <typename T>
 void run_gemm(const LinearProblem<T>& g) {
   using Acc = math_t<T>;
   const Tile tile = tile_for_level();
-  // The bf16 pair kernel uses the AVX-512 tile (MR 12, NR 32 floats); kc stays even across slices.
+  // The bf16 pair kernel uses the AVX-512 tile (MR 12, NR 32 floats); kc (512) is even, so every
+  // slice but the last holds whole pairs.
   const bool bf16_pairs = std::is_same<T, c10::BFloat16>::value && cpu::use_avx512_bf16();
   const int64_t mr = tile.mr;
   const int64_t nr = 2 * tile.vb / static_cast<int64_t>(sizeof(Acc));
@@ -494,7 +495,7 @@ void run_gemm(const LinearProblem<T>& g) {
       bl.tiles_m = (g.M + bl.mc - 1) / bl.mc;
     }
   }
-  const int64_t kc_alloc = std::min(bl.kc, g.K) + 1;  // +1: room for a padded bf16 pair
+  const int64_t kc_alloc = std::min(bl.kc, g.K);
   const bool need_partial = g.K > bl.kc;
   at::parallel_for(0, bl.tiles_m * bl.tiles_n, 1, [&](int64_t begin, int64_t end) {
     auto alloc = [](int64_t n) {
@@ -506,7 +507,7 @@ void run_gemm(const LinearProblem<T>& g) {
     auto pc = alloc(need_partial ? bl.mc * bl.nc : 1);
     TORCH_CHECK(pa && pb && pc, "torchext.linear: out of memory for packing buffers");
     if constexpr (std::is_same<T, c10::BFloat16>::value) {
-      if (bf16_pairs) {  // pair words take the room of kc / 2 (+1 for an odd kc) floats per lane
+      if (bf16_pairs) {  // (kc + 1) / 2 pair words per lane fit where kc floats do
         gemm_tasks_bf16(&g, &bl, begin, end, reinterpret_cast<uint32_t*>(pa.get()),
                         reinterpret_cast<uint32_t*>(pb.get()), pc.get());
         return;

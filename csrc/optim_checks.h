@@ -63,7 +63,6 @@ inline void check_optimizer_lists(const char* op, const at::TensorList& params, 
     TORCH_CHECK(l.tensors->empty() || l.tensors->size() == params.size(), "torchext.", op, ": expected '", l.name,
                 "' to be empty or hold one tensor per param (", params.size(), "), but got ", l.tensors->size());
   }
-  check_distinct_params(op, params);
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& p = params[i];
     check_floating(op, "params", p);
@@ -89,6 +88,7 @@ inline void check_optimizer_lists(const char* op, const at::TensorList& params, 
                   s.device());
     }
   }
+  check_distinct_params(op, params);
 }
 
 // The storage type S of an optimizer's buffers (moments, momentum buffer) for params of type T is

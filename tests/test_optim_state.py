@@ -374,6 +374,12 @@ def test_param_listed_twice_is_updated_once(name):
         opt.step()
         ref.step()
     torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
+    # Named params: the names follow the params that are kept.
+    z = torch.randn(2, requires_grad=True)
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        named = getattr(torchext.optim, name)([("x", x), ("z", z), ("x_again", x)], **kw)
+    assert named.param_groups[0]["param_names"] == ["x", "z"]
+    assert named.param_groups[0]["params"][0] is x and named.param_groups[0]["params"][1] is z
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

@@ -44,7 +44,13 @@ class FusedOptimizer(Optimizer):
         group = self.param_groups[-1]
         params = group["params"]
         if len(set(params)) != len(params):
-            group["params"] = list(dict.fromkeys(params))
+            first = {}
+            for i, p in enumerate(params):
+                first.setdefault(p, i)
+            keep = sorted(first.values())
+            group["params"] = [params[i] for i in keep]
+            if "param_names" in group:  # named parameters: the names follow their params
+                group["param_names"] = [group["param_names"][i] for i in keep]
 
     def __setstate__(self, state):
         super().__setstate__(state)
