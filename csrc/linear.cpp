@@ -471,15 +471,12 @@ void run_gemm(const LinearProblem<T>& g) {
   const int64_t nr = 2 * tile.vb / static_cast<int64_t>(sizeof(Acc));
   Blocking bl;
   bl.kc = 512;  // an MR x kc A panel (24 KiB) stays in L1; the kc x nc B block (512 KiB) in L2
-  bl.mc = 96;   // multiple of both MR values
   bl.nc = 256;
-  if (bf16_pairs) {
-    // The pair kernel is fast enough for packing to matter: pack each B block once for up to 288
-    // rows (the whole batch of a typical layer), in row tiles of balanced size.
-    const int64_t tiles = (g.M + 287) / 288;
-    bl.mc = ((g.M + tiles - 1) / tiles + mr - 1) / mr * mr;
-  }
-  bl.mc = std::min<int64_t>(bl.mc, (g.M + mr - 1) / mr * mr);
+  // Row tiles of up to 288 rows, balanced: each B block is packed once per row tile, so a batch of
+  // up to 288 rows packs the weight once (tiles of 96 packed it three times at 256 rows, and a
+  // 100-row dW twice, the second time for 4 rows). The A micro-panel in use stays in L1 either way.
+  const int64_t row_tiles = std::max<int64_t>(1, (g.M + 287) / 288);
+  bl.mc = ((g.M + row_tiles - 1) / row_tiles + mr - 1) / mr * mr;
   bl.nc = std::min<int64_t>(bl.nc, (g.N + nr - 1) / nr * nr);
   bl.tiles_m = (g.M + bl.mc - 1) / bl.mc;
   bl.tiles_n = (g.N + bl.nc - 1) / bl.nc;
