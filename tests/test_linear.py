@@ -440,3 +440,21 @@ def test_bfloat16_cpu_gemm_is_a_float32_sum_rounded_once(shape, layout):
     assert ((out.double() - exact).abs() <= bound).all()
     relu_out = ops.linear_relu(x, w, b).float()
     assert torch.equal(relu_out, out.clamp_min(0))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")], ids=str)
+def test_half_types_propagate_non_finite_inputs(value, dtype, device):
+    # Each half-type GEMM path (bf16 pair dot products, F16C/float panels, tensor cores) keeps a
+    # non-finite input element in exactly the output row it belongs to, as torch does.
+    x = torch.randn(37, 65, device=device).to(dtype)
+    x[5, 3] = value
+    x[20, 64] = value  # the last k: a padded pair in the bf16 kernel
+    w = torch.randn(33, 65, device=device).to(dtype)
+    b = torch.randn(33, device=device).to(dtype)
+    ours, ref = F.linear(x, w, b), torch.nn.functional.linear(x, w, b)
+    assert torch.equal(ours.isnan(), ref.isnan()) and torch.equal(ours.isinf(), ref.isinf())
+    assert torch.equal(ours.isfinite().all(1), torch.tensor([r not in (5, 20) for r in range(37)], device=device))
+    finite = ref.isfinite()
+    _close(ours[finite], ref[finite], dtype)
