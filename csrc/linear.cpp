@@ -40,6 +40,14 @@ struct VecOf {
 struct Blocking {
   int64_t mc, nc, kc;
   int64_t tiles_m, tiles_n;
+  struct Span {
+    int64_t i0, j0, rows, cols;
+  };
+  // The output rows [i0, i0 + rows) x columns [j0, j0 + cols) of task t.
+  Span task(int64_t t, int64_t M, int64_t N) const {
+    const int64_t i0 = (t / tiles_n) * mc, j0 = (t % tiles_n) * nc;
+    return {i0, j0, std::min(mc, M - i0), std::min(nc, N - j0)};
+  }
 };
 
 constexpr int64_t kPackBlock = 16;  // k extent of one transpose block while packing
@@ -266,10 +274,7 @@ TORCHEXT_INLINE void gemm_tasks_impl(const LinearProblem<T>* gp, const Blocking*
   const LinearProblem<T>& g = *gp;
   const Blocking& bl = *blp;
   for (int64_t t = task_begin; t < task_end; ++t) {
-    const int64_t i0 = (t / bl.tiles_n) * bl.mc;
-    const int64_t j0 = (t % bl.tiles_n) * bl.nc;
-    const int64_t rows = std::min(bl.mc, g.M - i0);
-    const int64_t cols = std::min(bl.nc, g.N - j0);
+    const auto [i0, j0, rows, cols] = bl.task(t, g.M, g.N);
     // A row-major float/double input needs no packing: the micro-kernel broadcasts straight from
     // its MR rows (MR unit-stride streams the prefetcher follows). Only a ragged last panel is
     // packed, for its zero padding.
@@ -416,10 +421,7 @@ TORCHEXT_TARGET_AVX512_BF16 void gemm_tasks_bf16(const LinearProblem<c10::BFloat
   const LinearProblem<c10::BFloat16>& g = *gp;
   const Blocking& bl = *blp;
   for (int64_t t = task_begin; t < task_end; ++t) {
-    const int64_t i0 = (t / bl.tiles_n) * bl.mc;
-    const int64_t j0 = (t % bl.tiles_n) * bl.nc;
-    const int64_t rows = std::min(bl.mc, g.M - i0);
-    const int64_t cols = std::min(bl.nc, g.N - j0);
+    const auto [i0, j0, rows, cols] = bl.task(t, g.M, g.N);
     for (int64_t k0 = 0; k0 < g.K; k0 += bl.kc) {
       const int64_t kc = std::min(bl.kc, g.K - k0);
       const int64_t pairs = (kc + 1) / 2;
