@@ -433,13 +433,42 @@ def test_bfloat16_cpu_gemm_is_a_float32_sum_rounded_once(shape, layout):
         w = torch.cat([w, torch.randn(N, pad).bfloat16()], 1)[:, :K]
         assert x.stride(0) % 2 == 1
     out = ops.linear(x, w, b).float()
+    _assert_rounded_once(out, x, w, b)
+    relu_out = ops.linear_relu(x, w, b).float()
+    assert torch.equal(relu_out, out.clamp_min(0))
+
+
+def _assert_rounded_once(out, x, w, b):
     exact = x.double() @ w.double().t() + b.double()
     # One rounding to bfloat16 (half an ulp, 2^-9 relative) of a float32 sum whose own error is far
     # below 1e-4 of the sum of |terms|.
     bound = 2.0 ** -8 * exact.abs() + 1e-4 * (x.double().abs() @ w.double().abs().t() + b.double().abs())
     assert ((out.double() - exact).abs() <= bound).all()
-    relu_out = ops.linear_relu(x, w, b).float()
-    assert torch.equal(relu_out, out.clamp_min(0))
+
+
+def test_bfloat16_cpu_gemm_without_the_dot_product_extension(tmp_path):
+    # TORCHEXT_CPU_CAPABILITY (any value) switches AVX512_BF16 off: bf16 then goes through float32
+    # panels, which must meet the same bound (machines without the extension run this path).
+    import os
+    import subprocess
+    import sys
+
+    inputs = [(torch.randn(M, K).bfloat16(), torch.randn(N, K).bfloat16(), torch.randn(N).bfloat16())
+              for M, K, N in [(5, 7, 3), (300, 1025, 77)]]
+    torch.save(inputs, tmp_path / "in.pt")
+    script = ("import sys, torch, torchext\n"
+              "inputs = torch.load(sys.argv[1])\n"
+              "torch.save((torchext._C.cpu_bf16_dot(), [torch.ops.torchext.linear(x, w, b) for x, w, b in inputs]),"
+              " sys.argv[2])\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(torchext.__file__)))
+    env = dict(os.environ, TORCHEXT_CPU_CAPABILITY="avx512",
+               PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")], check=True,
+                   env=env, timeout=300)
+    used_dot, outs = torch.load(tmp_path / "out.pt")
+    assert not used_dot
+    for (x, w, b), out in zip(inputs, outs):
+        _assert_rounded_once(out.float(), x, w, b)
 
 
 @pytest.mark.parametrize("device", DEVICES)
