@@ -206,23 +206,17 @@ def test_only_requested_grads_are_computed(relu, device):
     for create_graph in (False, True):
         calls = []
         module = torchext._ops.linear
-        real_fn, real_ops = module.LinearFunction.apply, module._ops
-
-        class CountingOps:
-            def __getattr__(self, name):
-                op = getattr(real_ops, name)
-                return (lambda *a: calls.append(a) or op(*a)) if name == "linear" else op
-
+        real_fn, real_linear = module.LinearFunction.apply, module._linear
         try:
             module.LinearFunction.apply = lambda *a: calls.append(a) or real_fn(*a)
-            module._ops = CountingOps()
+            module._linear = lambda *a: calls.append(a) or real_linear(*a)
             w3 = w.detach().requires_grad_()
             y = _ours_fn(relu)(x.detach(), w3, b)
             calls.clear()
             torch.autograd.grad(y.sum(), w3, create_graph=create_graph)
         finally:
             module.LinearFunction.apply = real_fn
-            module._ops = real_ops
+            module._linear = real_linear
         # dW = linear(dY.t(), X.t()): counted once (the Function calls the op, which also counts
         # when it runs eagerly inside the Function's forward).
         shapes = {tuple(c[0].shape) for c in calls}
@@ -487,3 +481,20 @@ def test_half_types_propagate_non_finite_inputs(value, dtype, device):
     assert torch.equal(ours.isfinite().all(1), torch.tensor([r not in (5, 20) for r in range(37)], device=device))
     finite = ref.isfinite()
     _close(ours[finite], ref[finite], dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "linear_relu"])
+def test_calls_without_a_graph_skip_the_function_and_match(relu, device):
+    # No grad mode, or no input requiring grad: the op runs directly (no autograd node), same values.
+    x, w, b = _inputs(9, 6, 4, torch.float32, device)
+    w.requires_grad_()
+    with_graph = _ours_fn(relu)(x, w, b)
+    assert with_graph.grad_fn is not None
+    with torch.no_grad():
+        plain = _ours_fn(relu)(x, w, b)
+    assert plain.grad_fn is None and not plain.requires_grad
+    assert torch.equal(plain, with_graph.detach())
+    nothing_needs_grad = _ours_fn(relu)(x.reshape(3, 3, 6), w.detach(), b)  # N-D input, no grad needed
+    assert nothing_needs_grad.grad_fn is None and nothing_needs_grad.shape == (3, 3, 4)
+    assert torch.equal(nothing_needs_grad.reshape(9, 4), plain)

@@ -24,10 +24,7 @@ def autocast_inputs(policy, *tensors):
     autocast does. The casts happen before our autograd.Function, so autograd records them and
     gradients flow back to the original dtypes exactly as with torch's ops.
     """
-    first = next((t for t in tensors if t is not None), None)
-    if first is None:
-        return tensors
-    device_type = first.device.type
+    device_type = tensors[0].device.type  # callers pass a tensor first (input), then optional ones
     if not torch.is_autocast_enabled(device_type):
         return tensors
     dtype = torch.get_autocast_dtype(device_type) if policy == "lower" else torch.float32

@@ -13,6 +13,12 @@ from ._util import autocast_inputs
 from .relu import ReLUBackward
 
 _ops = torch.ops.torchext
+# Resolved overloads: calling them skips the packet's overload lookup on every call (the tutorial's
+# small layers are dominated by per-call overhead).
+_linear = _ops.linear.default
+_linear_relu = _ops.linear_relu.default
+_linear_bias_grad = _ops.linear_bias_grad.default
+_linear_relu_grad = _ops.linear_relu_grad.default
 
 
 def _fake_linear(input, weight, bias):
@@ -51,7 +57,7 @@ class BiasGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, grad_output):
         ctx.rows = grad_output.shape[0]
-        return _ops.linear_bias_grad(grad_output)
+        return _linear_bias_grad(grad_output)
 
     @staticmethod
     def backward(ctx, grad_grad):
@@ -66,22 +72,24 @@ def _linear_backward(ctx_needs, grad_z, input, weight, has_bias):
     graph = torch.is_grad_enabled()
     grad_input = grad_weight = grad_bias = None
     if ctx_needs[0]:
-        grad_input = (LinearFunction.apply if graph else _ops.linear)(grad_z, weight.t(), None)
+        grad_input = (LinearFunction.apply if graph else _linear)(grad_z, weight.t(), None)
     if ctx_needs[1]:
-        grad_weight = (LinearFunction.apply if graph else _ops.linear)(grad_z.t(), input.t(), None)
+        grad_weight = (LinearFunction.apply if graph else _linear)(grad_z.t(), input.t(), None)
     if has_bias and ctx_needs[2]:
-        grad_bias = BiasGrad.apply(grad_z) if graph else _ops.linear_bias_grad(grad_z)
+        grad_bias = BiasGrad.apply(grad_z) if graph else _linear_bias_grad(grad_z)
     return grad_input, grad_weight, grad_bias
 
 
 class LinearFunction(torch.autograd.Function):
     """out = input @ weight.T + bias on 2-D input."""
 
+    op = _linear  # the forward alone, for calls that record no graph
+
     @staticmethod
     def forward(ctx, input, weight, bias):
         ctx.save_for_backward(input, weight)
         ctx.has_bias = bias is not None
-        return _ops.linear(input, weight, bias)
+        return _linear(input, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -96,7 +104,7 @@ class ReLUGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, grad_output, result):
         ctx.save_for_backward(result)
-        return _ops.linear_relu_grad(grad_output, result)
+        return _linear_relu_grad(grad_output, result)
 
     @staticmethod
     def backward(ctx, grad_masked, grad_sums):
@@ -115,9 +123,11 @@ class ReLUGrad(torch.autograd.Function):
 class LinearReLUFunction(torch.autograd.Function):
     """out = relu(input @ weight.T + bias) on 2-D input, ReLU fused into the GEMM's epilogue."""
 
+    op = _linear_relu
+
     @staticmethod
     def forward(ctx, input, weight, bias):
-        result = _ops.linear_relu(input, weight, bias)
+        result = _linear_relu(input, weight, bias)
         ctx.save_for_backward(input, weight, result)
         ctx.has_bias = bias is not None
         return result
@@ -131,7 +141,7 @@ class LinearReLUFunction(torch.autograd.Function):
         if torch.is_grad_enabled():
             grad_z, grad_bias = ReLUGrad.apply(grad_output, result)
         else:
-            grad_z, grad_bias = _ops.linear_relu_grad(grad_output, result)
+            grad_z, grad_bias = _linear_relu_grad(grad_output, result)
         grad_input, grad_weight, _ = _linear_backward((needs[0], needs[1], False), grad_z, input, weight, False)
         return grad_input, grad_weight, grad_bias if (ctx.has_bias and needs[2]) else None
 
@@ -142,10 +152,12 @@ def _check_args(name, input, weight, bias):
             raise TypeError("%s(): argument '%s' must be Tensor, not %s" % (name, arg, type(value).__name__))
     if bias is not None and not isinstance(bias, torch.Tensor):
         raise TypeError("%s(): argument 'bias' must be Tensor, not %s" % (name, type(bias).__name__))
-    for arg, value in (("input", input), ("weight", weight), ("bias", bias)):
-        if value is not None and value.layout != torch.strided:
-            raise NotImplementedError("%s(): expected '%s' to be a dense (strided) tensor, but got layout %s"
-                                      % (name, arg, value.layout))
+    strided = torch.strided
+    if input.layout != strided or weight.layout != strided or (bias is not None and bias.layout != strided):
+        for arg, value in (("input", input), ("weight", weight), ("bias", bias)):
+            if value is not None and value.layout != strided:
+                raise NotImplementedError("%s(): expected '%s' to be a dense (strided) tensor, but got layout %s"
+                                          % (name, arg, value.layout))
     if input.dim() == 0 or weight.dim() == 0:
         raise RuntimeError("%s(): both arguments to linear need to be at least 1D, but they are %dD and %dD"
                            % (name, input.dim(), weight.dim()))
@@ -173,14 +185,20 @@ def _apply(fn, name, input, weight, bias):
 
 
 def _apply_checked(fn, input, weight, bias):
-    """fn on checked, autocast inputs with a 2-D weight; input [..., in] -> [..., out]."""
+    """fn on checked, autocast inputs with a 2-D weight; input [..., in] -> [..., out]. Without
+    anything to record (grad mode off, or no input requiring grad) the op is called directly, as
+    autograd.Function costs microseconds per call."""
+    run = fn.apply
+    if not (torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad
+                                         or (bias is not None and bias.requires_grad))):
+        run = fn.op
     if input.dim() == 2:  # the common case, without the reshapes (they cost microseconds)
-        return fn.apply(input, weight, bias)
+        return run(input, weight, bias)
     # Any leading dims are flattened into the batch ([..., in] -> [B, in]) and restored after;
     # a 1-D input [in] is a batch of one whose output is [out], as in torch.
     lead = input.shape[:-1]
     x2 = input.reshape(math.prod(lead), input.shape[-1])
-    out = fn.apply(x2, weight, bias)
+    out = run(x2, weight, bias)
     return out.reshape(*lead, weight.shape[0])
 
 
