@@ -1,6 +1,66 @@
 """Small helpers shared by the ops' Python wrappers."""
 import torch
+from torch.autograd import forward_ad as _forward_ad
 
+_transforms_active = torch._C._are_functorch_transforms_active
+
+
+def tangents_possible():
+    """Whether forward-mode derivatives may be asked for: a forward-mode AD level is open, or a
+    torch.func transform (jvp, jacfwd, vmap, grad, ...) is active."""
+    return _forward_ad._current_level >= 0 or _transforms_active()
+
+
+def differentiable():
+    """Whether ops must run through their autograd.Functions rather than as bare kernels: grad mode
+    is on (a graph may be recorded, e.g. a create_graph backward) or tangents are possible. Bare
+    kernels know nothing of autograd, so calling them then would silently drop derivatives."""
+    return torch.is_grad_enabled() or tangents_possible()
+
+
+def function_for(cls, *tensors):
+    """The variant of a with_jvp Function a forward call must go through, or None when nothing is
+    to be recorded and the bare kernel may run (autograd.Function costs microseconds per call):
+    cls.with_jvp while tangents are possible, cls when grad mode is on and some input requires
+    grad."""
+    if _forward_ad._current_level >= 0 or _transforms_active():
+        return cls.with_jvp
+    if torch.is_grad_enabled():
+        for t in tensors:
+            if t is not None and t.requires_grad:
+                return cls
+    return None
+
+
+def with_jvp(cls):
+    """Class decorator for our autograd.Functions, written in the setup_context style (a forward
+    without ctx, a setup_context, a backward) plus a forward-mode rule in a `tangent` staticmethod
+    (jvp's signature). It makes two classes of one definition:
+
+    - cls itself becomes the classic style (forward(ctx, ...) calling both): applying a
+      setup_context-style Function costs several times more per call, and torch.compile cannot
+      trace a Function that defines jvp (it breaks the graph), so this is what ordinary calls use;
+    - cls.with_jvp keeps the setup_context style and has `tangent` as its jvp: forward-mode AD and
+      the torch.func transforms (which require that style) get it from function(cls).
+    """
+    run, save = cls.forward, cls.setup_context
+
+    def forward(ctx, *args):
+        output = run(*args)
+        save(ctx, args, output)
+        return output
+
+    cls.with_jvp = type(cls.__name__, (cls,), {
+        "forward": staticmethod(run), "setup_context": staticmethod(save),
+        "jvp": staticmethod(cls.tangent), "__doc__": cls.__doc__, "__module__": cls.__module__})
+    cls.forward = staticmethod(forward)
+    del cls.setup_context  # back to torch's default: the classic style
+    return cls
+
+
+def function(cls):
+    """The variant of a with_jvp Function to apply now."""
+    return cls.with_jvp if tangents_possible() else cls
 
 
 def is_non_overlapping_and_dense(t):

@@ -9,8 +9,8 @@ import math
 
 import torch
 
-from ._util import autocast_inputs
-from .relu import ReLUBackward
+from ._util import autocast_inputs, differentiable, function, function_for, with_jvp
+from .relu import relu_grad
 
 _ops = torch.ops.torchext
 # Resolved overloads: calling them skips the packet's overload lookup on every call (the tutorial's
@@ -51,60 +51,112 @@ def _linear_relu_grad_fake(grad_output, result):
             grad_output.new_empty((grad_output.shape[1],)))
 
 
+@with_jvp
 class BiasGrad(torch.autograd.Function):
-    """db = dY.sum(0). Linear in dY: its backward broadcasts the incoming gradient over the rows."""
+    """db = dY.sum(0). Linear in dY: its backward broadcasts the incoming gradient over the rows,
+    and its tangent is itself applied to dY's tangent."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, grad_output):
-        ctx.rows = grad_output.shape[0]
+    def forward(grad_output):
         return _linear_bias_grad(grad_output)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.rows = inputs[0].shape[0]
 
     @staticmethod
     def backward(ctx, grad_grad):
         return grad_grad.unsqueeze(0).expand(ctx.rows, grad_grad.shape[0])
 
+    @staticmethod
+    def tangent(ctx, grad_output_t):
+        return _bias_grad(grad_output_t)
+
+
+# The pieces of the backward and of the tangents. Each goes through its Function only when
+# derivatives of it may be taken (differentiable()); a plain backward calls the bare kernels, which
+# saves the per-call overhead of autograd.Function on small layers.
+def _matmul_t(a, b, bias=None):
+    return (function(LinearFunction).apply if differentiable() else _linear)(a, b, bias)
+
+
+def _bias_grad(grad_output):
+    return function(BiasGrad).apply(grad_output) if differentiable() else _linear_bias_grad(grad_output)
+
 
 def _linear_backward(ctx_needs, grad_z, input, weight, has_bias):
     """Gradients of z = input @ weight.T + bias for the inputs marked in ctx_needs (3 flags)."""
-    # Grad mode is on inside backward only under create_graph=True: then the graph of the
-    # gradients is recorded through the Functions; otherwise the ops are called directly, which
-    # saves the per-call overhead of autograd.Function on small layers.
-    graph = torch.is_grad_enabled()
     grad_input = grad_weight = grad_bias = None
     if ctx_needs[0]:
-        grad_input = (LinearFunction.apply if graph else _linear)(grad_z, weight.t(), None)
+        grad_input = _matmul_t(grad_z, weight.t())
     if ctx_needs[1]:
-        grad_weight = (LinearFunction.apply if graph else _linear)(grad_z.t(), input.t(), None)
+        grad_weight = _matmul_t(grad_z.t(), input.t())
     if has_bias and ctx_needs[2]:
-        grad_bias = BiasGrad.apply(grad_z) if graph else _linear_bias_grad(grad_z)
+        grad_bias = _bias_grad(grad_z)
     return grad_input, grad_weight, grad_bias
 
 
+def _linear_tangent(input, weight, input_t, weight_t, bias_t):
+    """Tangent of z = input @ weight.T + bias: input_t @ weight.T + input @ weight_t.T + bias_t, each
+    term present when its tangent is."""
+    tangent = None
+    if input_t is not None:
+        tangent, bias_t = _matmul_t(input_t, weight, bias_t), None
+    if weight_t is not None:
+        term, bias_t = _matmul_t(input, weight_t, bias_t), None
+        tangent = term if tangent is None else tangent + term
+    if bias_t is not None:  # only the bias has a tangent
+        tangent = bias_t.expand(input.shape[0], weight.shape[0]).contiguous()
+    return tangent
+
+
+@with_jvp
 class LinearFunction(torch.autograd.Function):
     """out = input @ weight.T + bias on 2-D input."""
 
     op = _linear  # the forward alone, for calls that record no graph
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, input, weight, bias):
-        ctx.save_for_backward(input, weight)
-        ctx.has_bias = bias is not None
+    def forward(input, weight, bias):
         return _linear(input, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.save_for_forward(input, weight)
+        ctx.has_bias = bias is not None
 
     @staticmethod
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
         return _linear_backward(ctx.needs_input_grad, grad_output, input, weight, ctx.has_bias)
 
+    @staticmethod
+    def tangent(ctx, input_t, weight_t, bias_t):
+        input, weight = ctx.saved_tensors
+        return _linear_tangent(input, weight, input_t, weight_t, bias_t)
 
+
+@with_jvp
 class ReLUGrad(torch.autograd.Function):
-    """(dZ, db) = (dY * (result > 0), dZ.sum(0)) in one pass. Linear in dY; the mask is piecewise
-    constant in result, which gets no gradient (as in torch's threshold_backward)."""
+    """(dZ, db) = (dY * (result > 0), dZ.sum(0)) in one pass. Linear in dY, so its tangent is
+    itself applied to dY's tangent; the mask is piecewise constant in result, which gets no
+    gradient (as in torch's threshold_backward)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, grad_output, result):
-        ctx.save_for_backward(result)
+    def forward(grad_output, result):
         return _linear_relu_grad(grad_output, result)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+        ctx.save_for_forward(inputs[1])
 
     @staticmethod
     def backward(ctx, grad_masked, grad_sums):
@@ -117,20 +169,37 @@ class ReLUGrad(torch.autograd.Function):
             total = spread if total is None else total + spread
         if total is None:
             return None, None
-        return ReLUBackward.apply(total, result), None
+        return relu_grad(total, result), None
+
+    @staticmethod
+    def tangent(ctx, grad_output_t, result_t):
+        (result,) = ctx.saved_tensors
+        if grad_output_t is None:
+            return None, None
+        return _relu_grad_and_sums(grad_output_t, result)
 
 
+def _relu_grad_and_sums(grad_output, result):
+    return (function(ReLUGrad).apply if differentiable() else _linear_relu_grad)(grad_output, result)
+
+
+@with_jvp
 class LinearReLUFunction(torch.autograd.Function):
     """out = relu(input @ weight.T + bias) on 2-D input, ReLU fused into the GEMM's epilogue."""
 
     op = _linear_relu
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, input, weight, bias):
-        result = _linear_relu(input, weight, bias)
-        ctx.save_for_backward(input, weight, result)
+    def forward(input, weight, bias):
+        return _linear_relu(input, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias = inputs
+        ctx.save_for_backward(input, weight, output)
+        ctx.save_for_forward(input, weight, output)
         ctx.has_bias = bias is not None
-        return result
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -138,12 +207,14 @@ class LinearReLUFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad
         if not any(needs):
             return None, None, None
-        if torch.is_grad_enabled():
-            grad_z, grad_bias = ReLUGrad.apply(grad_output, result)
-        else:
-            grad_z, grad_bias = _linear_relu_grad(grad_output, result)
+        grad_z, grad_bias = _relu_grad_and_sums(grad_output, result)
         grad_input, grad_weight, _ = _linear_backward((needs[0], needs[1], False), grad_z, input, weight, False)
         return grad_input, grad_weight, grad_bias if (ctx.has_bias and needs[2]) else None
+
+    @staticmethod
+    def tangent(ctx, input_t, weight_t, bias_t):
+        input, weight, result = ctx.saved_tensors
+        return relu_grad(_linear_tangent(input, weight, input_t, weight_t, bias_t), result)
 
 
 def _check_args(name, input, weight, bias):
@@ -186,12 +257,10 @@ def _apply(fn, name, input, weight, bias):
 
 def _apply_checked(fn, input, weight, bias):
     """fn on checked, autocast inputs with a 2-D weight; input [..., in] -> [..., out]. Without
-    anything to record (grad mode off, or no input requiring grad) the op is called directly, as
-    autograd.Function costs microseconds per call."""
-    run = fn.apply
-    if not (torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad
-                                         or (bias is not None and bias.requires_grad))):
-        run = fn.op
+    anything to record (see function_for) the op is called directly, as autograd.Function costs
+    microseconds per call."""
+    record = function_for(fn, input, weight, bias)
+    run = fn.op if record is None else record.apply
     if input.dim() == 2:  # the common case, without the reshapes (they cost microseconds)
         return run(input, weight, bias)
     # Any leading dims are flattened into the batch ([..., in] -> [B, in]) and restored after;

@@ -4,7 +4,8 @@ import warnings
 import torch
 from torch.nn import _reduction as _Reduction
 
-from ._util import autocast_inputs, is_non_overlapping_and_dense
+from ._util import (autocast_inputs, differentiable, function, function_for, is_non_overlapping_and_dense,
+                    with_jvp)
 
 _ops = torch.ops.torchext
 
@@ -57,16 +58,24 @@ def _mse_loss_backward_fake(grad_output, diff, reduction):
     return torch.empty_like(diff, memory_format=torch.contiguous_format)
 
 
+@with_jvp
 class MSELossBackward(torch.autograd.Function):
     """grad_input = norm * diff * grad_output with norm = 2 (/ numel for mean), grad_output a scalar
-    for mean/sum. Bilinear in (grad_output, diff), so both of its gradients are again
-    mse_loss_backward calls (plus a sum for the scalar grad_output): any order of derivative works."""
+    for mean/sum. Bilinear in (grad_output, diff), so both of its gradients and its tangent are
+    again mse_loss_backward calls (plus a sum for the scalar grad_output): any order of derivative
+    works."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, grad_output, diff, reduction):
-        ctx.reduction = reduction
-        ctx.save_for_backward(grad_output, diff)
+    def forward(grad_output, diff, reduction):
         return _mse_loss_backward(grad_output, diff, reduction)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_output, diff, ctx.reduction = inputs
+        ctx.save_for_backward(grad_output, diff)
+        ctx.save_for_forward(grad_output, diff)
 
     @staticmethod
     def backward(ctx, grad_grad):
@@ -74,38 +83,63 @@ class MSELossBackward(torch.autograd.Function):
         reduction = ctx.reduction
         d_grad_output = d_diff = None
         if ctx.needs_input_grad[0]:
-            d_grad_output = MSELossBackward.apply(grad_grad, diff, _NONE)  # 2 * diff * grad_grad
-            if reduction != _NONE:
-                d_grad_output = d_grad_output.sum()
-                if reduction == _MEAN:
-                    d_grad_output = d_grad_output / diff.numel()
+            d_grad_output = _sum_for(reduction, _mse_grad(grad_grad, diff, _NONE))  # 2 * diff * grad_grad
         if ctx.needs_input_grad[1]:
-            d_diff = MSELossBackward.apply(grad_output, grad_grad, reduction)
+            d_diff = _mse_grad(grad_output, grad_grad, reduction)
         return d_grad_output, d_diff, None
 
+    @staticmethod
+    def tangent(ctx, grad_output_t, diff_t, _):
+        grad_output, diff = ctx.saved_tensors
+        tangent = None
+        if grad_output_t is not None:
+            tangent = _mse_grad(grad_output_t, diff, ctx.reduction)
+        if diff_t is not None:
+            term = _mse_grad(grad_output, diff_t, ctx.reduction)
+            tangent = term if tangent is None else tangent + term
+        return tangent
 
+
+def _mse_grad(grad_output, diff, reduction):
+    """norm * diff * grad_output; through the Function only when derivatives of it may be taken."""
+    if differentiable():
+        return function(MSELossBackward).apply(grad_output, diff, reduction)
+    return _mse_loss_backward(grad_output, diff, reduction)
+
+
+def _sum_for(reduction, elementwise):
+    """The elementwise terms of a loss reduced as `reduction` reduces the loss."""
+    if reduction == _NONE:
+        return elementwise
+    total = elementwise.sum()
+    return total / elementwise.numel() if reduction == _MEAN else total
+
+
+@with_jvp
 class MSELossFunction(torch.autograd.Function):
     """loss = reduce((input - target)^2). diff = input - target comes out of the same pass and is a
     (differentiable) output too: saving it as an output keeps its link to input and target, which
     the double backward needs."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, input, target, reduction):
-        loss, diff = _mse_loss_forward(input, target, reduction)
-        ctx.reduction = reduction
+    def forward(input, target, reduction):
+        return _mse_loss_forward(input, target, reduction)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.reduction = inputs[2]
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(diff)
-        return loss, diff
+        ctx.save_for_backward(output[1])
+        ctx.save_for_forward(output[1])
 
     @staticmethod
     def backward(ctx, grad_loss, grad_diff):
         (diff,) = ctx.saved_tensors
         grad = None
         if grad_loss is not None:
-            if torch.is_grad_enabled():  # create_graph: keep the backward differentiable
-                grad = MSELossBackward.apply(grad_loss, diff, ctx.reduction)
-            else:
-                grad = _mse_loss_backward(grad_loss, diff, ctx.reduction)
+            grad = _mse_grad(grad_loss, diff, ctx.reduction)
         if grad_diff is not None:
             grad = grad_diff if grad is None else grad + grad_diff
         if grad is None:
@@ -113,6 +147,16 @@ class MSELossFunction(torch.autograd.Function):
         grad_input = grad if ctx.needs_input_grad[0] else None
         grad_target = -grad if ctx.needs_input_grad[1] else None
         return grad_input, grad_target, None
+
+    @staticmethod
+    def tangent(ctx, input_t, target_t, _):
+        (diff,) = ctx.saved_tensors
+        if input_t is None:
+            diff_t = -target_t
+        else:
+            diff_t = input_t if target_t is None else input_t - target_t
+        # d((x - t)^2) = 2 (x - t) d(x - t), reduced as the loss is.
+        return _sum_for(ctx.reduction, _mse_grad(diff_t, diff, _NONE)), diff_t
 
 
 class _NotATensorError(TypeError, AttributeError):
@@ -165,7 +209,8 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
             return torch.sum(weighted)
         return torch.sum(weighted) / torch.sum(weight)
 
-    if torch.is_grad_enabled() and (input.requires_grad or target.requires_grad):
-        loss, _ = MSELossFunction.apply(input, target, reduction_enum)
+    fn = function_for(MSELossFunction, input, target)
+    if fn is not None:
+        loss, _ = fn.apply(input, target, reduction_enum)
         return loss
     return _mse_loss(input, target, reduction_enum)
