@@ -90,3 +90,42 @@ def autocast_inputs(policy, *tensors):
     dtype = torch.get_autocast_dtype(device_type) if policy == "lower" else torch.float32
     return tuple(t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
                  for t in tensors)
+
+
+# vmap rules for the ops (torch.library.register_vmap). Without them torch.vmap (and the torch.func
+# transforms built on it) runs each op through functorch's generic per-entry fallback, which works
+# but warns about it on every use.
+def batch_first(x, dim, size):
+    """x with its vmapped dim first; an unbatched x gets a broadcast (zero-stride) leading dim."""
+    return x.movedim(dim, 0) if dim is not None else x.expand(size, *x.shape)
+
+
+def looped_vmap(op):
+    """A vmap rule running op once per batch entry and stacking the results: each entry gets the
+    numbers an unbatched call gives. For ops whose batched form has no cheaper shape."""
+    def rule(info, in_dims, *args):
+        def entry(i):
+            return [a if d is None else (a.select(d, i) if i is not None else
+                                         a.new_zeros(a.shape[:d] + a.shape[d + 1:]))
+                    for a, d in zip(args, in_dims)]
+        if info.batch_size == 0:  # run once on dummies for the shapes, return empty batches
+            out = op(*entry(None))
+            if isinstance(out, tuple):
+                return tuple(o.new_empty((0, *o.shape)) for o in out), (0,) * len(out)
+            return out.new_empty((0, *out.shape)), 0
+        outs = [op(*entry(i)) for i in range(info.batch_size)]
+        if isinstance(outs[0], tuple):
+            return tuple(torch.stack(parts) for parts in zip(*outs)), (0,) * len(outs[0])
+        return torch.stack(outs), 0
+    return rule
+
+
+def elementwise_vmap(op, tensor_args):
+    """A vmap rule for an op elementwise in its first tensor_args arguments (all of one shape): one
+    call over the whole batch."""
+    def rule(info, in_dims, *args):
+        size = info.batch_size
+        batched = [batch_first(a, d, size) for a, d in zip(args[:tensor_args], in_dims[:tensor_args])]
+        out = op(*batched, *args[tensor_args:])
+        return out, ((0,) * len(out) if isinstance(out, tuple) else 0)
+    return rule

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from ._util import autocast_inputs, differentiable, function, function_for, with_jvp
+from ._util import autocast_inputs, differentiable, function, function_for, looped_vmap, with_jvp
 from .relu import relu_grad
 
 _ops = torch.ops.torchext
@@ -49,6 +49,24 @@ def _linear_relu_grad_fake(grad_output, result):
                  lambda: "torchext.linear_relu_grad: 'result' must have the 2-D shape of 'grad_output'")
     return (torch.empty_like(grad_output, memory_format=torch.contiguous_format),
             grad_output.new_empty((grad_output.shape[1],)))
+
+
+def _linear_vmap(op):
+    looped = looped_vmap(op)
+
+    def rule(info, in_dims, input, weight, bias):
+        if in_dims[1] is None and in_dims[2] is None:  # shared weights: the batch is more rows
+            x = input.movedim(in_dims[0], 0)
+            out = op(x.reshape(-1, x.shape[-1]), weight, bias)
+            return out.reshape(x.shape[0], x.shape[1], out.shape[1]), 0
+        return looped(info, in_dims, input, weight, bias)
+    return rule
+
+
+for _op in (_linear, _linear_relu):
+    torch.library.register_vmap(_op, _linear_vmap(_op))
+for _op in (_linear_bias_grad, _linear_relu_grad):
+    torch.library.register_vmap(_op, looped_vmap(_op))
 
 
 @with_jvp

@@ -4,8 +4,8 @@ import warnings
 import torch
 from torch.nn import _reduction as _Reduction
 
-from ._util import (autocast_inputs, differentiable, function, function_for, is_non_overlapping_and_dense,
-                    with_jvp)
+from ._util import (autocast_inputs, differentiable, elementwise_vmap, function, function_for,
+                    is_non_overlapping_and_dense, looped_vmap, with_jvp)
 
 _ops = torch.ops.torchext
 
@@ -56,6 +56,19 @@ def _mse_loss_backward_fake(grad_output, diff, reduction):
     if is_non_overlapping_and_dense(diff):
         return torch.empty_like(diff)
     return torch.empty_like(diff, memory_format=torch.contiguous_format)
+
+
+def _mse_vmap(op):
+    # Elementwise without a reduction; a reduced loss (or its scalar grad_output) per entry otherwise.
+    elementwise, looped = elementwise_vmap(op, 2), looped_vmap(op)
+
+    def rule(info, in_dims, a, b, reduction):
+        return (elementwise if reduction == _NONE else looped)(info, in_dims, a, b, reduction)
+    return rule
+
+
+for _op in (_mse_loss, _mse_loss_forward, _mse_loss_backward):
+    torch.library.register_vmap(_op, _mse_vmap(_op))
 
 
 @with_jvp

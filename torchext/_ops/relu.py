@@ -1,7 +1,8 @@
 """ReLU: fake kernels and autograd wrappers around torch.ops.torchext.relu*."""
 import torch
 
-from ._util import differentiable, function, function_for, is_non_overlapping_and_dense, with_jvp
+from ._util import (differentiable, elementwise_vmap, function, function_for, is_non_overlapping_and_dense,
+                    tangents_possible, with_jvp)
 
 _ops = torch.ops.torchext
 # Resolved overloads: calling them skips the packet lookup on every call (small activations are
@@ -29,6 +30,10 @@ def _relu_backward_fake(grad_output, result):
     torch._check(grad_output.shape == result.shape,
                  lambda: "torchext.relu_backward: 'result' must have the shape of 'grad_output'")
     return torch.empty_like(grad_output, memory_format=torch.contiguous_format)
+
+
+torch.library.register_vmap(_relu, elementwise_vmap(_relu, 1))
+torch.library.register_vmap(_relu_backward, elementwise_vmap(_relu_backward, 2))
 
 
 @with_jvp
@@ -90,36 +95,30 @@ class ReLUFunction(torch.autograd.Function):
         return relu_grad(input_t, result)
 
 
-@with_jvp
 class ReLUInplaceFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(input):
-        _relu_(input)
-        return input
+    """relu_ for ordinary calls. Forward-mode AD and torch.func go through the out-of-place Function
+    and a copy_ back instead (see relu): a custom Function that returns its input and saves it is
+    refused in the setup_context style those need, and an in-place jvp cannot be vmapped."""
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.mark_dirty(output)
-        ctx.save_for_backward(output)  # the input, which now holds the result
-        ctx.save_for_forward(output)
+    def forward(ctx, input):
+        _relu_(input)
+        ctx.mark_dirty(input)
+        ctx.save_for_backward(input)  # input now holds the result
+        return input
 
     @staticmethod
     def backward(ctx, grad_output):
         (result,) = ctx.saved_tensors
         return relu_grad(grad_output, result)
 
-    @staticmethod
-    def tangent(ctx, input_t):
-        # The input was modified in place, so its tangent is too (forward-mode AD requires it):
-        # zero where result <= 0, kept elsewhere (NaN included), as relu_backward does.
-        (result,) = ctx.saved_tensors
-        return input_t.masked_fill_(result <= 0, 0)
-
 
 def relu(input, inplace=False):
     if not isinstance(input, torch.Tensor):
         raise TypeError("relu(): argument 'input' must be Tensor, not %s" % type(input).__name__)
     if inplace:
-        return function(ReLUInplaceFunction).apply(input)  # also bumps the version counter for autograd
+        if tangents_possible():
+            return input.copy_(ReLUFunction.with_jvp.apply(input))
+        return ReLUInplaceFunction.apply(input)  # also bumps the version counter for autograd
     fn = function_for(ReLUFunction, input)
     return _relu(input) if fn is None else fn.apply(input)
