@@ -487,3 +487,38 @@ def test_traced_op_path_matches_eager_path(case, monkeypatch):
             traced.step()
     for p, q in zip(a + b, a2 + b2):
         assert torch.equal(p, q)
+
+
+SCHEDULERS = {
+    "StepLR": lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5),
+    # Cycles momentum too: SGD's 'momentum', Adam's betas[0], rewritten in param_groups each step.
+    "OneCycleLR": lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.05, total_steps=12),
+    "CyclicLR": lambda o: torch.optim.lr_scheduler.CyclicLR(o, 1e-3, 5e-2, step_size_up=2),
+    "CosineAnnealingWarmRestarts": lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, 4),
+    "SWALR": lambda o: torch.optim.swa_utils.SWALR(o, swa_lr=0.02, anneal_epochs=3),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+def test_lr_schedulers_and_step_hooks_match_torch(scheduler, case, device):
+    # Schedulers edit param_groups between steps (lr, and momentum / betas for the cyclic ones);
+    # the step hooks fire in the same order around each step; the params follow torch's.
+    name, kw = case
+    a, b, ref, ours = _pair(name, kw, device)
+    sched_ref, sched_ours = SCHEDULERS[scheduler](ref), SCHEDULERS[scheduler](ours)
+    calls = {id(ref): [], id(ours): []}
+    for opt in (ref, ours):
+        opt.register_step_pre_hook(lambda o, args, kwargs: calls[id(o)].append(("pre", o.param_groups[0]["lr"])))
+        opt.register_step_post_hook(lambda o, args, kwargs: calls[id(o)].append(("post", o.param_groups[0]["lr"])))
+    for _ in range(10):
+        set_grads(a, b)
+        ref.step()
+        ours.step()
+        sched_ref.step()
+        sched_ours.step()
+        assert ours.param_groups[0]["lr"] == ref.param_groups[0]["lr"]
+    assert calls[id(ours)] == calls[id(ref)] and len(calls[id(ours)]) == 20
+    assert_params_close(b, a, torch.float64)
+    assert sched_ours.state_dict() == sched_ref.state_dict()
