@@ -522,3 +522,28 @@ def test_lr_schedulers_and_step_hooks_match_torch(scheduler, case, device):
     assert calls[id(ours)] == calls[id(ref)] and len(calls[id(ours)]) == 20
     assert_params_close(b, a, torch.float64)
     assert sched_ours.state_dict() == sched_ref.state_dict()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_step_with_closure_returns_its_loss_and_matches_torch(case, device):
+    # step(closure): the closure runs with grad enabled (even when step is called under no_grad),
+    # its loss comes back, and the update uses the grads it produced.
+    name, kw = case
+    a, b, ref, ours = _pair(name, kw, device)
+    target = torch.randn(7, 13, dtype=torch.float64, device=device)
+    returned = []
+    for params, opt in ((a, ref), (b, ours)):
+        def closure():
+            opt.zero_grad()
+            loss = ((params[0] - target) ** 2).sum() + params[-1].square().mean()
+            loss.backward()
+            return loss
+        losses = []
+        for _ in range(4):
+            with torch.no_grad():
+                losses.append(opt.step(closure))
+        returned.append(torch.stack(losses))
+    torch.testing.assert_close(returned[1], returned[0], atol=1e-12, rtol=1e-12)
+    assert_params_close(b, a, torch.float64)
+    assert ours.step() is None
