@@ -233,10 +233,13 @@ TORCHEXT_INLINE void finish_tile(typename VecOf<Acc, VB>::type (&c0)[MR], typena
   }
 }
 
-// MR x (2 vectors) register tile over kc steps of packed panels, then finish_tile. `partial` (ld =
+// MR x (NV vectors) register tile over kc steps of packed panels, then finish_tile. `partial` (ld =
 // ldp) holds the sum over earlier kc slices when !first.
 // kDirectA: `ap` is the caller's row-major A itself (row stride lda), read without packing.
-template <typename T, typename Acc, int VB, int MR, bool kDirectA>
+// Otherwise `ap` is a packed panel of PANEL rows per k (PANEL >= MR: an edge tile reads only the
+// first MR rows of a zero-padded panel). NV = 1 for an edge panel of at most one vector of valid
+// columns: it reads the first half of each k's NR packed values and leaves c1 at zero.
+template <typename T, typename Acc, int VB, int MR, bool kDirectA, int PANEL = MR, int NV = 2>
 TORCHEXT_INLINE void micro_kernel(int64_t kc, const Acc* __restrict__ ap, int64_t lda, const Acc* __restrict__ bp,
                                   Acc* __restrict__ partial, int64_t ldp, bool first, bool last,
                                   const LinearProblem<T>& g, int64_t i0, int64_t j0, int64_t rows, int64_t cols) {
@@ -252,15 +255,48 @@ TORCHEXT_INLINE void micro_kernel(int64_t kc, const Acc* __restrict__ ap, int64_
   for (int64_t k = 0; k < kc; ++k) {
     V b0, b1;
     std::memcpy(&b0, bp + k * NR, VB);
-    std::memcpy(&b1, bp + k * NR + VL, VB);
+    if constexpr (NV == 2) std::memcpy(&b1, bp + k * NR + VL, VB);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      const Acc av = kDirectA ? ap[r * lda + k] : ap[k * MR + r];
+      const Acc av = kDirectA ? ap[r * lda + k] : ap[k * PANEL + r];
       c0[r] += av * b0;
-      c1[r] += av * b1;
+      if constexpr (NV == 2) c1[r] += av * b1;
     }
   }
   finish_tile<T, Acc, VB, MR>(c0, c1, partial, ldp, first, last, g, i0, j0, rows, cols);
+}
+
+// One micro-tile of `rows` x `cols` valid values, with the smallest register tile that covers it:
+// edge tiles of a few rows or of at most one vector of columns would otherwise cost a full MR x NR
+// tile of arithmetic (a 64-row batch is 5 x 12 + 4 rows; 100 output features are 3 x 32 + 4).
+template <typename T, typename Acc, int VB, int MR, bool kDirectA, int NV>
+TORCHEXT_INLINE void edge_aware_tile(int64_t kc, const Acc* __restrict__ ap, int64_t lda, const Acc* __restrict__ bp,
+                                     Acc* __restrict__ partial, int64_t ldp, bool first, bool last,
+                                     const LinearProblem<T>& g, int64_t i0, int64_t j0, int64_t rows, int64_t cols) {
+  if constexpr (!kDirectA && MR > 4) {  // a packed panel is zero-padded: round its rows up
+    if (rows <= 4) {
+      micro_kernel<T, Acc, VB, 4, false, MR, NV>(kc, ap, lda, bp, partial, ldp, first, last, g, i0, j0, rows, cols);
+      return;
+    }
+    if constexpr (MR > 8) {
+      if (rows <= 8) {
+        micro_kernel<T, Acc, VB, 8, false, MR, NV>(kc, ap, lda, bp, partial, ldp, first, last, g, i0, j0, rows, cols);
+        return;
+      }
+    }
+  }
+  micro_kernel<T, Acc, VB, MR, kDirectA, MR, NV>(kc, ap, lda, bp, partial, ldp, first, last, g, i0, j0, rows, cols);
+}
+
+template <typename T, typename Acc, int VB, int MR, bool kDirectA>
+TORCHEXT_INLINE void any_tile(int64_t kc, const Acc* __restrict__ ap, int64_t lda, const Acc* __restrict__ bp,
+                              Acc* __restrict__ partial, int64_t ldp, bool first, bool last,
+                              const LinearProblem<T>& g, int64_t i0, int64_t j0, int64_t rows, int64_t cols) {
+  constexpr int VL = VB / static_cast<int>(sizeof(Acc));
+  if (cols <= VL)
+    edge_aware_tile<T, Acc, VB, MR, kDirectA, 1>(kc, ap, lda, bp, partial, ldp, first, last, g, i0, j0, rows, cols);
+  else
+    edge_aware_tile<T, Acc, VB, MR, kDirectA, 2>(kc, ap, lda, bp, partial, ldp, first, last, g, i0, j0, rows, cols);
 }
 
 // Runs tasks [task_begin, task_end) of the grid. Per task and kc slice: pack A and B once, then
@@ -292,13 +328,13 @@ TORCHEXT_INLINE void gemm_tasks_impl(const LinearProblem<T>* gp, const Blocking*
           Acc* part = pc + ir * bl.nc + jr;
           if constexpr (std::is_same<T, Acc>::value) {
             if (ir < direct_rows) {
-              micro_kernel<T, Acc, VB, MR, true>(kc, g.a + (i0 + ir) * g.sam + k0, g.sam, pb + jr * kc, part, bl.nc,
-                                                 first, last, g, i0 + ir, j0 + jr, mr, nr);
+              any_tile<T, Acc, VB, MR, true>(kc, g.a + (i0 + ir) * g.sam + k0, g.sam, pb + jr * kc, part, bl.nc,
+                                             first, last, g, i0 + ir, j0 + jr, mr, nr);
               continue;
             }
           }
-          micro_kernel<T, Acc, VB, MR, false>(kc, pa + (ir - direct_rows) * kc, MR, pb + jr * kc, part, bl.nc,
-                                              first, last, g, i0 + ir, j0 + jr, mr, nr);
+          any_tile<T, Acc, VB, MR, false>(kc, pa + (ir - direct_rows) * kc, MR, pb + jr * kc, part, bl.nc,
+                                          first, last, g, i0 + ir, j0 + jr, mr, nr);
         }
       }
     }
@@ -383,35 +419,53 @@ TORCHEXT_INLINE void pack_bf16_pairs(const c10::BFloat16* src, int64_t s_lane, i
   }
 }
 
+// MR x NV vectors of one kBf16MR-row packed panel (MR < kBf16MR for a zero-padded edge panel; NV = 1
+// for an edge of at most 16 columns), as micro_kernel.
+template <int MR, int NV>
 TORCHEXT_TARGET_AVX512_BF16 inline void micro_kernel_bf16(int64_t pairs, const uint32_t* __restrict__ ap,
                                                            const uint32_t* __restrict__ bp, float* __restrict__ partial,
                                                            int64_t ldp, bool first, bool last,
                                                            const LinearProblem<c10::BFloat16>& g, int64_t i0,
                                                            int64_t j0, int64_t rows, int64_t cols) {
   using V = VecOf<float, 64>::type;
-  __m512 acc0[kBf16MR], acc1[kBf16MR];
+  __m512 acc0[MR], acc1[MR];
 #pragma GCC unroll 16
-  for (int r = 0; r < kBf16MR; ++r) {
+  for (int r = 0; r < MR; ++r) {
     acc0[r] = _mm512_setzero_ps();
     acc1[r] = _mm512_setzero_ps();
   }
   for (int64_t q = 0; q < pairs; ++q) {
     const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp + q * kBf16NR);
-    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + q * kBf16NR + 16);
+    __m512bh b1;
+    if constexpr (NV == 2) b1 = (__m512bh)_mm512_loadu_si512(bp + q * kBf16NR + 16);
 #pragma GCC unroll 16
-    for (int r = 0; r < kBf16MR; ++r) {
+    for (int r = 0; r < MR; ++r) {
       const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(ap[q * kBf16MR + r]));
       acc0[r] = _mm512_dpbf16_ps(acc0[r], a, b0);
-      acc1[r] = _mm512_dpbf16_ps(acc1[r], a, b1);
+      if constexpr (NV == 2) acc1[r] = _mm512_dpbf16_ps(acc1[r], a, b1);
     }
   }
-  V c0[kBf16MR], c1[kBf16MR];
+  V c0[MR], c1[MR];
 #pragma GCC unroll 16
-  for (int r = 0; r < kBf16MR; ++r) {
+  for (int r = 0; r < MR; ++r) {
     c0[r] = (V)acc0[r];
     c1[r] = (V)acc1[r];
   }
-  finish_tile<c10::BFloat16, float, 64, kBf16MR>(c0, c1, partial, ldp, first, last, g, i0, j0, rows, cols);
+  finish_tile<c10::BFloat16, float, 64, MR>(c0, c1, partial, ldp, first, last, g, i0, j0, rows, cols);
+}
+
+template <int NV>
+TORCHEXT_TARGET_AVX512_BF16 inline void edge_aware_tile_bf16(int64_t pairs, const uint32_t* __restrict__ ap,
+                                                              const uint32_t* __restrict__ bp,
+                                                              float* __restrict__ partial, int64_t ldp, bool first,
+                                                              bool last, const LinearProblem<c10::BFloat16>& g,
+                                                              int64_t i0, int64_t j0, int64_t rows, int64_t cols) {
+  if (rows <= 4)
+    micro_kernel_bf16<4, NV>(pairs, ap, bp, partial, ldp, first, last, g, i0, j0, rows, cols);
+  else if (rows <= 8)
+    micro_kernel_bf16<8, NV>(pairs, ap, bp, partial, ldp, first, last, g, i0, j0, rows, cols);
+  else
+    micro_kernel_bf16<kBf16MR, NV>(pairs, ap, bp, partial, ldp, first, last, g, i0, j0, rows, cols);
 }
 
 // gemm_tasks_impl for the bf16 pair kernel: A and B always packed (pa, pb hold 32-bit pair words).
@@ -439,8 +493,12 @@ TORCHEXT_TARGET_AVX512_BF16 void gemm_tasks_bf16(const LinearProblem<c10::BFloat
         const int64_t mr = std::min<int64_t>(kBf16MR, rows - ir);
         for (int64_t jr = 0; jr < cols; jr += kBf16NR) {
           const int64_t nr = std::min<int64_t>(kBf16NR, cols - jr);
-          micro_kernel_bf16(pairs, pa + ir * pairs, pb + jr * pairs, pc + ir * bl.nc + jr, bl.nc, first, last, g,
-                            i0 + ir, j0 + jr, mr, nr);
+          if (nr <= 16)
+            edge_aware_tile_bf16<1>(pairs, pa + ir * pairs, pb + jr * pairs, pc + ir * bl.nc + jr, bl.nc, first,
+                                    last, g, i0 + ir, j0 + jr, mr, nr);
+          else
+            edge_aware_tile_bf16<2>(pairs, pa + ir * pairs, pb + jr * pairs, pc + ir * bl.nc + jr, bl.nc, first,
+                                    last, g, i0 + ir, j0 + jr, mr, nr);
         }
       }
     }

@@ -498,3 +498,74 @@ def test_calls_without_a_graph_skip_the_function_and_match(relu, device):
     nothing_needs_grad = _ours_fn(relu)(x.reshape(3, 3, 6), w.detach(), b)  # N-D input, no grad needed
     assert nothing_needs_grad.grad_fn is None and nothing_needs_grad.shape == (3, 3, 4)
     assert torch.equal(nothing_needs_grad.reshape(9, 4), plain)
+
+
+# Every edge of the CPU register tiles: rows 1..25 cover each remainder of the 12-row (AVX-512) and
+# 6-row (AVX2, baseline) tiles, plus whole tiles; columns straddle the one- and two-vector widths
+# of each level (4, 8, 16 and 32 lanes); K = 600 spans two k slices (partial sums through the edge
+# tiles). Row-major input takes the unpacked-A path for float32/float64, a transposed view the
+# packed one.
+EDGE_ROWS = range(1, 26)
+EDGE_COLS = [1, 3, 4, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100]
+EDGE_DTYPES = ["float64", "float32", "float16", "bfloat16"]
+
+
+def _edge_inputs(dtype):
+    gen = torch.Generator().manual_seed(11)
+    cases = []
+    for M in EDGE_ROWS:
+        for N in EDGE_COLS:
+            K = 600 if (M + N) % 3 == 0 else 37
+            x = torch.randn(M, K, generator=gen).to(dtype)
+            if (M + N) % 2:
+                x = x.t().contiguous().t()  # same values, column-major: the packed path
+            cases.append((x, torch.randn(N, K, generator=gen).to(dtype), torch.randn(N, generator=gen).to(dtype)))
+    return cases
+
+
+def _edge_outputs(dtype):
+    return [(torchext.functional.linear(x, w, b), torchext.functional.linear_relu(x, w, b))
+            for x, w, b in _edge_inputs(dtype)]
+
+
+def _check_edge_outputs(dtype, outputs):
+    # A rigorous bound: K + 2 roundings of the accumulator over the sum of |terms|, then one
+    # rounding to the output dtype. A skipped or misplaced edge value is off by O(terms).
+    acc_eps = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
+    out_eps = torch.finfo(dtype).eps
+    inputs = _edge_inputs(dtype)
+    assert len(outputs) == len(inputs)
+    for (x, w, b), (out, out_relu) in zip(inputs, outputs):
+        exact = x.double() @ w.double().t() + b.double()
+        terms = x.double().abs() @ w.double().abs().t() + b.double().abs()
+        bound = (x.shape[1] + 2) * acc_eps * terms + out_eps * exact.abs()
+        assert out.dtype == dtype and out.shape == exact.shape
+        assert ((out.double() - exact).abs() <= bound).all(), (tuple(x.shape), tuple(w.shape), x.stride())
+        assert torch.equal(out_relu, out.clamp_min(0))
+
+
+@pytest.mark.parametrize("dtype", EDGE_DTYPES)
+def test_cpu_gemm_edge_tiles(dtype):
+    dtype = getattr(torch, dtype)
+    _check_edge_outputs(dtype, _edge_outputs(dtype))
+
+
+@pytest.mark.parametrize("level", ["default", "avx2"])
+def test_cpu_gemm_edge_tiles_at_lower_simd_levels(level, tmp_path):
+    # The same sweep with the SIMD level capped (other tile shapes), each level in its own process.
+    import os
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(torchext.__file__)))
+    script = ("import sys, torch, torchext, test_linear as t\n"
+              "torch.save((torchext._C.cpu_capability(), {d: t._edge_outputs(getattr(torch, d)) for d in t.EDGE_DTYPES}),"
+              " sys.argv[1])\n")
+    env = dict(os.environ, TORCHEXT_CPU_CAPABILITY=level,
+               PYTHONPATH=os.pathsep.join([here, root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "out.pt")], check=True, env=env, cwd=here)
+    capability, outputs = torch.load(tmp_path / "out.pt")
+    assert capability == level
+    for name in EDGE_DTYPES:
+        _check_edge_outputs(getattr(torch, name), outputs[name])
