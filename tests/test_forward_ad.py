@@ -228,3 +228,19 @@ def test_vmap_rules_match_per_entry_calls(name, batch, device, no_vmap_fallback)
             torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
         first = out[0] if isinstance(out, tuple) else out
         assert first.shape[0] == batch
+
+
+def test_torch_compile_over_torch_func_transforms_runs():
+    # torch.compile of a torch.func transform over torchext ops: Dynamo cannot trace the Function
+    # variant that carries a jvp, so each op is a graph break, but the compiled call runs and
+    # matches eager (with fullgraph=True it raises, as Dynamo does for any custom jvp).
+    weight, bias, x, target = _inputs([(4, 6), (4,), (5, 6), (5, 4)], "cpu", requires_grad=False)
+    f = _net(F, fused=False)
+    calls = {
+        "vmap": lambda a: vmap(F.relu)(a),
+        "grad": lambda a: grad(f, argnums=2)(weight, bias, a, target),
+        "jvp": lambda a: jvp(lambda v: f(weight, bias, v, target), (a,), (torch.ones_like(a),))[1],
+    }
+    torch._dynamo.reset()
+    for name, call in calls.items():
+        torch.testing.assert_close(torch.compile(call)(x), call(x), atol=1e-12, rtol=1e-12, msg=name)
