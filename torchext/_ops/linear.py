@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from ._util import autocast_inputs, differentiable, function, function_for, looped_vmap, with_jvp
+from ._util import autocast_inputs, batch_first, differentiable, function, function_for, looped_vmap, with_jvp
 from .relu import relu_grad
 
 _ops = torch.ops.torchext
@@ -63,10 +63,24 @@ def _linear_vmap(op):
     return rule
 
 
+def _column_sums_vmap(op):
+    # Per-entry column sums of [rows, cols] entries are the column sums of one [rows, batch * cols]
+    # matrix (the entries side by side): one call for the whole batch.
+    def rule(info, in_dims, *args):
+        size = info.batch_size
+        batched = [batch_first(a, d, size) for a, d in zip(args, in_dims)]
+        rows, cols = batched[0].shape[1], batched[0].shape[2]
+        out = op(*(a.movedim(0, 1).reshape(rows, size * cols) for a in batched))
+        if isinstance(out, tuple):  # linear_relu_grad: (masked [rows, batch * cols], sums)
+            return (out[0].reshape(rows, size, cols).movedim(1, 0), out[1].reshape(size, cols)), (0, 0)
+        return out.reshape(size, cols), 0
+    return rule
+
+
 for _op in (_linear, _linear_relu):
     torch.library.register_vmap(_op, _linear_vmap(_op))
 for _op in (_linear_bias_grad, _linear_relu_grad):
-    torch.library.register_vmap(_op, looped_vmap(_op))
+    torch.library.register_vmap(_op, _column_sums_vmap(_op))
 
 
 @with_jvp
