@@ -85,6 +85,25 @@ TORCHEXT_INLINE void transpose8x8(const float* src, int64_t ld, float* dst, int6
 template <typename T, typename Acc, int MR>
 TORCHEXT_INLINE void pack_a(const LinearProblem<T>& g, int64_t i0, int64_t rows, int64_t k0, int64_t kc,
                             Acc* __restrict__ dst) {
+  if (g.sam == 1 && g.sak != 1) {
+    // Column-major A (dY^T in dW = dY^T X): each k holds the tile's rows contiguously. Walk k
+    // outside and fill every panel from one contiguous run; panel by panel, each k would be a
+    // separate page for a few dozen bytes.
+    const int64_t full = rows / MR * MR;
+    for (int64_t k = 0; k < kc; ++k) {
+      const T* s = g.a + i0 + (k0 + k) * g.sak;
+      for (int64_t p = 0; p < full; p += MR) {
+        Acc* d = dst + p * kc + k * MR;
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) d[r] = static_cast<Acc>(s[p + r]);
+      }
+      if (full < rows) {
+        Acc* d = dst + full * kc + k * MR;
+        for (int r = 0; r < MR; ++r) d[r] = full + r < rows ? static_cast<Acc>(s[full + r]) : Acc(0);
+      }
+    }
+    return;
+  }
   for (int64_t p = 0; p < rows; p += MR) {
     const int64_t valid = std::min<int64_t>(MR, rows - p);
     Acc* d = dst + p * kc;
@@ -101,7 +120,7 @@ TORCHEXT_INLINE void pack_a(const LinearProblem<T>& g, int64_t i0, int64_t rows,
           }
         }
       }
-    } else {  // column-major or general A: walk k outside so the inner reads stride by sam
+    } else {  // general strides: walk k outside so the inner reads stride by sam
       for (int64_t k = 0; k < kc; ++k) {
         const T* s = src + k * g.sak;
         for (int r = 0; r < MR; ++r) d[k * MR + r] = r < valid ? static_cast<Acc>(s[r * g.sam]) : Acc(0);
@@ -114,6 +133,24 @@ TORCHEXT_INLINE void pack_a(const LinearProblem<T>& g, int64_t i0, int64_t rows,
 template <typename T, typename Acc, int NR>
 TORCHEXT_INLINE void pack_b(const LinearProblem<T>& g, int64_t j0, int64_t cols, int64_t k0, int64_t kc,
                             Acc* __restrict__ dst) {
+  if (g.sbn == 1 && g.sbk != 1) {
+    // Weight given as a transposed view (X^T in dW, W^T in dX): each k holds the block's columns
+    // contiguously; as in pack_a, walk k outside and fill every panel from one contiguous run.
+    const int64_t full = cols / NR * NR;
+    for (int64_t k = 0; k < kc; ++k) {
+      const T* s = g.b + j0 + (k0 + k) * g.sbk;
+      for (int64_t p = 0; p < full; p += NR) {
+        Acc* d = dst + p * kc + k * NR;
+#pragma GCC unroll 4
+        for (int c = 0; c < NR; ++c) d[c] = static_cast<Acc>(s[p + c]);
+      }
+      if (full < cols) {
+        Acc* d = dst + full * kc + k * NR;
+        for (int c = 0; c < NR; ++c) d[c] = full + c < cols ? static_cast<Acc>(s[full + c]) : Acc(0);
+      }
+    }
+    return;
+  }
   for (int64_t p = 0; p < cols; p += NR) {
     const int64_t valid = std::min<int64_t>(NR, cols - p);
     Acc* d = dst + p * kc;
@@ -141,7 +178,7 @@ TORCHEXT_INLINE void pack_b(const LinearProblem<T>& g, int64_t j0, int64_t cols,
           }
         }
       }
-    } else {  // weight given as a transposed view (backward): NR consecutive values per k
+    } else {  // general strides: NR values per k
       for (int64_t k = 0; k < kc; ++k) {
         const T* s = src + k * g.sbk;
         for (int c = 0; c < NR; ++c) d[k * NR + c] = c < valid ? static_cast<Acc>(s[c * g.sbn]) : Acc(0);

@@ -504,7 +504,7 @@ def test_calls_without_a_graph_skip_the_function_and_match(relu, device):
 # 6-row (AVX2, baseline) tiles, plus whole tiles; columns straddle the one- and two-vector widths
 # of each level (4, 8, 16 and 32 lanes); K = 600 spans two k slices (partial sums through the edge
 # tiles). Row-major input takes the unpacked-A path for float32/float64, a transposed view the
-# packed one.
+# packed one; the weight comes row-major (forward) and column-major (backward's operands).
 EDGE_ROWS = range(1, 26)
 EDGE_COLS = [1, 3, 4, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100]
 EDGE_DTYPES = ["float64", "float32", "float16", "bfloat16"]
@@ -519,7 +519,10 @@ def _edge_inputs(dtype):
             x = torch.randn(M, K, generator=gen).to(dtype)
             if (M + N) % 2:
                 x = x.t().contiguous().t()  # same values, column-major: the packed path
-            cases.append((x, torch.randn(N, K, generator=gen).to(dtype), torch.randn(N, generator=gen).to(dtype)))
+            w = torch.randn(N, K, generator=gen).to(dtype)
+            if (M * N) % 4 < 2:
+                w = w.t().contiguous().t()  # column-major weight, as W^T and X^T are in backward
+            cases.append((x, w, torch.randn(N, generator=gen).to(dtype)))
     return cases
 
 
