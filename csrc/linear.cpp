@@ -567,8 +567,10 @@ void run_gemm(const LinearProblem<T>& g) {
   const int64_t mr = tile.mr;
   const int64_t nr = 2 * tile.vb / static_cast<int64_t>(sizeof(Acc));
   Blocking bl;
-  bl.kc = 512;  // an MR x kc A panel (24 KiB) stays in L1; the kc x nc B block (512 KiB) in L2
-  bl.nc = 256;
+  // An MR x kc A panel (24 KiB) stays in L1, the kc x nc B block (512 KiB) in L2; bf16 pairs take
+  // half the bytes, so twice the columns (which halves how often each task repacks its A rows).
+  bl.kc = 512;
+  bl.nc = bf16_pairs ? 512 : 256;
   // Row tiles of up to 288 rows, balanced: each B block is packed once per row tile, so a batch of
   // up to 288 rows packs the weight once (tiles of 96 packed it three times at 256 rows, and a
   // 100-row dW twice, the second time for 4 rows). The A micro-panel in use stays in L1 either way.
