@@ -244,3 +244,33 @@ def test_torch_compile_over_torch_func_transforms_runs():
     torch._dynamo.reset()
     for name, call in calls.items():
         torch.testing.assert_close(torch.compile(call)(x), call(x), atol=1e-12, rtol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("same_batch", [True, False], ids=["one_minibatch", "minibatch_per_model"])
+def test_model_ensembling_with_vmap(same_batch, device, no_vmap_fallback):
+    # torch.func's ensembling recipe: stack_module_state over several torchext models, then vmap a
+    # functional_call over the stacked weights (one shared minibatch: one GEMM for all models).
+    def make(mod_nn, seed):
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(mod_nn.Linear(6, 5), mod_nn.ReLU(), mod_nn.Linear(5, 3)).to(device, torch.float64)
+    ours = [make(torchext.nn, s) for s in range(4)]
+    refs = [make(torch.nn, s) for s in range(4)]
+    for a, b in zip(ours, refs):
+        b.load_state_dict(a.state_dict())
+    x = torch.randn(4, 7, 6, dtype=torch.float64, device=device)
+
+    def ensemble(models):
+        params, buffers = torch.func.stack_module_state(models)
+        base = models[0]
+
+        def call(p, b, xb):
+            return torch.func.functional_call(base, (p, b), (xb,))
+        in_dims = (0, 0, None) if same_batch else (0, 0, 0)
+        return vmap(call, in_dims=in_dims)(params, buffers, x[0] if same_batch else x)
+
+    got, expected = ensemble(ours), ensemble(refs)
+    assert got.shape == (4, 7, 3)
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
+    for i, model in enumerate(ours):  # and each model on its own
+        torch.testing.assert_close(got[i], model(x[0] if same_batch else x[i]), atol=1e-12, rtol=1e-12)

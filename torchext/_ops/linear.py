@@ -55,10 +55,20 @@ def _linear_vmap(op):
     looped = looped_vmap(op)
 
     def rule(info, in_dims, input, weight, bias):
-        if in_dims[1] is None and in_dims[2] is None:  # shared weights: the batch is more rows
-            x = input.movedim(in_dims[0], 0)
+        x_dim, w_dim, b_dim = in_dims
+        if w_dim is None and b_dim is None:  # shared weights: the batch is more rows
+            x = input.movedim(x_dim, 0)
             out = op(x.reshape(-1, x.shape[-1]), weight, bias)
             return out.reshape(x.shape[0], x.shape[1], out.shape[1]), 0
+        if x_dim is None:
+            # One input through a batch of weights (a model ensemble): the weights stacked as more
+            # output features, one GEMM, then split back per entry.
+            size = info.batch_size
+            w = batch_first(weight, w_dim, size)
+            out_features = w.shape[1]
+            b = None if bias is None else batch_first(bias, b_dim, size).reshape(size * out_features)
+            out = op(input, w.reshape(size * out_features, w.shape[2]), b)
+            return out.reshape(input.shape[0], size, out_features).movedim(1, 0), 0
         return looped(info, in_dims, input, weight, bias)
     return rule
 
