@@ -61,3 +61,32 @@ def test_full_training_step_compiles_to_one_graph_and_matches_eager(device, opti
             torch.testing.assert_close(loss, loss_ref, rtol=1e-4, atol=1e-4)
     for p, q in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_export_keeps_torchext_ops(device):
+    # torch.export (static and dynamic batch) of a model of torchext modules: the exported graph
+    # calls torchext's ops, runs and matches eager, and its batch dimension stays symbolic.
+    model, _, _, _ = _models(device, "sgd")
+    loss_fn = torchext.nn.MSELoss(reduction="sum")
+
+    class WithLoss(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x, y):
+            return loss_fn(self.model(x), y)
+
+    x, y = torch.randn(64, 100, device=device), torch.randn(64, 10, device=device)
+    batch = torch.export.Dim("batch", min=2)
+    for dynamic in (None, ({0: batch}, {0: batch})):
+        exported = torch.export.export(WithLoss(), (x, y), dynamic_shapes=dynamic)
+        targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+        assert {"torchext.linear.default", "torchext.relu.default", "torchext.linear_relu.default"} <= targets
+        # mse_loss_forward (loss and the diff saved for backward) while the params require grad.
+        assert targets & {"torchext.mse_loss.default", "torchext.mse_loss_forward.default"}, targets
+        torch.testing.assert_close(exported.module()(x, y), loss_fn(model(x), y))
+        if dynamic is not None:
+            x2, y2 = torch.randn(37, 100, device=device), torch.randn(37, 10, device=device)
+            torch.testing.assert_close(exported.module()(x2, y2), loss_fn(model(x2), y2))
