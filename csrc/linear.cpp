@@ -79,29 +79,36 @@ TORCHEXT_INLINE void transpose8x8(const float* src, int64_t ld, float* dst, int6
   }
 }
 
+// Packs kc lines (line k at base + k * stride, `count` consecutive values each: a column-major A
+// or a transposed weight) into W-wide panels, panel p at dst + p * kc holding value (k, c) at
+// [k * W + c], the last one zero-padded. k is walked outside, so each line is read as one
+// contiguous run for every panel; panel by panel, each k would be a separate page for a few dozen
+// bytes.
+template <typename T, typename Acc, int W>
+TORCHEXT_INLINE void pack_k_lines(const T* base, int64_t stride, int64_t count, int64_t kc, Acc* __restrict__ dst) {
+  const int64_t full = count / W * W;
+  for (int64_t k = 0; k < kc; ++k) {
+    const T* s = base + k * stride;
+    for (int64_t p = 0; p < full; p += W) {
+      Acc* d = dst + p * kc + k * W;
+#pragma GCC unroll 16
+      for (int c = 0; c < W; ++c) d[c] = static_cast<Acc>(s[p + c]);
+    }
+    if (full < count) {
+      Acc* d = dst + full * kc + k * W;
+      for (int c = 0; c < W; ++c) d[c] = full + c < count ? static_cast<Acc>(s[full + c]) : Acc(0);
+    }
+  }
+}
+
 // Packs rows [i0, i0 + rows) x cols [k0, k0 + kc) of A into MR-row micro-panels: panel p holds,
 // for each k, MR consecutive values. Rows past the edge are zero so the micro-kernel needs no
 // row masking.
 template <typename T, typename Acc, int MR>
 TORCHEXT_INLINE void pack_a(const LinearProblem<T>& g, int64_t i0, int64_t rows, int64_t k0, int64_t kc,
                             Acc* __restrict__ dst) {
-  if (g.sam == 1 && g.sak != 1) {
-    // Column-major A (dY^T in dW = dY^T X): each k holds the tile's rows contiguously. Walk k
-    // outside and fill every panel from one contiguous run; panel by panel, each k would be a
-    // separate page for a few dozen bytes.
-    const int64_t full = rows / MR * MR;
-    for (int64_t k = 0; k < kc; ++k) {
-      const T* s = g.a + i0 + (k0 + k) * g.sak;
-      for (int64_t p = 0; p < full; p += MR) {
-        Acc* d = dst + p * kc + k * MR;
-#pragma GCC unroll 16
-        for (int r = 0; r < MR; ++r) d[r] = static_cast<Acc>(s[p + r]);
-      }
-      if (full < rows) {
-        Acc* d = dst + full * kc + k * MR;
-        for (int r = 0; r < MR; ++r) d[r] = full + r < rows ? static_cast<Acc>(s[full + r]) : Acc(0);
-      }
-    }
+  if (g.sam == 1 && g.sak != 1) {  // column-major A (dY^T in dW = dY^T X)
+    pack_k_lines<T, Acc, MR>(g.a + i0 + k0 * g.sak, g.sak, rows, kc, dst);
     return;
   }
   for (int64_t p = 0; p < rows; p += MR) {
@@ -133,22 +140,8 @@ TORCHEXT_INLINE void pack_a(const LinearProblem<T>& g, int64_t i0, int64_t rows,
 template <typename T, typename Acc, int NR>
 TORCHEXT_INLINE void pack_b(const LinearProblem<T>& g, int64_t j0, int64_t cols, int64_t k0, int64_t kc,
                             Acc* __restrict__ dst) {
-  if (g.sbn == 1 && g.sbk != 1) {
-    // Weight given as a transposed view (X^T in dW, W^T in dX): each k holds the block's columns
-    // contiguously; as in pack_a, walk k outside and fill every panel from one contiguous run.
-    const int64_t full = cols / NR * NR;
-    for (int64_t k = 0; k < kc; ++k) {
-      const T* s = g.b + j0 + (k0 + k) * g.sbk;
-      for (int64_t p = 0; p < full; p += NR) {
-        Acc* d = dst + p * kc + k * NR;
-#pragma GCC unroll 4
-        for (int c = 0; c < NR; ++c) d[c] = static_cast<Acc>(s[p + c]);
-      }
-      if (full < cols) {
-        Acc* d = dst + full * kc + k * NR;
-        for (int c = 0; c < NR; ++c) d[c] = full + c < cols ? static_cast<Acc>(s[full + c]) : Acc(0);
-      }
-    }
+  if (g.sbn == 1 && g.sbk != 1) {  // weight given as a transposed view (X^T in dW, W^T in dX)
+    pack_k_lines<T, Acc, NR>(g.b + j0 + k0 * g.sbk, g.sbk, cols, kc, dst);
     return;
   }
   for (int64_t p = 0; p < cols; p += NR) {
