@@ -201,6 +201,10 @@ VMAP_OPS = {
        for name in ("mse_loss", "mse_loss_forward") for reduction, code in (("none", 0), ("mean", 1), ("sum", 2))},
     **{"mse_loss_backward_%s" % reduction: (_ops.mse_loss_backward, [shape, (4, 6)], (code,))
        for reduction, code, shape in (("none", 0, (4, 6)), ("mean", 1, ()), ("sum", 2, ()))},
+    # 0-d entries (a batch of scalars) and 3-d ones.
+    "mse_loss_forward_mean_0d": (_ops.mse_loss_forward, [(), ()], (1,)),
+    "mse_loss_backward_mean_0d": (_ops.mse_loss_backward, [(), ()], (1,)),
+    "mse_loss_sum_3d": (_ops.mse_loss, [(2, 3, 5), (2, 3, 5)], (2,)),
 }
 
 
@@ -274,3 +278,24 @@ def test_model_ensembling_with_vmap(same_batch, device, no_vmap_fallback):
     torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
     for i, model in enumerate(ours):  # and each model on its own
         torch.testing.assert_close(got[i], model(x[0] if same_batch else x[i]), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_vmap_of_reduced_mse_keeps_per_entry_precision(dtype, device, no_vmap_fallback):
+    # Squared differences of 1e-4-sized errors (~1e-8) underflow in float16 one by one; the batched
+    # loss must still sum them as the per-entry kernel does, and grad_output / numel must not round
+    # in the half type either.
+    x = (torch.randn(3, 1000, device=device) * 1e-4).to(dtype)
+    t = (torch.randn(3, 1000, device=device) * 1e-4).to(dtype)
+    tol = dict(atol=0, rtol=1e-6 if dtype == torch.float32 else 0)
+    for reduction in (1, 2):
+        got = vmap(lambda a, b: _ops.mse_loss(a, b, reduction))(x, t)
+        expected = torch.stack([_ops.mse_loss(x[i], t[i], reduction) for i in range(3)])
+        if reduction == 2:  # (a float16 mean of ~2e-8 rounds to 0 either way)
+            assert (expected > 0).all()
+        torch.testing.assert_close(got, expected, **tol)
+        go = torch.rand(3, device=device).to(dtype) + 0.5
+        got = vmap(lambda g, d: _ops.mse_loss_backward(g, d, reduction))(go, x - t)
+        expected = torch.stack([_ops.mse_loss_backward(go[i], (x - t)[i], reduction) for i in range(3)])
+        torch.testing.assert_close(got, expected, **tol)

@@ -1,11 +1,12 @@
 """MSE loss: fake kernels and autograd wrappers around torch.ops.torchext.mse_loss*."""
+import math
 import warnings
 
 import torch
 from torch.nn import _reduction as _Reduction
 
-from ._util import (autocast_inputs, differentiable, elementwise_vmap, function, function_for,
-                    is_non_overlapping_and_dense, looped_vmap, with_jvp)
+from ._util import (autocast_inputs, batch_first, differentiable, elementwise_vmap, function, function_for,
+                    is_non_overlapping_and_dense, with_jvp)
 
 _ops = torch.ops.torchext
 
@@ -58,12 +59,37 @@ def _mse_loss_backward_fake(grad_output, diff, reduction):
     return torch.empty_like(diff, memory_format=torch.contiguous_format)
 
 
+# Column sums of a 2-D tensor: linear's bias-gradient kernel, reused for per-entry loss totals.
+_column_sums = _ops.linear_bias_grad.default
+
+
 def _mse_vmap(op):
-    # Elementwise without a reduction; a reduced loss (or its scalar grad_output) per entry otherwise.
-    elementwise, looped = elementwise_vmap(op, 2), looped_vmap(op)
+    # Without a reduction every op is elementwise: one call over the batch. With one, each entry's
+    # loss (or its scalar grad_output) is per entry, and still one pass: the elementwise losses of
+    # the whole batch, then each entry's total as a column sum of the [numel, batch] matrix.
+    elementwise = elementwise_vmap(op, 2)
 
     def rule(info, in_dims, a, b, reduction):
-        return (elementwise if reduction == _NONE else looped)(info, in_dims, a, b, reduction)
+        if reduction == _NONE:
+            return elementwise(info, in_dims, a, b, reduction)
+        size = info.batch_size
+        a, b = batch_first(a, in_dims[0], size), batch_first(b, in_dims[1], size)
+        numel = math.prod(b.shape[1:])
+        dtype = b.dtype
+        # Half types work in float32, as the per-entry kernels do: their squared differences and
+        # grad_output / numel would otherwise each round (and underflow) in the half type.
+        if dtype in (torch.float16, torch.bfloat16):
+            a, b = a.float(), b.float()
+        if op is _mse_loss_backward:  # a: one grad_output per entry, b: diff
+            scale = a / numel if reduction == _MEAN else a  # 2 * diff * grad_output [/ numel]
+            grad = _mse_loss_backward(scale.reshape((size,) + (1,) * (b.dim() - 1)).expand_as(b), b, _NONE)
+            return grad.to(dtype), 0
+        losses, diff = _mse_loss_forward(a, b, _NONE)
+        total = _column_sums(losses.reshape(size, numel).t())
+        if reduction == _MEAN:
+            total = total / numel  # an empty entry gives 0/0 = nan, as torch's mean does
+        total, diff = total.to(dtype), diff.to(dtype)
+        return ((total, diff), (0, 0)) if op is _mse_loss_forward else (total, 0)
     return rule
 
 
