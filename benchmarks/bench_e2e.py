@@ -5,6 +5,10 @@ width W with ReLU between; W=4096 in bf16 on CUDA, W=1024 in fp32 on CPU). Each 
 torch modules + torch.optim.Adam(fused when available) and with torchext modules + torchext Adam,
 side by side; on CUDA also torchext with the whole step captured in a CUDA graph.
 
+Two torch.func workloads on the tutorial net follow: per-sample gradients (vmap of grad over a
+functional_call, one sample per entry) and an ensemble of 8 models applied to one minibatch
+(stack_module_state + vmap).
+
     python benchmarks/bench_e2e.py [--device cpu|cuda|all] [--quick] [--json out.json]
 """
 import os
@@ -65,6 +69,32 @@ def graphed(step):
     return g.replay
 
 
+def make_per_sample_grads(lib, sizes, batch, device, dtype):
+    torch.manual_seed(0)
+    nn = torch.nn if lib == "torch" else torchext.nn
+    model = mlp(nn, sizes, device, dtype)
+    loss_fn = nn.MSELoss(reduction="sum")
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    x = torch.randn(batch, sizes[0], device=device, dtype=dtype)
+    y = torch.randn(batch, sizes[-1], device=device, dtype=dtype)
+
+    def loss(p, xi, yi):
+        return loss_fn(torch.func.functional_call(model, p, (xi[None],)), yi[None])
+    grads = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))
+    return lambda: grads(params, x, y)
+
+
+def make_ensemble(lib, sizes, batch, device, dtype, models=8):
+    torch.manual_seed(0)
+    nn = torch.nn if lib == "torch" else torchext.nn
+    members = [mlp(nn, sizes, device, dtype) for _ in range(models)]
+    params, buffers = torch.func.stack_module_state(members)
+    x = torch.randn(batch, sizes[0], device=device, dtype=dtype)
+    run = torch.func.vmap(lambda p, b, xx: torch.func.functional_call(members[0], (p, b), (xx,)),
+                          in_dims=(0, 0, None))
+    return lambda: run(params, buffers, x)
+
+
 def flops_per_step(sizes, batch):
     # forward 2*M*N*K per layer, backward twice that (dX and dW)
     return sum(6 * batch * a * b for a, b in zip(sizes[:-1], sizes[1:]))
@@ -94,6 +124,17 @@ def main():
                 achieved = flops_per_step(sizes, batch) / (t_graph.median_ms * 1e-3) / 1e12
                 rows.append(row(name, device, dtype, "batch %d" % batch, "train step, CUDA graph", t_torch, t_graph,
                                 100 * achieved / ceiling, "of mm TFLOP/s"))
+        sizes, batch, dtype = [1000, 100, 10], 64, torch.float32
+        ceiling = gemm_tflops(device, dtype)
+        for name, make, flops in (("per-sample grads 64x1000-100-10", make_per_sample_grads,
+                                   flops_per_step(sizes, batch)),
+                                  ("ensemble of 8, 64x1000-100-10", make_ensemble,
+                                   8 * flops_per_step(sizes, batch) / 3)):  # forward only
+            t_torch = bench(make("torch", sizes, batch, device, dtype), device=device)
+            t_ours = bench(make("torchext", sizes, batch, device, dtype), device=device)
+            achieved = flops / (t_ours.median_ms * 1e-3) / 1e12
+            rows.append(row(name, device, dtype, "batch %d" % batch, "torch.func", t_torch, t_ours,
+                            100 * achieved / ceiling, "of mm TFLOP/s"))
     report(rows, "End-to-end training step (torch eager vs torchext)", args.json)
 
 
