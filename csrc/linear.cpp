@@ -614,15 +614,42 @@ void run_gemm(const LinearProblem<T>& g) {
 
 namespace {
 
+// out (a contiguous [M, N]) = input @ weight.T + bias [then ReLU], for checked arguments.
+void linear_cpu_into(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias_opt,
+                     at::Tensor out, bool relu) {
+  const at::Tensor* bias = bias_opt.has_value() && bias_opt->defined() ? &*bias_opt : nullptr;
+  if (linear_without_gemm(input, bias, out, relu)) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "torchext::linear", [&] {
+    run_gemm(linear_problem<scalar_t>(input, weight, bias, out, relu));
+  });
+}
+
 at::Tensor linear_cpu_impl(const char* op, const at::Tensor& input, const at::Tensor& weight,
                            const c10::optional<at::Tensor>& bias_opt, bool relu) {
   check_linear_args(op, input, weight, bias_opt);
   at::Tensor out = at::empty({input.size(0), weight.size(0)}, input.options());
-  const at::Tensor* bias = bias_opt.has_value() && bias_opt->defined() ? &*bias_opt : nullptr;
-  if (linear_without_gemm(input, bias, out, relu)) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "torchext::linear", [&] {
-    run_gemm(linear_problem<scalar_t>(input, weight, bias, out, relu));
-  });
+  linear_cpu_into(input, weight, bias_opt, out, relu);
+  return out;
+}
+
+at::Tensor linear_batched_cpu(const at::Tensor& input, const at::Tensor& weight,
+                              const c10::optional<at::Tensor>& bias, bool relu) {
+  check_linear_batched_args("linear_batched", input, weight, bias);
+  const int64_t entries = input.size(0);
+  at::Tensor out = at::empty({entries, input.size(1), weight.size(1)}, input.options());
+  if (entries == 0) return out;
+  // Every entry has entry 0's shapes, dtypes and device.
+  check_linear_args("linear_batched", input.select(0, 0), weight.select(0, 0), batched_bias_entry(bias, 0));
+  auto run = [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin; e < end; ++e)
+      linear_cpu_into(input.select(0, e), weight.select(0, e), batched_bias_entry(bias, e), out.select(0, e), relu);
+  };
+  // Enough entries for every thread: one thread per entry (each GEMM then runs single-threaded, as
+  // at::parallel_for does inside a parallel region); otherwise entry by entry, each GEMM parallel.
+  if (entries >= at::get_num_threads())
+    at::parallel_for(0, entries, 1, run);
+  else
+    run(0, entries);
   return out;
 }
 
@@ -710,4 +737,5 @@ TORCH_LIBRARY_IMPL(torchext, CPU, m) {
   m.impl("linear_relu", &torchext::linear_relu_cpu);
   m.impl("linear_bias_grad", &torchext::linear_bias_grad_cpu);
   m.impl("linear_relu_grad", &torchext::linear_relu_grad_cpu);
+  m.impl("linear_batched", &torchext::linear_batched_cpu);
 }

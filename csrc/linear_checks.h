@@ -39,6 +39,43 @@ inline void check_linear_args(const char* op, const at::Tensor& input, const at:
   }
 }
 
+// linear_batched: the per-entry checks of check_linear_args run on each entry; these cover what
+// holds for the whole batch (dims, batch sizes, dtypes and devices, also for an empty batch).
+inline void check_linear_batched_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                                      const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(input.dim() == 3, "torchext.", op, ": expected 'input' to be 3-D [entries, batch, in_features], but got ",
+              input.dim(), "-D shape ", input.sizes());
+  TORCH_CHECK(weight.dim() == 3, "torchext.", op,
+              ": expected 'weight' to be 3-D [entries, out_features, in_features], but got ", weight.dim(),
+              "-D shape ", weight.sizes());
+  TORCH_CHECK(input.size(0) == weight.size(0), "torchext.", op, ": 'input' has ", input.size(0),
+              " entries but 'weight' has ", weight.size(0));
+  TORCH_CHECK(input.scalar_type() == weight.scalar_type(), "torchext.", op,
+              ": expected 'input' and 'weight' to have the same dtype, but got ", input.scalar_type(), " and ",
+              weight.scalar_type());
+  check_floating(op, "input", input);
+  TORCH_CHECK(input.size(2) == weight.size(2), "torchext.", op, ": 'input' ", input.sizes(), " and 'weight' ",
+              weight.sizes(), " shapes cannot be multiplied: in_features ", input.size(2), " != ", weight.size(2));
+  TORCH_CHECK(input.device() == weight.device(), "torchext.", op, ": expected 'weight' on ", input.device(),
+              " like 'input', but got ", weight.device());
+  if (bias.has_value() && bias->defined()) {
+    const at::Tensor& b = *bias;
+    TORCH_CHECK(b.dim() == 2 && b.size(0) == weight.size(0) && b.size(1) == weight.size(1), "torchext.", op,
+                ": expected 'bias' of shape [", weight.size(0), ", ", weight.size(1), "], but got ", b.sizes());
+    TORCH_CHECK(b.scalar_type() == input.scalar_type(), "torchext.", op,
+                ": expected 'input' and 'bias' to have the same dtype, but got ", input.scalar_type(), " and ",
+                b.scalar_type());
+    TORCH_CHECK(b.device() == input.device(), "torchext.", op, ": expected 'bias' on ", input.device(),
+                " like 'input', but got ", b.device());
+  }
+}
+
+// The entry e of a linear_batched bias, or none.
+inline c10::optional<at::Tensor> batched_bias_entry(const c10::optional<at::Tensor>& bias, int64_t e) {
+  if (bias.has_value() && bias->defined()) return bias->select(0, e);
+  return c10::nullopt;
+}
+
 inline void check_grad_args(const char* op, const at::Tensor& grad_output, const at::Tensor* result) {
   check_floating(op, "grad_output", grad_output);
   TORCH_CHECK(grad_output.dim() == 2, "torchext.", op, ": expected 'grad_output' to be 2-D, but got shape ",

@@ -28,6 +28,10 @@ TORCH_LIBRARY(torchext, m) {
   m.def("linear_relu(Tensor input, Tensor weight, Tensor? bias) -> Tensor");
   m.def("linear_bias_grad(Tensor grad_output) -> Tensor");
   m.def("linear_relu_grad(Tensor grad_output, Tensor result) -> (Tensor, Tensor)");
+  // One linear (relu: linear_relu) per entry of a batch, in one call: input [B, M, K], weight
+  // [B, N, K], bias [B, N] -> [B, M, N]. The vmap rule of linear when inputs and weights are both
+  // batched (per-sample weight gradients, ensembles).
+  m.def("linear_batched(Tensor input, Tensor weight, Tensor? bias, bool relu) -> Tensor");
 
   // MSE loss; reduction: 0 none, 1 mean, 2 sum (torch's Reduction enum). mse_loss_forward returns
   // the loss and diff = input - target (broadcast), computed in one pass, for the backward.

@@ -572,3 +572,41 @@ def test_cpu_gemm_edge_tiles_at_lower_simd_levels(level, tmp_path):
     assert capability == level
     for name in EDGE_DTYPES:
         _check_edge_outputs(getattr(torch, name), outputs[name])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "linear_relu"])
+def test_linear_batched_matches_per_entry_calls(relu, dtype, device):
+    # linear_batched (vmap's rule when inputs and weights are both batched) is one linear per entry:
+    # the same values as the per-entry op, for any strides, with or without bias, many entries (one
+    # thread per entry on CPU) or few.
+    op = torch.ops.torchext
+    for entries, M, K, N in [(9, 1, 100, 33), (3, 37, 65, 17), (1, 5, 7, 3)]:
+        x = torch.randn(entries, M, K, dtype=torch.float64, device=device).to(dtype)
+        w = torch.randn(entries, K, N, dtype=torch.float64, device=device).to(dtype).transpose(1, 2)
+        b = torch.randn(entries, N, dtype=torch.float64, device=device).to(dtype)
+        for bias in (b, None, b[:1].expand(entries, N)):
+            out = op.linear_batched(x, w, bias, relu)
+            single = op.linear_relu if relu else op.linear
+            expected = torch.stack([single(x[e], w[e], None if bias is None else bias[e]) for e in range(entries)])
+            assert out.shape == (entries, M, N) and out.dtype == dtype
+            torch.testing.assert_close(out, expected, atol=0, rtol=0)
+    empty = op.linear_batched(x[:0], w[:0], None, relu)
+    assert empty.shape == (0, M, N)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_batched_errors(device):
+    op = torch.ops.torchext
+    x, w, b = torch.randn(3, 5, 7, device=device), torch.randn(3, 4, 7, device=device), torch.randn(3, 4, device=device)
+    with pytest.raises(RuntimeError, match="entries"):
+        op.linear_batched(x, w[:2], b[:2], False)
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        op.linear_batched(x, w[..., :6], None, False)
+    with pytest.raises(RuntimeError, match="'bias' of shape"):
+        op.linear_batched(x, w, b[:, :3], False)
+    with pytest.raises(RuntimeError, match="3-D"):
+        op.linear_batched(x[0], w, None, False)
+    with pytest.raises(RuntimeError, match="same dtype"):
+        op.linear_batched(x, w.double(), None, False)

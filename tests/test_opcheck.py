@@ -72,6 +72,9 @@ def samples(op, dtype, device):
     if op in ("linear", "linear_relu"):
         return [((r(5, 7), r(3, 7), r(3)), {}), ((r(5, 7), r(3, 7), None), {}),
                 ((r(7, 5).t(), r(7, 3).t(), r(3)), {}), ((r(0, 7), r(3, 7), r(3)), {})]
+    if op == "linear_batched":
+        return [((r(4, 5, 7), r(4, 3, 7), r(4, 3), relu), {}) for relu in (False, True)] + [
+            ((r(4, 7, 5).transpose(1, 2), r(4, 3, 7), None, False), {}), ((r(0, 5, 7), r(0, 3, 7), None, True), {})]
     if op == "linear_bias_grad":
         return [((r(5, 3),), {}), ((r(0, 3),), {})]
     if op == "linear_relu_grad":

@@ -158,24 +158,46 @@ void launch_column_sums(const at::Tensor& g, const at::Tensor* result, at::Tenso
   });
 }
 
-at::Tensor linear_cuda_impl(const char* op, const at::Tensor& input, const at::Tensor& weight,
-                            const c10::optional<at::Tensor>& bias_opt, bool relu) {
-  check_linear_args(op, input, weight, bias_opt);
-  const c10::cuda::CUDAGuard guard(input.device());
+// out (a contiguous [M, N]) = input @ weight.T + bias [then ReLU], for checked arguments, on the
+// current stream; the caller guards the device.
+void linear_cuda_into(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                      const c10::optional<at::Tensor>& bias_opt, at::Tensor out, bool relu) {
   const int64_t M = input.size(0), N = weight.size(0);
-  at::Tensor out = at::empty({M, N}, input.options());
   const at::Tensor* bias = bias_opt.has_value() && bias_opt->defined() ? &*bias_opt : nullptr;
-  if (linear_without_gemm(input, bias, out, relu)) return out;
+  if (linear_without_gemm(input, bias, out, relu)) return;
   TORCH_CHECK((N + kTile - 1) / kTile <= 65535, "torchext.", op, ": ", N,
               " output features exceed the CUDA grid limit of ", 65535 * kTile);
   // The kernels read input and weight through their strides (no copies for transposed views).
-  if (launch_linear_tensor_core(input, weight, bias, out, relu)) return out;
+  if (launch_linear_tensor_core(input, weight, bias, out, relu)) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "torchext::linear_cuda", [&] {
     const LinearProblem<scalar_t> p = linear_problem<scalar_t>(input, weight, bias, out, relu);
     const dim3 grid(static_cast<unsigned>((M + kTile - 1) / kTile), static_cast<unsigned>((N + kTile - 1) / kTile));
     linear_simt_kernel<scalar_t><<<grid, kThreadsSimt, 0, at::cuda::getCurrentCUDAStream()>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+}
+
+at::Tensor linear_cuda_impl(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                            const c10::optional<at::Tensor>& bias_opt, bool relu) {
+  check_linear_args(op, input, weight, bias_opt);
+  const c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor out = at::empty({input.size(0), weight.size(0)}, input.options());
+  linear_cuda_into(op, input, weight, bias_opt, out, relu);
+  return out;
+}
+
+at::Tensor linear_batched_cuda(const at::Tensor& input, const at::Tensor& weight,
+                               const c10::optional<at::Tensor>& bias, bool relu) {
+  check_linear_batched_args("linear_batched", input, weight, bias);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const int64_t entries = input.size(0);
+  at::Tensor out = at::empty({entries, input.size(1), weight.size(1)}, input.options());
+  if (entries == 0) return out;
+  // Every entry has entry 0's shapes, dtypes and device.
+  check_linear_args("linear_batched", input.select(0, 0), weight.select(0, 0), batched_bias_entry(bias, 0));
+  for (int64_t e = 0; e < entries; ++e)  // one GEMM launch per entry, all on the current stream
+    linear_cuda_into("linear_batched", input.select(0, e), weight.select(0, e), batched_bias_entry(bias, e),
+                     out.select(0, e), relu);
   return out;
 }
 
@@ -217,4 +239,5 @@ TORCH_LIBRARY_IMPL(torchext, CUDA, m) {
   m.impl("linear_relu", &torchext::cuda::linear_relu_cuda);
   m.impl("linear_bias_grad", &torchext::cuda::linear_bias_grad_cuda);
   m.impl("linear_relu_grad", &torchext::cuda::linear_relu_grad_cuda);
+  m.impl("linear_batched", &torchext::cuda::linear_batched_cuda);
 }

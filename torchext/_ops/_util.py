@@ -100,26 +100,6 @@ def batch_first(x, dim, size):
     return x.movedim(dim, 0) if dim is not None else x.expand(size, *x.shape)
 
 
-def looped_vmap(op):
-    """A vmap rule running op once per batch entry and stacking the results: each entry gets the
-    numbers an unbatched call gives. For ops whose batched form has no cheaper shape."""
-    def rule(info, in_dims, *args):
-        def entry(i):
-            return [a if d is None else (a.select(d, i) if i is not None else
-                                         a.new_zeros(a.shape[:d] + a.shape[d + 1:]))
-                    for a, d in zip(args, in_dims)]
-        if info.batch_size == 0:  # run once on dummies for the shapes, return empty batches
-            out = op(*entry(None))
-            if isinstance(out, tuple):
-                return tuple(o.new_empty((0, *o.shape)) for o in out), (0,) * len(out)
-            return out.new_empty((0, *out.shape)), 0
-        outs = [op(*entry(i)) for i in range(info.batch_size)]
-        if isinstance(outs[0], tuple):
-            return tuple(torch.stack(parts) for parts in zip(*outs)), (0,) * len(outs[0])
-        return torch.stack(outs), 0
-    return rule
-
-
 def elementwise_vmap(op, tensor_args):
     """A vmap rule for an op elementwise in its first tensor_args arguments (all of one shape): one
     call over the whole batch."""

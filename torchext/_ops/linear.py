@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from ._util import autocast_inputs, batch_first, differentiable, function, function_for, looped_vmap, with_jvp
+from ._util import autocast_inputs, batch_first, differentiable, function, function_for, with_jvp
 from .relu import relu_grad
 
 _ops = torch.ops.torchext
@@ -19,6 +19,7 @@ _linear = _ops.linear.default
 _linear_relu = _ops.linear_relu.default
 _linear_bias_grad = _ops.linear_bias_grad.default
 _linear_relu_grad = _ops.linear_relu_grad.default
+_linear_batched = _ops.linear_batched.default
 
 
 def _fake_linear(input, weight, bias):
@@ -37,6 +38,19 @@ torch.library.register_fake("torchext::linear")(_fake_linear)
 torch.library.register_fake("torchext::linear_relu")(_fake_linear)
 
 
+@torch.library.register_fake("torchext::linear_batched")
+def _linear_batched_fake(input, weight, bias, relu):
+    torch._check(input.dim() == 3 and weight.dim() == 3 and input.shape[0] == weight.shape[0],
+                 lambda: "torchext.linear_batched: expected 'input' [E, M, K] and 'weight' [E, N, K]")
+    torch._check(input.shape[2] == weight.shape[2],
+                 lambda: "torchext.linear_batched: 'input' %s and 'weight' %s shapes cannot be multiplied"
+                 % (tuple(input.shape), tuple(weight.shape)))
+    if bias is not None:
+        torch._check(bias.shape == weight.shape[:2],
+                     lambda: "torchext.linear_batched: expected 'bias' of shape [E, out_features]")
+    return input.new_empty((input.shape[0], input.shape[1], weight.shape[1]))
+
+
 @torch.library.register_fake("torchext::linear_bias_grad")
 def _linear_bias_grad_fake(grad_output):
     torch._check(grad_output.dim() == 2, lambda: "torchext.linear_bias_grad: expected 2-D 'grad_output'")
@@ -51,11 +65,10 @@ def _linear_relu_grad_fake(grad_output, result):
             grad_output.new_empty((grad_output.shape[1],)))
 
 
-def _linear_vmap(op):
-    looped = looped_vmap(op)
-
+def _linear_vmap(op, relu):
     def rule(info, in_dims, input, weight, bias):
         x_dim, w_dim, b_dim = in_dims
+        size = info.batch_size
         if w_dim is None and b_dim is None:  # shared weights: the batch is more rows
             x = input.movedim(x_dim, 0)
             out = op(x.reshape(-1, x.shape[-1]), weight, bias)
@@ -63,13 +76,15 @@ def _linear_vmap(op):
         if x_dim is None:
             # One input through a batch of weights (a model ensemble): the weights stacked as more
             # output features, one GEMM, then split back per entry.
-            size = info.batch_size
             w = batch_first(weight, w_dim, size)
             out_features = w.shape[1]
             b = None if bias is None else batch_first(bias, b_dim, size).reshape(size * out_features)
             out = op(input, w.reshape(size * out_features, w.shape[2]), b)
             return out.reshape(input.shape[0], size, out_features).movedim(1, 0), 0
-        return looped(info, in_dims, input, weight, bias)
+        # Inputs and weights both batched (per-sample weight gradients): one GEMM per entry, in one
+        # call. An unbatched bias is broadcast (a zero-stride view, no copy).
+        b = None if bias is None else batch_first(bias, b_dim, size)
+        return _linear_batched(input.movedim(x_dim, 0), batch_first(weight, w_dim, size), b, relu), 0
     return rule
 
 
@@ -87,8 +102,18 @@ def _column_sums_vmap(op):
     return rule
 
 
-for _op in (_linear, _linear_relu):
-    torch.library.register_vmap(_op, _linear_vmap(_op))
+@torch.library.register_vmap("torchext::linear_batched")
+def _linear_batched_vmap(info, in_dims, input, weight, bias, relu):
+    # A batch of batches (nested vmap): the two batch dims merged into one list of entries.
+    size = info.batch_size
+    x, w = batch_first(input, in_dims[0], size), batch_first(weight, in_dims[1], size)
+    b = None if bias is None else batch_first(bias, in_dims[2], size).flatten(0, 1)
+    out = _linear_batched(x.flatten(0, 1), w.flatten(0, 1), b, relu)
+    return out.reshape(size, x.shape[1], out.shape[1], out.shape[2]), 0
+
+
+torch.library.register_vmap(_linear, _linear_vmap(_linear, False))
+torch.library.register_vmap(_linear_relu, _linear_vmap(_linear_relu, True))
 for _op in (_linear_bias_grad, _linear_relu_grad):
     torch.library.register_vmap(_op, _column_sums_vmap(_op))
 
