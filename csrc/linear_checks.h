@@ -39,8 +39,8 @@ inline void check_linear_args(const char* op, const at::Tensor& input, const at:
   }
 }
 
-// linear_batched: the per-entry checks of check_linear_args run on each entry; these cover what
-// holds for the whole batch (dims, batch sizes, dtypes and devices, also for an empty batch).
+// linear_batched: what holds for the whole batch (dims, entry counts, dtypes and devices, also for
+// an empty batch). The kernels then run check_linear_args on entry 0, whose shapes every entry has.
 inline void check_linear_batched_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
                                       const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(input.dim() == 3, "torchext.", op, ": expected 'input' to be 3-D [entries, batch, in_features], but got ",
