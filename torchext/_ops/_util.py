@@ -11,13 +11,6 @@ def tangents_possible():
     return _forward_ad._current_level >= 0 or _transforms_active()
 
 
-def differentiable():
-    """Whether ops must run through their autograd.Functions rather than as bare kernels: grad mode
-    is on (a graph may be recorded, e.g. a create_graph backward) or tangents are possible. Bare
-    kernels know nothing of autograd, so calling them then would silently drop derivatives."""
-    return torch.is_grad_enabled() or tangents_possible()
-
-
 def function_for(cls, *tensors):
     """The variant of a with_jvp Function a forward call must go through, or None when nothing is
     to be recorded and the bare kernel may run (autograd.Function costs microseconds per call):
@@ -41,7 +34,7 @@ def with_jvp(cls):
       setup_context-style Function costs several times more per call, and torch.compile cannot
       trace a Function that defines jvp (it breaks the graph), so this is what ordinary calls use;
     - cls.with_jvp keeps the setup_context style and has `tangent` as its jvp: forward-mode AD and
-      the torch.func transforms (which require that style) get it from function(cls).
+      the torch.func transforms (which require that style) get it from function_for and call.
     """
     run, save = cls.forward, cls.setup_context
 
@@ -58,9 +51,16 @@ def with_jvp(cls):
     return cls
 
 
-def function(cls):
-    """The variant of a with_jvp Function to apply now."""
-    return cls.with_jvp if tangents_possible() else cls
+def call(cls, *args):
+    """cls's kernel on args where derivatives of the result may be taken (the pieces of a backward or
+    of a tangent): through the Function while grad mode is on (a create_graph backward records a
+    graph) or tangents are possible (its with_jvp variant then); otherwise the bare kernel cls.op,
+    which knows nothing of autograd but saves the microseconds an autograd.Function costs."""
+    if _forward_ad._current_level >= 0 or _transforms_active():
+        return cls.with_jvp.apply(*args)
+    if torch.is_grad_enabled():
+        return cls.apply(*args)
+    return cls.op(*args)
 
 
 def is_non_overlapping_and_dense(t):

@@ -9,8 +9,8 @@ import math
 
 import torch
 
-from ._util import autocast_inputs, batch_first, differentiable, function, function_for, with_jvp
-from .relu import relu_grad
+from ._util import autocast_inputs, batch_first, call, function_for, with_jvp
+from .relu import ReLUBackward
 
 _ops = torch.ops.torchext
 # Resolved overloads: calling them skips the packet's overload lookup on every call (the tutorial's
@@ -123,6 +123,7 @@ class BiasGrad(torch.autograd.Function):
     """db = dY.sum(0). Linear in dY: its backward broadcasts the incoming gradient over the rows,
     and its tangent is itself applied to dY's tangent."""
 
+    op = staticmethod(_linear_bias_grad)
     generate_vmap_rule = True
 
     @staticmethod
@@ -139,29 +140,21 @@ class BiasGrad(torch.autograd.Function):
 
     @staticmethod
     def tangent(ctx, grad_output_t):
-        return _bias_grad(grad_output_t)
+        return call(BiasGrad, grad_output_t)
 
 
-# The pieces of the backward and of the tangents. Each goes through its Function only when
-# derivatives of it may be taken (differentiable()); a plain backward calls the bare kernels, which
-# saves the per-call overhead of autograd.Function on small layers.
-def _matmul_t(a, b, bias=None):
-    return (function(LinearFunction).apply if differentiable() else _linear)(a, b, bias)
-
-
-def _bias_grad(grad_output):
-    return function(BiasGrad).apply(grad_output) if differentiable() else _linear_bias_grad(grad_output)
-
-
+# The pieces of the backward and of the tangents go through call(): their Functions only when
+# derivatives of them may be taken, the bare kernels in a plain backward (small layers are dominated
+# by per-call overhead).
 def _linear_backward(ctx_needs, grad_z, input, weight, has_bias):
     """Gradients of z = input @ weight.T + bias for the inputs marked in ctx_needs (3 flags)."""
     grad_input = grad_weight = grad_bias = None
     if ctx_needs[0]:
-        grad_input = _matmul_t(grad_z, weight.t())
+        grad_input = call(LinearFunction, grad_z, weight.t(), None)
     if ctx_needs[1]:
-        grad_weight = _matmul_t(grad_z.t(), input.t())
+        grad_weight = call(LinearFunction, grad_z.t(), input.t(), None)
     if has_bias and ctx_needs[2]:
-        grad_bias = _bias_grad(grad_z)
+        grad_bias = call(BiasGrad, grad_z)
     return grad_input, grad_weight, grad_bias
 
 
@@ -170,9 +163,9 @@ def _linear_tangent(input, weight, input_t, weight_t, bias_t):
     term present when its tangent is."""
     tangent = None
     if input_t is not None:
-        tangent, bias_t = _matmul_t(input_t, weight, bias_t), None
+        tangent, bias_t = call(LinearFunction, input_t, weight, bias_t), None
     if weight_t is not None:
-        term, bias_t = _matmul_t(input, weight_t, bias_t), None
+        term, bias_t = call(LinearFunction, input, weight_t, bias_t), None
         tangent = term if tangent is None else tangent + term
     if bias_t is not None:  # only the bias has a tangent
         tangent = bias_t.expand(input.shape[0], weight.shape[0]).contiguous()
@@ -183,7 +176,7 @@ def _linear_tangent(input, weight, input_t, weight_t, bias_t):
 class LinearFunction(torch.autograd.Function):
     """out = input @ weight.T + bias on 2-D input."""
 
-    op = _linear  # the forward alone, for calls that record no graph
+    op = staticmethod(_linear)  # the forward alone, for calls that record no graph
     generate_vmap_rule = True
 
     @staticmethod
@@ -214,6 +207,7 @@ class ReLUGrad(torch.autograd.Function):
     itself applied to dY's tangent; the mask is piecewise constant in result, which gets no
     gradient (as in torch's threshold_backward)."""
 
+    op = staticmethod(_linear_relu_grad)
     generate_vmap_rule = True
 
     @staticmethod
@@ -236,25 +230,21 @@ class ReLUGrad(torch.autograd.Function):
             total = spread if total is None else total + spread
         if total is None:
             return None, None
-        return relu_grad(total, result), None
+        return call(ReLUBackward, total, result), None
 
     @staticmethod
     def tangent(ctx, grad_output_t, result_t):
         (result,) = ctx.saved_tensors
         if grad_output_t is None:
             return None, None
-        return _relu_grad_and_sums(grad_output_t, result)
-
-
-def _relu_grad_and_sums(grad_output, result):
-    return (function(ReLUGrad).apply if differentiable() else _linear_relu_grad)(grad_output, result)
+        return call(ReLUGrad, grad_output_t, result)
 
 
 @with_jvp
 class LinearReLUFunction(torch.autograd.Function):
     """out = relu(input @ weight.T + bias) on 2-D input, ReLU fused into the GEMM's epilogue."""
 
-    op = _linear_relu
+    op = staticmethod(_linear_relu)
     generate_vmap_rule = True
 
     @staticmethod
@@ -274,14 +264,14 @@ class LinearReLUFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad
         if not any(needs):
             return None, None, None
-        grad_z, grad_bias = _relu_grad_and_sums(grad_output, result)
+        grad_z, grad_bias = call(ReLUGrad, grad_output, result)
         grad_input, grad_weight, _ = _linear_backward((needs[0], needs[1], False), grad_z, input, weight, False)
         return grad_input, grad_weight, grad_bias if (ctx.has_bias and needs[2]) else None
 
     @staticmethod
     def tangent(ctx, input_t, weight_t, bias_t):
         input, weight, result = ctx.saved_tensors
-        return relu_grad(_linear_tangent(input, weight, input_t, weight_t, bias_t), result)
+        return call(ReLUBackward, _linear_tangent(input, weight, input_t, weight_t, bias_t), result)
 
 
 def _check_args(name, input, weight, bias):

@@ -5,8 +5,8 @@ import warnings
 import torch
 from torch.nn import _reduction as _Reduction
 
-from ._util import (autocast_inputs, batch_first, differentiable, elementwise_vmap, function, function_for,
-                    is_non_overlapping_and_dense, with_jvp)
+from ._util import (autocast_inputs, batch_first, call, elementwise_vmap, function_for, is_non_overlapping_and_dense,
+                    with_jvp)
 
 _ops = torch.ops.torchext
 
@@ -104,6 +104,7 @@ class MSELossBackward(torch.autograd.Function):
     again mse_loss_backward calls (plus a sum for the scalar grad_output): any order of derivative
     works."""
 
+    op = staticmethod(_mse_loss_backward)
     generate_vmap_rule = True
 
     @staticmethod
@@ -122,9 +123,10 @@ class MSELossBackward(torch.autograd.Function):
         reduction = ctx.reduction
         d_grad_output = d_diff = None
         if ctx.needs_input_grad[0]:
-            d_grad_output = _sum_for(reduction, _mse_grad(grad_grad, diff, _NONE))  # 2 * diff * grad_grad
+            # 2 * diff * grad_grad, reduced as the loss was
+            d_grad_output = _sum_for(reduction, call(MSELossBackward, grad_grad, diff, _NONE))
         if ctx.needs_input_grad[1]:
-            d_diff = _mse_grad(grad_output, grad_grad, reduction)
+            d_diff = call(MSELossBackward, grad_output, grad_grad, reduction)
         return d_grad_output, d_diff, None
 
     @staticmethod
@@ -132,18 +134,11 @@ class MSELossBackward(torch.autograd.Function):
         grad_output, diff = ctx.saved_tensors
         tangent = None
         if grad_output_t is not None:
-            tangent = _mse_grad(grad_output_t, diff, ctx.reduction)
+            tangent = call(MSELossBackward, grad_output_t, diff, ctx.reduction)
         if diff_t is not None:
-            term = _mse_grad(grad_output, diff_t, ctx.reduction)
+            term = call(MSELossBackward, grad_output, diff_t, ctx.reduction)
             tangent = term if tangent is None else tangent + term
         return tangent
-
-
-def _mse_grad(grad_output, diff, reduction):
-    """norm * diff * grad_output; through the Function only when derivatives of it may be taken."""
-    if differentiable():
-        return function(MSELossBackward).apply(grad_output, diff, reduction)
-    return _mse_loss_backward(grad_output, diff, reduction)
 
 
 def _sum_for(reduction, elementwise):
@@ -178,7 +173,7 @@ class MSELossFunction(torch.autograd.Function):
         (diff,) = ctx.saved_tensors
         grad = None
         if grad_loss is not None:
-            grad = _mse_grad(grad_loss, diff, ctx.reduction)
+            grad = call(MSELossBackward, grad_loss, diff, ctx.reduction)
         if grad_diff is not None:
             grad = grad_diff if grad is None else grad + grad_diff
         if grad is None:
@@ -195,7 +190,7 @@ class MSELossFunction(torch.autograd.Function):
         else:
             diff_t = input_t if target_t is None else input_t - target_t
         # d((x - t)^2) = 2 (x - t) d(x - t), reduced as the loss is.
-        return _sum_for(ctx.reduction, _mse_grad(diff_t, diff, _NONE)), diff_t
+        return _sum_for(ctx.reduction, call(MSELossBackward, diff_t, diff, _NONE)), diff_t
 
 
 class _NotATensorError(TypeError, AttributeError):

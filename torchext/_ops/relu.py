@@ -1,8 +1,7 @@
 """ReLU: fake kernels and autograd wrappers around torch.ops.torchext.relu*."""
 import torch
 
-from ._util import (differentiable, elementwise_vmap, function, function_for, is_non_overlapping_and_dense,
-                    tangents_possible, with_jvp)
+from ._util import call, elementwise_vmap, function_for, is_non_overlapping_and_dense, tangents_possible, with_jvp
 
 _ops = torch.ops.torchext
 # Resolved overloads: calling them skips the packet lookup on every call (small activations are
@@ -42,6 +41,7 @@ class ReLUBackward(torch.autograd.Function):
     its tangent are itself again; the mask is piecewise constant in result, so result gets no
     gradient."""
 
+    op = staticmethod(_relu_backward)
     generate_vmap_rule = True
 
     @staticmethod
@@ -56,19 +56,12 @@ class ReLUBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_grad):
         (result,) = ctx.saved_tensors
-        return relu_grad(grad_grad, result), None
+        return call(ReLUBackward, grad_grad, result), None
 
     @staticmethod
     def tangent(ctx, grad_output_t, result_t):
         (result,) = ctx.saved_tensors
-        return None if grad_output_t is None else relu_grad(grad_output_t, result)
-
-
-def relu_grad(grad_output, result):
-    """grad_output where result > 0; through the Function only when derivatives of it may be taken."""
-    if differentiable():
-        return function(ReLUBackward).apply(grad_output, result)
-    return _relu_backward(grad_output, result)
+        return None if grad_output_t is None else call(ReLUBackward, grad_output_t, result)
 
 
 @with_jvp
@@ -87,12 +80,12 @@ class ReLUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (result,) = ctx.saved_tensors
-        return relu_grad(grad_output, result)
+        return call(ReLUBackward, grad_output, result)
 
     @staticmethod
     def tangent(ctx, input_t):
         (result,) = ctx.saved_tensors
-        return relu_grad(input_t, result)
+        return call(ReLUBackward, input_t, result)
 
 
 class ReLUInplaceFunction(torch.autograd.Function):
@@ -110,7 +103,7 @@ class ReLUInplaceFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (result,) = ctx.saved_tensors
-        return relu_grad(grad_output, result)
+        return call(ReLUBackward, grad_output, result)
 
 
 def relu(input, inplace=False):
