@@ -43,12 +43,24 @@ def with_jvp(cls):
         save(ctx, args, output)
         return output
 
+    def save_with_tangents(ctx, inputs, output):
+        ctx.tangents = True  # keep() then saves for the jvp too
+        save(ctx, inputs, output)
+
     cls.with_jvp = type(cls.__name__, (cls,), {
-        "forward": staticmethod(run), "setup_context": staticmethod(save),
+        "forward": staticmethod(run), "setup_context": staticmethod(save_with_tangents),
         "jvp": staticmethod(cls.tangent), "__doc__": cls.__doc__, "__module__": cls.__module__})
     cls.forward = staticmethod(forward)
     del cls.setup_context  # back to torch's default: the classic style
     return cls
+
+
+def keep(ctx, *tensors):
+    """ctx.save_for_backward(*tensors) for a with_jvp Function's setup_context; in its with_jvp
+    variant also ctx.save_for_forward, which the jvp reads (ordinary calls skip that cost)."""
+    ctx.save_for_backward(*tensors)
+    if getattr(ctx, "tangents", False):
+        ctx.save_for_forward(*tensors)
 
 
 def call(cls, *args):

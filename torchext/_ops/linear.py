@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from ._util import autocast_inputs, batch_first, call, function_for, with_jvp
+from ._util import autocast_inputs, batch_first, call, function_for, keep, with_jvp
 from .relu import ReLUBackward
 
 _ops = torch.ops.torchext
@@ -186,8 +186,7 @@ class LinearFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, weight, bias = inputs
-        ctx.save_for_backward(input, weight)
-        ctx.save_for_forward(input, weight)
+        keep(ctx, input, weight)
         ctx.has_bias = bias is not None
 
     @staticmethod
@@ -216,8 +215,7 @@ class ReLUGrad(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[1])
-        ctx.save_for_forward(inputs[1])
+        keep(ctx, inputs[1])
 
     @staticmethod
     def backward(ctx, grad_masked, grad_sums):
@@ -254,8 +252,7 @@ class LinearReLUFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, weight, bias = inputs
-        ctx.save_for_backward(input, weight, output)
-        ctx.save_for_forward(input, weight, output)
+        keep(ctx, input, weight, output)
         ctx.has_bias = bias is not None
 
     @staticmethod

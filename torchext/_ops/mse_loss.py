@@ -6,7 +6,7 @@ import torch
 from torch.nn import _reduction as _Reduction
 
 from ._util import (autocast_inputs, batch_first, call, elementwise_vmap, function_for, is_non_overlapping_and_dense,
-                    with_jvp)
+                    keep, with_jvp)
 
 _ops = torch.ops.torchext
 
@@ -114,8 +114,7 @@ class MSELossBackward(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         grad_output, diff, ctx.reduction = inputs
-        ctx.save_for_backward(grad_output, diff)
-        ctx.save_for_forward(grad_output, diff)
+        keep(ctx, grad_output, diff)
 
     @staticmethod
     def backward(ctx, grad_grad):
@@ -165,8 +164,7 @@ class MSELossFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         ctx.reduction = inputs[2]
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(output[1])
-        ctx.save_for_forward(output[1])
+        keep(ctx, output[1])
 
     @staticmethod
     def backward(ctx, grad_loss, grad_diff):

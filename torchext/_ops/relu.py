@@ -1,7 +1,8 @@
 """ReLU: fake kernels and autograd wrappers around torch.ops.torchext.relu*."""
 import torch
 
-from ._util import call, elementwise_vmap, function_for, is_non_overlapping_and_dense, tangents_possible, with_jvp
+from ._util import (call, elementwise_vmap, function_for, is_non_overlapping_and_dense, keep, tangents_possible,
+                    with_jvp)
 
 _ops = torch.ops.torchext
 # Resolved overloads: calling them skips the packet lookup on every call (small activations are
@@ -50,8 +51,7 @@ class ReLUBackward(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[1])
-        ctx.save_for_forward(inputs[1])
+        keep(ctx, inputs[1])
 
     @staticmethod
     def backward(ctx, grad_grad):
@@ -74,8 +74,7 @@ class ReLUFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
-        ctx.save_for_forward(output)
+        keep(ctx, output)
 
     @staticmethod
     def backward(ctx, grad_output):
