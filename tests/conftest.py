@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -8,6 +12,18 @@ HAS_CUDA = torch.cuda.is_available()
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device"))]
 
 ALL_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_at_cpu_level(level, *argv):
+    """Runs `python *argv` in a child process with TORCHEXT_CPU_CAPABILITY=level (which caps the SIMD
+    level and switches AVX512_BF16 off), importing this checkout's torchext and, from the tests
+    folder, the test modules; fails if the child does."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(torchext.__file__)))
+    path = [TESTS_DIR, root] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+    env = dict(os.environ, TORCHEXT_CPU_CAPABILITY=level, PYTHONPATH=os.pathsep.join(path))
+    subprocess.run([sys.executable, *map(str, argv)], check=True, env=env, cwd=TESTS_DIR, timeout=300)
 
 # Tolerances for elementwise results against torch in the same dtype (one rounding apart at most).
 ELEMENTWISE_TOL = {

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import torchext
-from conftest import ALL_DTYPES, DEVICES, HAS_CUDA
+from conftest import ALL_DTYPES, DEVICES, HAS_CUDA, run_at_cpu_level
 
 F = torchext.functional
 ops = torch.ops.torchext
@@ -446,10 +446,6 @@ def _assert_rounded_once(out, x, w, b):
 def test_bfloat16_cpu_gemm_without_the_dot_product_extension(tmp_path):
     # TORCHEXT_CPU_CAPABILITY (any value) switches AVX512_BF16 off: bf16 then goes through float32
     # panels, which must meet the same bound (machines without the extension run this path).
-    import os
-    import subprocess
-    import sys
-
     inputs = [(torch.randn(M, K).bfloat16(), torch.randn(N, K).bfloat16(), torch.randn(N).bfloat16())
               for M, K, N in [(5, 7, 3), (300, 1025, 77)]]
     torch.save(inputs, tmp_path / "in.pt")
@@ -457,11 +453,7 @@ def test_bfloat16_cpu_gemm_without_the_dot_product_extension(tmp_path):
               "inputs = torch.load(sys.argv[1])\n"
               "torch.save((torchext._C.cpu_bf16_dot(), [torch.ops.torchext.linear(x, w, b) for x, w, b in inputs]),"
               " sys.argv[2])\n")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(torchext.__file__)))
-    env = dict(os.environ, TORCHEXT_CPU_CAPABILITY="avx512",
-               PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    subprocess.run([sys.executable, "-c", script, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")], check=True,
-                   env=env, timeout=300)
+    run_at_cpu_level("avx512", "-c", script, tmp_path / "in.pt", tmp_path / "out.pt")
     used_dot, outs = torch.load(tmp_path / "out.pt")
     assert not used_dot
     for (x, w, b), out in zip(inputs, outs):
@@ -559,18 +551,10 @@ def test_cpu_gemm_edge_tiles(dtype):
 @pytest.mark.parametrize("level", ["default", "avx2"])
 def test_cpu_gemm_edge_tiles_at_lower_simd_levels(level, tmp_path):
     # The same sweep with the SIMD level capped (other tile shapes), each level in its own process.
-    import os
-    import subprocess
-    import sys
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    root = os.path.dirname(os.path.dirname(os.path.abspath(torchext.__file__)))
     script = ("import sys, torch, torchext, test_linear as t\n"
               "torch.save((torchext._C.cpu_capability(), {d: t._edge_outputs(getattr(torch, d)) for d in t.EDGE_DTYPES}),"
               " sys.argv[1])\n")
-    env = dict(os.environ, TORCHEXT_CPU_CAPABILITY=level,
-               PYTHONPATH=os.pathsep.join([here, root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    subprocess.run([sys.executable, "-c", script, str(tmp_path / "out.pt")], check=True, env=env, cwd=here)
+    run_at_cpu_level(level, "-c", script, tmp_path / "out.pt")
     capability, outputs = torch.load(tmp_path / "out.pt")
     assert capability == level
     for name in EDGE_DTYPES:

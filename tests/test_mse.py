@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as TF
 
 import torchext
-from conftest import ALL_DTYPES, DEVICES, HAS_CUDA
+from conftest import ALL_DTYPES, DEVICES, HAS_CUDA, run_at_cpu_level
 
 F = torchext.functional
 REDUCTIONS = ["none", "mean", "sum"]
@@ -394,10 +394,6 @@ def test_half_types_round_exactly_like_torch_casts(dtype, device):
 def test_every_cpu_simd_level_gives_the_same_results(tmp_path):
     # The kernels are compiled per SIMD level (and float16 takes a separate F16C path above the
     # baseline); run the baseline in a child process and compare with this process's level.
-    import os
-    import subprocess
-    import sys
-
     script = tmp_path / "run.py"
     script.write_text(
         "import sys, torch, torchext\n"
@@ -414,10 +410,7 @@ def test_every_cpu_simd_level_gives_the_same_results(tmp_path):
         "    out[str(dt)] = (x, t, g, loss, diff, total, grads, relu)\n"
         "torch.save(out, sys.argv[1])\n")
     path = tmp_path / "baseline.pt"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(torchext.__file__)))
-    env = dict(os.environ, TORCHEXT_CPU_CAPABILITY="default",
-               PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    subprocess.run([sys.executable, str(script), str(path)], check=True, env=env)
+    run_at_cpu_level("default", script, path)
     ops = torch.ops.torchext
     for dt, (x, t, g, loss, diff, total, grads, relu) in torch.load(path).items():
         ours_loss, ours_diff = ops.mse_loss_forward(x, t, 0)
