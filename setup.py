@@ -85,7 +85,7 @@ def main():
     if with_cuda and not archs:
         archs = ";".join("%d.%d" % torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count()))
 
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp"))) + sorted(glob.glob(os.path.join("csrc", "autograd", "*.cpp")))
     if with_cuda:
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     macros = [("TORCHEXT_TORCH_VERSION", '"%s"' % torch.__version__),

@@ -7,70 +7,23 @@ _transforms_active = torch._C._are_functorch_transforms_active
 
 def tangents_possible():
     """Whether forward-mode derivatives may be asked for: a forward-mode AD level is open, or a
-    torch.func transform (jvp, jacfwd, vmap, grad, ...) is active."""
+    torch.func transform (jvp, jacfwd, vmap, grad, ...) is active. The ops' autograd kernels are C++
+    (csrc/autograd/), which has no forward mode and which torch.func refuses, so calls made then go
+    through the Python autograd.Functions next to each op, which have a jvp."""
     return _forward_ad._current_level >= 0 or _transforms_active()
 
 
-def function_for(cls, *tensors):
-    """The variant of a with_jvp Function a forward call must go through, or None when nothing is
-    to be recorded and the bare kernel may run (autograd.Function costs microseconds per call):
-    cls.with_jvp while tangents are possible, cls when grad mode is on and some input requires
-    grad."""
-    if _forward_ad._current_level >= 0 or _transforms_active():
-        return cls.with_jvp
-    if torch.is_grad_enabled():
-        for t in tensors:
-            if t is not None and t.requires_grad:
-                return cls
-    return None
-
-
-def with_jvp(cls):
-    """Class decorator for our autograd.Functions, written in the setup_context style (a forward
-    without ctx, a setup_context, a backward) plus a forward-mode rule in a `tangent` staticmethod
-    (jvp's signature). It makes two classes of one definition:
-
-    - cls itself becomes the classic style (forward(ctx, ...) calling both): applying a
-      setup_context-style Function costs several times more per call, and torch.compile cannot
-      trace a Function that defines jvp (it breaks the graph), so this is what ordinary calls use;
-    - cls.with_jvp keeps the setup_context style and has `tangent` as its jvp: forward-mode AD and
-      the torch.func transforms (which require that style) get it from function_for and call.
-    """
-    run, save = cls.forward, cls.setup_context
-
-    def forward(ctx, *args):
-        output = run(*args)
-        save(ctx, args, output)
-        return output
-
-    def save_with_tangents(ctx, inputs, output):
-        ctx.tangents = True  # keep() then saves for the jvp too
-        save(ctx, inputs, output)
-
-    cls.with_jvp = type(cls.__name__, (cls,), {
-        "forward": staticmethod(run), "setup_context": staticmethod(save_with_tangents),
-        "jvp": staticmethod(cls.tangent), "__doc__": cls.__doc__, "__module__": cls.__module__})
-    cls.forward = staticmethod(forward)
-    del cls.setup_context  # back to torch's default: the classic style
-    return cls
-
-
 def keep(ctx, *tensors):
-    """ctx.save_for_backward(*tensors) for a with_jvp Function's setup_context; in its with_jvp
-    variant also ctx.save_for_forward, which the jvp reads (ordinary calls skip that cost)."""
+    """Save tensors for the backward and for the jvp of a setup_context-style Function."""
     ctx.save_for_backward(*tensors)
-    if getattr(ctx, "tangents", False):
-        ctx.save_for_forward(*tensors)
+    ctx.save_for_forward(*tensors)
 
 
 def call(cls, *args):
     """cls's kernel on args where derivatives of the result may be taken (the pieces of a backward or
-    of a tangent): through the Function while grad mode is on (a create_graph backward records a
-    graph) or tangents are possible (its with_jvp variant then); otherwise the bare kernel cls.op,
-    which knows nothing of autograd but saves the microseconds an autograd.Function costs."""
+    of a jvp): through the Function while tangents are possible, otherwise the op cls.op, whose C++
+    autograd kernel records a graph when grad mode is on (a create_graph backward)."""
     if _forward_ad._current_level >= 0 or _transforms_active():
-        return cls.with_jvp.apply(*args)
-    if torch.is_grad_enabled():
         return cls.apply(*args)
     return cls.op(*args)
 

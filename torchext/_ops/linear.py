@@ -1,7 +1,8 @@
-"""Linear: fake kernels and autograd wrappers around torch.ops.torchext.linear*.
+"""Linear: fake kernels, vmap rules and forward-mode autograd.Functions for torch.ops.torchext.linear*.
 
-Every backward is written with the same ops, through the autograd.Functions below, so gradients
-of gradients (double backward) are themselves computed by torchext's kernels:
+Ordinary calls go straight to the ops, whose autograd kernels are C++ (csrc/autograd/linear.cpp);
+the Functions here, with the same backward plus a jvp, serve forward-mode AD and torch.func. Both
+write every backward with the same ops, so gradients of gradients are torchext's kernels too:
     dX = linear(dY, W.t())     dW = linear(dY.t(), X.t())     db = linear_bias_grad(dY)
 The transposes are views: the GEMM's packing reads any strides, so they cost no copy.
 """
@@ -9,7 +10,7 @@ import math
 
 import torch
 
-from ._util import autocast_inputs, batch_first, call, function_for, keep, with_jvp
+from ._util import autocast_inputs, batch_first, call, keep, tangents_possible
 from .relu import ReLUBackward
 
 _ops = torch.ops.torchext
@@ -118,7 +119,6 @@ for _op in (_linear_bias_grad, _linear_relu_grad):
     torch.library.register_vmap(_op, _column_sums_vmap(_op))
 
 
-@with_jvp
 class BiasGrad(torch.autograd.Function):
     """db = dY.sum(0). Linear in dY: its backward broadcasts the incoming gradient over the rows,
     and its tangent is itself applied to dY's tangent."""
@@ -139,13 +139,12 @@ class BiasGrad(torch.autograd.Function):
         return grad_grad.unsqueeze(0).expand(ctx.rows, grad_grad.shape[0])
 
     @staticmethod
-    def tangent(ctx, grad_output_t):
+    def jvp(ctx, grad_output_t):
         return call(BiasGrad, grad_output_t)
 
 
-# The pieces of the backward and of the tangents go through call(): their Functions only when
-# derivatives of them may be taken, the bare kernels in a plain backward (small layers are dominated
-# by per-call overhead).
+# The pieces of the backward and of the tangents go through call(): their Functions while tangents
+# are possible, the ops otherwise.
 def _linear_backward(ctx_needs, grad_z, input, weight, has_bias):
     """Gradients of z = input @ weight.T + bias for the inputs marked in ctx_needs (3 flags)."""
     grad_input = grad_weight = grad_bias = None
@@ -172,11 +171,10 @@ def _linear_tangent(input, weight, input_t, weight_t, bias_t):
     return tangent
 
 
-@with_jvp
 class LinearFunction(torch.autograd.Function):
     """out = input @ weight.T + bias on 2-D input."""
 
-    op = staticmethod(_linear)  # the forward alone, for calls that record no graph
+    op = staticmethod(_linear)  # the op (its autograd is C++), for calls while no tangent is possible
     generate_vmap_rule = True
 
     @staticmethod
@@ -195,12 +193,11 @@ class LinearFunction(torch.autograd.Function):
         return _linear_backward(ctx.needs_input_grad, grad_output, input, weight, ctx.has_bias)
 
     @staticmethod
-    def tangent(ctx, input_t, weight_t, bias_t):
+    def jvp(ctx, input_t, weight_t, bias_t):
         input, weight = ctx.saved_tensors
         return _linear_tangent(input, weight, input_t, weight_t, bias_t)
 
 
-@with_jvp
 class ReLUGrad(torch.autograd.Function):
     """(dZ, db) = (dY * (result > 0), dZ.sum(0)) in one pass. Linear in dY, so its tangent is
     itself applied to dY's tangent; the mask is piecewise constant in result, which gets no
@@ -231,14 +228,13 @@ class ReLUGrad(torch.autograd.Function):
         return call(ReLUBackward, total, result), None
 
     @staticmethod
-    def tangent(ctx, grad_output_t, result_t):
+    def jvp(ctx, grad_output_t, result_t):
         (result,) = ctx.saved_tensors
         if grad_output_t is None:
             return None, None
         return call(ReLUGrad, grad_output_t, result)
 
 
-@with_jvp
 class LinearReLUFunction(torch.autograd.Function):
     """out = relu(input @ weight.T + bias) on 2-D input, ReLU fused into the GEMM's epilogue."""
 
@@ -266,7 +262,7 @@ class LinearReLUFunction(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias if (ctx.has_bias and needs[2]) else None
 
     @staticmethod
-    def tangent(ctx, input_t, weight_t, bias_t):
+    def jvp(ctx, input_t, weight_t, bias_t):
         input, weight, result = ctx.saved_tensors
         return call(ReLUBackward, _linear_tangent(input, weight, input_t, weight_t, bias_t), result)
 
@@ -310,11 +306,9 @@ def _apply(fn, name, input, weight, bias):
 
 
 def _apply_checked(fn, input, weight, bias):
-    """fn on checked, autocast inputs with a 2-D weight; input [..., in] -> [..., out]. Without
-    anything to record (see function_for) the op is called directly, as autograd.Function costs
-    microseconds per call."""
-    record = function_for(fn, input, weight, bias)
-    run = fn.op if record is None else record.apply
+    """fn on checked, autocast inputs with a 2-D weight; input [..., in] -> [..., out]: its op, or
+    the Function itself while tangents are possible."""
+    run = fn.apply if tangents_possible() else fn.op
     if input.dim() == 2:  # the common case, without the reshapes (they cost microseconds)
         return run(input, weight, bias)
     # Any leading dims are flattened into the batch ([..., in] -> [B, in]) and restored after;

@@ -1,12 +1,15 @@
-"""MSE loss: fake kernels and autograd wrappers around torch.ops.torchext.mse_loss*."""
+"""MSE loss: fake kernels, vmap rules and forward-mode autograd.Functions for torch.ops.torchext.mse_loss*.
+
+Ordinary calls go straight to the ops, whose autograd kernels are C++ (csrc/autograd/mse_loss.cpp);
+the Functions here, with the same backward plus a jvp, serve forward-mode AD and torch.func."""
 import math
 import warnings
 
 import torch
 from torch.nn import _reduction as _Reduction
 
-from ._util import (autocast_inputs, batch_first, call, elementwise_vmap, function_for, is_non_overlapping_and_dense,
-                    keep, with_jvp)
+from ._util import (autocast_inputs, batch_first, call, elementwise_vmap, is_non_overlapping_and_dense, keep,
+                    tangents_possible)
 
 _ops = torch.ops.torchext
 
@@ -97,7 +100,6 @@ for _op in (_mse_loss, _mse_loss_forward, _mse_loss_backward):
     torch.library.register_vmap(_op, _mse_vmap(_op))
 
 
-@with_jvp
 class MSELossBackward(torch.autograd.Function):
     """grad_input = norm * diff * grad_output with norm = 2 (/ numel for mean), grad_output a scalar
     for mean/sum. Bilinear in (grad_output, diff), so both of its gradients and its tangent are
@@ -129,7 +131,7 @@ class MSELossBackward(torch.autograd.Function):
         return d_grad_output, d_diff, None
 
     @staticmethod
-    def tangent(ctx, grad_output_t, diff_t, _):
+    def jvp(ctx, grad_output_t, diff_t, _):
         grad_output, diff = ctx.saved_tensors
         tangent = None
         if grad_output_t is not None:
@@ -148,7 +150,6 @@ def _sum_for(reduction, elementwise):
     return total / elementwise.numel() if reduction == _MEAN else total
 
 
-@with_jvp
 class MSELossFunction(torch.autograd.Function):
     """loss = reduce((input - target)^2). diff = input - target comes out of the same pass and is a
     (differentiable) output too: saving it as an output keeps its link to input and target, which
@@ -181,7 +182,7 @@ class MSELossFunction(torch.autograd.Function):
         return grad_input, grad_target, None
 
     @staticmethod
-    def tangent(ctx, input_t, target_t, _):
+    def jvp(ctx, input_t, target_t, _):
         (diff,) = ctx.saved_tensors
         if input_t is None:
             diff_t = -target_t
@@ -241,8 +242,6 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
             return torch.sum(weighted)
         return torch.sum(weighted) / torch.sum(weight)
 
-    fn = function_for(MSELossFunction, input, target)
-    if fn is not None:
-        loss, _ = fn.apply(input, target, reduction_enum)
-        return loss
+    if tangents_possible():
+        return MSELossFunction.apply(input, target, reduction_enum)[0]
     return _mse_loss(input, target, reduction_enum)

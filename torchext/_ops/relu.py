@@ -1,8 +1,10 @@
-"""ReLU: fake kernels and autograd wrappers around torch.ops.torchext.relu*."""
+"""ReLU: fake kernels, vmap rules and forward-mode autograd.Functions for torch.ops.torchext.relu*.
+
+Ordinary calls go straight to the ops, whose autograd kernels are C++ (csrc/autograd/relu.cpp);
+the Functions here, with the same backward plus a jvp, serve forward-mode AD and torch.func."""
 import torch
 
-from ._util import (call, elementwise_vmap, function_for, is_non_overlapping_and_dense, keep, tangents_possible,
-                    with_jvp)
+from ._util import call, elementwise_vmap, is_non_overlapping_and_dense, keep, tangents_possible
 
 _ops = torch.ops.torchext
 # Resolved overloads: calling them skips the packet lookup on every call (small activations are
@@ -36,7 +38,6 @@ torch.library.register_vmap(_relu, elementwise_vmap(_relu, 1))
 torch.library.register_vmap(_relu_backward, elementwise_vmap(_relu_backward, 2))
 
 
-@with_jvp
 class ReLUBackward(torch.autograd.Function):
     """grad_input = grad_output where result > 0. Linear in grad_output, so its own backward and
     its tangent are itself again; the mask is piecewise constant in result, so result gets no
@@ -59,12 +60,11 @@ class ReLUBackward(torch.autograd.Function):
         return call(ReLUBackward, grad_grad, result), None
 
     @staticmethod
-    def tangent(ctx, grad_output_t, result_t):
+    def jvp(ctx, grad_output_t, result_t):
         (result,) = ctx.saved_tensors
         return None if grad_output_t is None else call(ReLUBackward, grad_output_t, result)
 
 
-@with_jvp
 class ReLUFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
@@ -82,7 +82,7 @@ class ReLUFunction(torch.autograd.Function):
         return call(ReLUBackward, grad_output, result)
 
     @staticmethod
-    def tangent(ctx, input_t):
+    def jvp(ctx, input_t):
         (result,) = ctx.saved_tensors
         return call(ReLUBackward, input_t, result)
 
@@ -110,7 +110,6 @@ def relu(input, inplace=False):
         raise TypeError("relu(): argument 'input' must be Tensor, not %s" % type(input).__name__)
     if inplace:
         if tangents_possible():
-            return input.copy_(ReLUFunction.with_jvp.apply(input))
+            return input.copy_(ReLUFunction.apply(input))
         return ReLUInplaceFunction.apply(input)  # also bumps the version counter for autograd
-    fn = function_for(ReLUFunction, input)
-    return _relu(input) if fn is None else fn.apply(input)
+    return ReLUFunction.apply(input) if tangents_possible() else _relu(input)

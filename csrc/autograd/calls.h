@@ -1,0 +1,88 @@
+#pragma once
+// torchext's ops called through the dispatcher, for the autograd kernels in this folder. A backward
+// that runs with grad mode on (create_graph=True) thereby records its own graph through the same
+// ops' autograd kernels, so every derivative of every order is computed by torchext's kernels. A
+// forward calls them under at::AutoDispatchBelowADInplaceOrView, which goes straight to the
+// backend kernel.
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+
+#include <tuple>
+
+namespace torchext {
+namespace ops {
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+using OptTensor = c10::optional<at::Tensor>;
+
+inline at::Tensor relu(const at::Tensor& self) {
+  static const auto op = op_handle<at::Tensor(const at::Tensor&)>("torchext::relu");
+  return op.call(self);
+}
+
+inline at::Tensor relu_backward(const at::Tensor& grad_output, const at::Tensor& result) {
+  static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&)>("torchext::relu_backward");
+  return op.call(grad_output, result);
+}
+
+inline at::Tensor linear(const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias) {
+  static const auto op =
+      op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&)>("torchext::linear");
+  return op.call(input, weight, bias);
+}
+
+inline at::Tensor linear_relu(const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias) {
+  static const auto op =
+      op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&)>("torchext::linear_relu");
+  return op.call(input, weight, bias);
+}
+
+inline at::Tensor linear_bias_grad(const at::Tensor& grad_output) {
+  static const auto op = op_handle<at::Tensor(const at::Tensor&)>("torchext::linear_bias_grad");
+  return op.call(grad_output);
+}
+
+inline std::tuple<at::Tensor, at::Tensor> linear_relu_grad(const at::Tensor& grad_output, const at::Tensor& result) {
+  static const auto op = op_handle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&)>(
+      "torchext::linear_relu_grad");
+  return op.call(grad_output, result);
+}
+
+inline at::Tensor mse_loss(const at::Tensor& input, const at::Tensor& target, int64_t reduction) {
+  static const auto op =
+      op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t)>("torchext::mse_loss");
+  return op.call(input, target, reduction);
+}
+
+inline std::tuple<at::Tensor, at::Tensor> mse_loss_forward(const at::Tensor& input, const at::Tensor& target,
+                                                           int64_t reduction) {
+  static const auto op = op_handle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t)>(
+      "torchext::mse_loss_forward");
+  return op.call(input, target, reduction);
+}
+
+inline at::Tensor mse_loss_backward(const at::Tensor& grad_output, const at::Tensor& diff, int64_t reduction) {
+  static const auto op =
+      op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t)>("torchext::mse_loss_backward");
+  return op.call(grad_output, diff, reduction);
+}
+
+// Whether a call may skip autograd altogether (nullptr: an absent optional input): nothing to record (grad mode off, or no input
+// requires grad) and no forward-mode tangent to carry. A call that has tangents goes through
+// autograd::Function::apply, which refuses them with an error (C++ Functions have no jvp); the
+// Python wrappers send such calls to their forward-mode Functions before they get here.
+inline bool nothing_to_record(std::initializer_list<const at::Tensor*> inputs) {
+  const bool grad_mode = at::GradMode::is_enabled();
+  for (const at::Tensor* t : inputs) {
+    if (t == nullptr || !t->defined()) continue;
+    if ((grad_mode && t->requires_grad()) || t->_fw_grad(/*level=*/0).defined()) return false;
+  }
+  return true;
+}
+
+}  // namespace ops
+}  // namespace torchext
