@@ -87,10 +87,53 @@ def test_inplace_on_non_contiguous_view_writes_through(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_inplace_on_leaf_requiring_grad_raises_like_torch(device):
     x = torch.randn(4, device=device, requires_grad=True)
+    before = x.detach().clone()
     with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
         torch.relu_(x)
-    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
-        F.relu(x, inplace=True)
+    for call in (lambda t: F.relu(t, inplace=True), torch.ops.torchext.relu_):
+        with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+            call(x)
+        with pytest.raises(RuntimeError, match="view of a leaf Variable"):
+            call(x[1:])
+        assert torch.equal(x.detach(), before)  # refused before anything was written
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("call", ["functional", "op"])
+def test_inplace_autograd_like_torch(call, device):
+    # The in-place op records itself (also when called as torch.ops.torchext.relu_), bumps the
+    # version counter so a node that saved the old value refuses to run, and works on a view of a
+    # graph tensor (the gradient flows back through the base), all as torch.relu_ does.
+    op = (lambda t: F.relu(t, inplace=True)) if call == "functional" else torch.ops.torchext.relu_
+
+    def relu_(t):
+        op(t)  # the op returns nothing
+        return t
+
+    x = _data((6, 8), torch.float64, device).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: relu_(t.clone()), [x])
+    results = []
+    g = torch.randn(6, 8, device=device, dtype=torch.float64)
+    for fn in (relu_, torch.relu_):
+        leaf = x.detach().clone().requires_grad_()
+        y = leaf * 2
+        fn(y[:, 1::2])  # a strided view of a non-leaf
+        y.backward(g)
+        results.append((y.detach(), leaf.grad))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=0, rtol=0)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=0, rtol=0)
+    y = x * 1
+    saved_by_mul = y * y  # saves y
+    version = y._version
+    relu_(y)
+    assert y._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        saved_by_mul.sum().backward()
+    with torch.no_grad():  # nothing recorded, but the version still moves
+        z = x.detach().clone()
+        version = z._version
+        relu_(z)
+        assert z._version > version
 
 
 @pytest.mark.parametrize("device", DEVICES)

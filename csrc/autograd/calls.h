@@ -24,6 +24,11 @@ inline at::Tensor relu(const at::Tensor& self) {
   return op.call(self);
 }
 
+inline void relu_(at::Tensor& self) {
+  static const auto op = op_handle<void(at::Tensor&)>("torchext::relu_");
+  op.call(self);
+}
+
 inline at::Tensor relu_backward(const at::Tensor& grad_output, const at::Tensor& result) {
   static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&)>("torchext::relu_backward");
   return op.call(grad_output, result);

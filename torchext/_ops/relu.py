@@ -87,29 +87,15 @@ class ReLUFunction(torch.autograd.Function):
         return call(ReLUBackward, input_t, result)
 
 
-class ReLUInplaceFunction(torch.autograd.Function):
-    """relu_ for ordinary calls. Forward-mode AD and torch.func go through the out-of-place Function
-    and a copy_ back instead (see relu): a custom Function that returns its input and saves it is
-    refused in the setup_context style those need, and an in-place jvp cannot be vmapped."""
-
-    @staticmethod
-    def forward(ctx, input):
-        _relu_(input)
-        ctx.mark_dirty(input)
-        ctx.save_for_backward(input)  # input now holds the result
-        return input
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (result,) = ctx.saved_tensors
-        return call(ReLUBackward, grad_output, result)
-
-
 def relu(input, inplace=False):
     if not isinstance(input, torch.Tensor):
         raise TypeError("relu(): argument 'input' must be Tensor, not %s" % type(input).__name__)
     if inplace:
         if tangents_possible():
+            # The out-of-place Function and a copy back: a Function that returns and saves its
+            # input is refused in the setup_context style forward mode needs, and an in-place jvp
+            # cannot be vmapped.
             return input.copy_(ReLUFunction.apply(input))
-        return ReLUInplaceFunction.apply(input)  # also bumps the version counter for autograd
+        _relu_(input)  # its autograd kernel (C++) records the in-place node and bumps the version
+        return input
     return ReLUFunction.apply(input) if tangents_possible() else _relu(input)
