@@ -122,7 +122,8 @@ def test_differentiable_is_refused():
 
 
 
-@pytest.mark.parametrize("case", ["shape", "dtype", "sparse"])
+# (A sparse grad is not a failure for SGD, which takes them as torch's does; see test_optim_state.py.)
+@pytest.mark.parametrize("case", ["shape", "dtype"])
 def test_failed_step_changes_nothing(case):
     # The bad grad sits in the second group, so the first group must not be stepped either.
     a, b = make_params(torch.float32, "cpu", [(4, 4)]), make_params(torch.float32, "cpu", [(3, 5)])

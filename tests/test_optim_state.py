@@ -547,3 +547,106 @@ def test_step_with_closure_returns_its_loss_and_matches_torch(case, device):
     torch.testing.assert_close(returned[1], returned[0], atol=1e-12, rtol=1e-12)
     assert_params_close(b, a, torch.float64)
     assert ours.step() is None
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+@pytest.mark.parametrize("case", CASES + [("SGD", dict(lr=0.1)), ("AdamW", dict(lr=1e-2, maximize=True, amsgrad=True))],
+                         ids=IDS + ["SGD-plain", "AdamW-maximize"])
+def test_complex_params_match_torch(case, dtype, device):
+    # torch updates a complex param as its real and imaginary parts (view_as_real), with complex
+    # state; so do the kernels, through the same views. Mixed with a real param in the group.
+    name, kw = case
+    real_dtype = torch.float32 if dtype == torch.complex64 else torch.float64
+    tol = dict(atol=1e-6, rtol=1e-5) if dtype == torch.complex64 else dict(atol=1e-12, rtol=1e-12)
+    base = [torch.randn(7, 13, dtype=dtype, device=device), torch.randn(33, dtype=dtype, device=device),
+            torch.randn(5, dtype=real_dtype, device=device)]
+    ref = [torch.nn.Parameter(b.clone()) for b in base]
+    ours = [torch.nn.Parameter(b.clone()) for b in base]
+    opt_ref = getattr(torch.optim, name)(ref, foreach=False, **kw)
+    opt = getattr(torchext.optim, name)(ours, **kw)
+
+    def steps(n):
+        for _ in range(n):
+            for a, b in zip(ref, ours):
+                g = torch.randn_like(a)
+                a.grad, b.grad = g, g.clone()
+            opt_ref.step()
+            opt.step()
+        for a, b in zip(ref, ours):
+            torch.testing.assert_close(b.detach(), a.detach(), **tol)
+        for a, b in zip(ref, ours):
+            for key in BUFFER_KEYS:
+                if key in opt_ref.state[a]:
+                    assert opt.state[b][key].dtype == a.dtype  # complex state, as torch keeps it
+                    torch.testing.assert_close(opt.state[b][key], opt_ref.state[a][key], **tol)
+
+    steps(4)
+    # Both ways through state_dict, then on.
+    opt.load_state_dict(copy.deepcopy(opt_ref.state_dict()))
+    opt_ref.load_state_dict(copy.deepcopy(opt.state_dict()))
+    steps(2)
+
+
+def _embedding_pair(seed):
+    torch.manual_seed(seed)
+    ref = torch.nn.Embedding(10, 3, sparse=True)
+    ours = copy.deepcopy(ref)
+    return ref, ours
+
+
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks")
+@pytest.mark.parametrize("kw", [dict(lr=0.1), dict(lr=0.1, momentum=0.9), dict(lr=0.1, momentum=0.9, dampening=0.5,
+                                                                                maximize=True),
+                                dict(lr=0.1, momentum=0.9, nesterov=True)], ids=["plain", "momentum", "dampening",
+                                                                                  "nesterov"])
+def test_sgd_takes_sparse_grads_like_torch(kw):
+    # nn.Embedding(sparse=True) gives sparse grads; torch's SGD takes them (with a sparse momentum
+    # buffer), and so must ours, beside a dense param in the same group.
+    ref, ours = _embedding_pair(0)
+    ref_bias, our_bias = torch.nn.Parameter(torch.randn(3)), None
+    our_bias = torch.nn.Parameter(ref_bias.detach().clone())
+    opt_ref = torch.optim.SGD([ref.weight, ref_bias], **kw)
+    opt = torchext.optim.SGD([ours.weight, our_bias], **kw)
+    for step in range(4):
+        idx = torch.randint(0, 10, (6,))
+        target = torch.randn(6, 3)
+        for emb, bias, o in ((ref, ref_bias, opt_ref), (ours, our_bias, opt)):
+            o.zero_grad()
+            ((emb(idx) + bias - target) ** 2).sum().backward()
+            assert emb.weight.grad.is_sparse
+            o.step()
+        torch.testing.assert_close(ours.weight.detach(), ref.weight.detach(), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(our_bias.detach(), ref_bias.detach(), atol=1e-6, rtol=1e-5)
+    if kw.get("momentum"):
+        buf = opt.state_dict()["state"][0]["momentum_buffer"]
+        ref_buf = opt_ref.state_dict()["state"][0]["momentum_buffer"]
+        assert buf.is_sparse and ref_buf.is_sparse
+        torch.testing.assert_close(buf.to_dense(), ref_buf.to_dense())
+    # A step GradScaler found overflowing changes nothing.
+    before = ours.weight.detach().clone()
+    ((ours(torch.tensor([1, 2])) - 1) ** 2).sum().backward()
+    opt.step(grad_scale=torch.tensor(2.0), found_inf=torch.tensor(1.0))
+    assert torch.equal(ours.weight.detach(), before)
+
+
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks")
+@pytest.mark.parametrize("name,kw", [("Adam", {}), ("AdamW", {}), ("SGD", dict(lr=0.1, momentum=0.9, weight_decay=0.1))])
+def test_sparse_grads_refused_like_torch(name, kw):
+    # Where torch's optimizer raises on a sparse grad, ours raises the same error, before anything
+    # (a dense param earlier in the list included) is written.
+    errors = []
+    for mod in (torch.optim, torchext.optim):
+        ref, _ = _embedding_pair(1)
+        dense = torch.nn.Parameter(torch.randn(4))
+        dense.grad = torch.randn(4)
+        ref(torch.tensor([0, 3])).sum().backward()
+        opt = getattr(mod, name)([dense, ref.weight], **({"lr": 0.1} | kw))
+        before = (dense.detach().clone(), ref.weight.detach().clone())
+        with pytest.raises(RuntimeError) as info:
+            opt.step()
+        errors.append(str(info.value))
+        if mod is torchext.optim:
+            assert torch.equal(dense.detach(), before[0]) and torch.equal(ref.weight.detach(), before[1])
+            assert not opt.state
+    assert errors[0] == errors[1]

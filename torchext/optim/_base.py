@@ -6,7 +6,8 @@ import torch
 from torch.optim import Optimizer
 
 _HALF = (torch.float16, torch.bfloat16)
-_SUPPORTED = (torch.float64, torch.float32) + _HALF
+_COMPLEX = (torch.complex64, torch.complex128)
+_SUPPORTED = (torch.float64, torch.float32) + _HALF + _COMPLEX
 
 # State keys that exist only in torchext: hidden from state_dict() so torch reads ours unchanged.
 _PRIVATE_KEYS = ("momentum_count",)
@@ -85,6 +86,7 @@ class FusedOptimizer(Optimizer):
         if found_inf is None:
             found_inf = getattr(self, "found_inf", None)
         fresh = []  # params whose state this step creates
+        sparse = []  # (group, param, grad) with a sparse grad, for an optimizer that takes them
         try:
             calls = []
             for gi, group in enumerate(self.param_groups):
@@ -92,6 +94,10 @@ class FusedOptimizer(Optimizer):
                 for p in group["params"]:
                     g = p.grad
                     if g is not None:
+                        if g.is_sparse:
+                            self._check_sparse(group, p)  # raises where torch's optimizer would
+                            sparse.append((group, p, g))
+                            continue
                         bucket = buckets.get((p.device, p.dtype))
                         if bucket is None:
                             bucket = buckets[(p.device, p.dtype)] = ([], [])
@@ -99,9 +105,12 @@ class FusedOptimizer(Optimizer):
                         bucket[1].append(g)
                 for (device, dtype), (ps, grads) in buckets.items():
                     if dtype not in _SUPPORTED:
-                        raise RuntimeError("torchext.optim.%s: params must be float64, float32, float16 or "
-                                           "bfloat16, but param group %d has %s params" % (self._name, gi, dtype))
+                        raise RuntimeError("torchext.optim.%s: params must be float64, float32, float16, bfloat16, "
+                                           "complex64 or complex128, but param group %d has %s params"
+                                           % (self._name, gi, dtype))
                     states = self._prepare_state(group, dtype, ps, fresh)
+                    if dtype in _COMPLEX:
+                        ps, grads, states = self._as_real(ps, grads, states)
                     lr = group["lr"]
                     lr_tensor = lr if isinstance(lr, torch.Tensor) else None
                     if lr_tensor is not None and lr_tensor.device != device and lr_tensor.device.type != "cpu":
@@ -122,7 +131,17 @@ class FusedOptimizer(Optimizer):
             raise
         for args in calls:
             run(*args)
+        if sparse:
+            self._sparse_step(sparse, grad_scale, found_inf)
         return loss
+
+    _sparse_error = None  # torch's error for sparse grads, where it refuses them
+
+    def _check_sparse(self, group, p):
+        raise RuntimeError(self._sparse_error)
+
+    def _sparse_step(self, items, grad_scale, found_inf):
+        raise NotImplementedError
 
     def _prepare_state(self, group, dtype, params, fresh):
         """The state dicts of params of one dtype in one group, creating what is missing (and the
@@ -150,6 +169,16 @@ class FusedOptimizer(Optimizer):
                 del state_of[p]
             states.append(state)
         return states
+
+    def _as_real(self, params, grads, states):
+        """Complex params, their grads and buffers as real views ([..., 2], real and imaginary parts
+        side by side), which the kernels update in place: torch's optimizers treat a complex param
+        as its real and imaginary parts too (each part its own second moment), and keep the buffers
+        complex in the state, as these stay."""
+        real = torch.view_as_real
+        keys = self._buffer_keys
+        return ([real(p) for p in params], [real(g.resolve_conj()) for g in grads],
+                [{k: (real(v) if k in keys else v) for k, v in s.items()} for s in states])
 
     def _convert_buffers(self, state, dtype):
         for key in self._buffer_keys:

@@ -18,7 +18,8 @@ class Adam(FusedOptimizer):
     bumps it there) and state_dict() reports it on the CPU unless capturable, as torch does.
     Extra keyword: master_weights (see torchext.optim.SGD); with it, exp_avg, exp_avg_sq and
     max_exp_avg_sq of float16/bfloat16 params are float32 too. foreach and fused are accepted and
-    ignored: every step is fused.
+    ignored: every step is fused. Complex params are updated as their real and imaginary parts, as
+    torch does; sparse grads are refused with torch's error.
     """
 
     _name = "Adam"
@@ -26,6 +27,7 @@ class Adam(FusedOptimizer):
     _eager_op = staticmethod(_C.adam_step_eager)
     _check_op = staticmethod(_C.check_adam_step_args)
     _buffer_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    _sparse_error = "Adam does not support sparse gradients, please consider SparseAdam instead"  # torch's words
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,

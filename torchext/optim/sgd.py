@@ -1,5 +1,6 @@
 """SGD with momentum / Nesterov / weight decay, one fused kernel launch per device and dtype."""
 import torch
+from torch.optim.sgd import sgd as _torch_sgd
 
 from .. import _C
 from ._base import FusedOptimizer
@@ -14,7 +15,9 @@ class SGD(FusedOptimizer):
     state['master_param'], updates it and writes its rounding to the param; those params'
     momentum buffers are float32 too. state_dict() saves both, load_state_dict() restores them in
     float32 (a torch optimizer loading the state casts them to the param dtype). foreach and fused are
-    accepted and ignored: every step is fused.
+    accepted and ignored: every step is fused. Complex params are updated as their real and
+    imaginary parts, as torch does. Sparse grads (nn.Embedding(sparse=True)) take torch's own SGD
+    math, so they behave exactly as there, including its errors (no weight_decay with them).
     """
 
     _name = "SGD"
@@ -53,13 +56,47 @@ class SGD(FusedOptimizer):
     def _init_state(self, p, state, group, buffer_dtype):
         if group["momentum"] == 0:
             return
-        if state.get("momentum_buffer") is None:
+        buf = state.get("momentum_buffer")
+        if buf is not None and buf.is_sparse:  # left by a step with a sparse grad
+            state["momentum_buffer"] = buf.to_dense()
+        if buf is None:
             # Zero-filled with a count of 0 rather than a clone of the grad, so that a step skipped
             # by GradScaler (decided on the device) leaves the next step still the first one.
             state["momentum_buffer"] = torch.zeros_like(p, dtype=buffer_dtype, memory_format=torch.preserve_format)
             state["momentum_count"] = torch.zeros((), dtype=torch.float32, device=p.device)
         elif "momentum_count" not in state:  # a buffer loaded from a state_dict carries history
             state["momentum_count"] = torch.ones((), dtype=torch.float32, device=p.device)
+
+    def _check_sparse(self, group, p):
+        # What torch's SGD does with a sparse grad, refused before anything is written.
+        if group["weight_decay"] != 0:
+            raise RuntimeError("add(sparse, dense) is not supported. Use add(dense, sparse) instead.")
+        if self._keeps_master(group, p.dtype):
+            raise NotImplementedError("torchext.optim.SGD: master_weights=True does not support sparse gradients")
+
+    def _sparse_step(self, items, grad_scale, found_inf):
+        """Params with sparse grads (e.g. from nn.Embedding(sparse=True)) take torch's own SGD math,
+        one param at a time, so that they behave exactly as in torch (its momentum buffer of such a
+        param is sparse as well); the fused kernels take dense grads. GradScaler's found_inf is read
+        on the host here, as torch's non-fused optimizers do."""
+        if found_inf is not None and bool(found_inf.item()):
+            return
+        for group, p, g in items:
+            if grad_scale is not None:
+                g = g / grad_scale.to(g.device)
+            momentum = group["momentum"]
+            state = self.state[p]
+            bufs = [None]
+            if momentum != 0 and float(state.get("momentum_count", 1)) != 0:
+                bufs[0] = state.get("momentum_buffer")
+            lr = group["lr"]
+            _torch_sgd([p], [g], bufs, has_sparse_grad=True, foreach=False, fused=False,
+                       weight_decay=0.0, momentum=momentum,
+                       lr=float(lr) if isinstance(lr, torch.Tensor) else lr,
+                       dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"])
+            if momentum != 0:
+                state["momentum_buffer"] = bufs[0]
+                state["momentum_count"] = torch.ones((), dtype=torch.float32, device=p.device)
 
     def _export_entry(self, entry, group):
         count = entry.get("momentum_count")
