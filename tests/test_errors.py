@@ -41,7 +41,9 @@ CASES = [
     ("linear integer input only", lambda: F.linear(_x(4, 5).long(), _x(3, 5)),
      lambda: TF.linear(_x(4, 5).long(), _x(3, 5)), None, "dtype"),
     ("linear integer", lambda: F.linear(_x(4, 5).long(), _x(3, 5).long()), None, NotImplementedError, "input"),
-    ("linear complex", lambda: F.linear(_x(4, 5).cfloat(), _x(3, 5).cfloat()), None, NotImplementedError, "input"),
+    # (complex input with complex weights works, as in torch: test_linear.py)
+    ("linear complex input, real weight", lambda: F.linear(_x(4, 5).cfloat(), _x(3, 5)),
+     lambda: TF.linear(_x(4, 5).cfloat(), _x(3, 5)), None, "dtype"),
     ("linear sparse input", lambda: F.linear(_x(4, 5).to_sparse(), _x(3, 5)), None, NotImplementedError,
      "input|Sparse"),
     ("linear_relu in_features mismatch", lambda: F.linear_relu(_x(4, 6), _x(3, 5)),

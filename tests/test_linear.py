@@ -596,3 +596,91 @@ def test_linear_batched_errors(device):
         op.linear_batched(x[0], w, None, False)
     with pytest.raises(RuntimeError, match="same dtype"):
         op.linear_batched(x, w.double(), None, False)
+
+
+# (input shape, weight shape, bias shape or None): 2-D and N-D inputs, a 1-D input, a 1-D weight.
+COMPLEX_SHAPES = [((7, 5), (3, 5), (3,)), ((7, 5), (3, 5), None), ((2, 4, 5), (3, 5), (3,)), ((5,), (3, 5), (3,)),
+                  ((7, 5), (5,), None), ((5,), (5,), ())]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+@pytest.mark.parametrize("shapes", COMPLEX_SHAPES, ids=str)
+def test_complex_matches_torch(shapes, dtype, device):
+    # torch's Linear takes complex tensors (x @ W^T + b, no conjugation); ours runs them through the
+    # real GEMM. Output and every gradient against torch's.
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.complex64 else dict(atol=1e-12, rtol=1e-12)
+    base = [None if s is None else torch.randn(s, dtype=dtype, device=device) for s in shapes]
+    outs, grads = [], []
+    for fn in (torch.nn.functional.linear, F.linear):
+        leaves = [None if t is None else t.clone().requires_grad_() for t in base]
+        y = fn(*leaves)
+        g = torch.randn_like(y) if not outs else grads[0][0]
+        (y * g.conj()).real.sum().backward()
+        outs.append(y.detach())
+        grads.append([g] + [t.grad for t in leaves if t is not None])
+    assert outs[0].shape == outs[1].shape and outs[0].dtype == outs[1].dtype
+    torch.testing.assert_close(outs[1], outs[0], **tol)
+    for ours, ref in zip(grads[1][1:], grads[0][1:]):
+        torch.testing.assert_close(ours, ref, **tol)
+    if dtype == torch.complex128:
+        leaves = [t.clone().requires_grad_() for t in base if t is not None]
+        fn = F.linear if shapes[2] is not None else (lambda x, w: F.linear(x, w))
+        assert torch.autograd.gradcheck(fn, leaves)
+        assert torch.autograd.gradgradcheck(fn, leaves)
+
+
+def test_complex_refusals():
+    x, w = torch.randn(3, 4, dtype=torch.complex64), torch.randn(2, 4, dtype=torch.complex64)
+    with pytest.raises(NotImplementedError, match="complex"):
+        F.linear_relu(x, w)  # torch.relu refuses complex tensors too
+    with pytest.raises(RuntimeError, match="same dtype"):
+        F.linear(x, w.to(torch.complex128))
+    with pytest.raises(RuntimeError, match="same dtype"):
+        F.linear(x, w.real)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "linear_relu"])
+# (input shape, bias shape): a 0-dim bias, a [batch, out] bias, broadcast over leading dims.
+@pytest.mark.parametrize("shapes", [((6, 5), ()), ((6, 5), (6, 3)), ((6, 5), (1, 3)), ((2, 6, 5), (6, 1)),
+                                    ((2, 6, 5), (2, 1, 3))], ids=str)
+def test_bias_broadcasting_like_torch(shapes, relu, device):
+    # torch adds a bias that broadcasts to the output; the gradient is summed back to its shape.
+    # (torch's own F.linear refuses some of these, e.g. a [6, 1] bias on a contiguous [2, 6, 5]
+    # input, which it flattens to 12 rows first, yet takes it on a non-contiguous one; the
+    # reference is the definition, x @ W^T + b.)
+    x_shape, b_shape = shapes
+    base = [torch.randn(x_shape, dtype=torch.float64, device=device), torch.randn(3, 5, dtype=torch.float64,
+                                                                                   device=device),
+            torch.randn(b_shape, dtype=torch.float64, device=device)]
+    results = []
+    definition = (lambda x, w, b: torch.relu(x @ w.T + b)) if relu else (lambda x, w, b: x @ w.T + b)
+    for fn in (definition, _ours_fn(relu)):
+        leaves = [t.clone().requires_grad_() for t in base]
+        y = fn(*leaves)
+        y.backward(torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=device).reshape(y.shape))
+        results.append([y.detach()] + [t.grad for t in leaves])
+    for ours, ref in zip(results[1], results[0]):
+        torch.testing.assert_close(ours, ref)
+    assert torch.autograd.gradcheck(_ours_fn(relu), [t.clone().requires_grad_() for t in base])
+
+
+def test_bias_that_does_not_broadcast_is_refused():
+    x, w = torch.randn(6, 5), torch.randn(3, 5)
+    for bias in (torch.randn(4), torch.randn(2, 6, 3), torch.randn(6, 2)):
+        with pytest.raises(RuntimeError):
+            torch.nn.functional.linear(x, w, bias)
+        with pytest.raises(RuntimeError, match="'bias'"):
+            F.linear(x, w, bias)
+    with pytest.raises(RuntimeError, match="'bias'"):
+        F.linear(torch.randn(5), torch.randn(5), torch.randn(1))  # 1-D weight: only a 0-dim bias
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_complex_module_matches_torch(dtype):
+    ref = torch.nn.Linear(5, 3, dtype=dtype)
+    ours = torchext.nn.Linear(5, 3, dtype=dtype)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 5, dtype=dtype)
+    torch.testing.assert_close(ours(x), ref(x))

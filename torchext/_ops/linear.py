@@ -11,7 +11,7 @@ import math
 import torch
 
 from ._util import autocast_inputs, batch_first, call, keep, tangents_possible
-from .relu import ReLUBackward
+from .relu import ReLUBackward, relu as _relu
 
 _ops = torch.ops.torchext
 # Resolved overloads: calling them skips the packet's overload lookup on every call (the tutorial's
@@ -288,15 +288,30 @@ def _check_args(name, input, weight, bias):
     if input.shape[-1] != weight.shape[-1]:
         raise RuntimeError("%s(): 'input' %s and 'weight' %s shapes cannot be multiplied (in_features %d != %d)"
                            % (name, tuple(input.shape), tuple(weight.shape), input.shape[-1], weight.shape[-1]))
-    if weight.dim() == 1 and bias is not None and input.dim() != 1:
+    if weight.dim() == 1 and bias is not None and (input.dim() != 1 or bias.dim() != 0):
         # torch allows a bias with a 1-D weight only for a 1-D input (a dot product plus a scalar).
-        raise RuntimeError("%s(): a 1-D 'weight' takes a 'bias' only with a 1-D 'input', but 'input' has shape %s"
-                           % (name, tuple(input.shape)))
+        raise RuntimeError("%s(): a 1-D 'weight' takes only a 0-dim 'bias', and only with a 1-D 'input', but "
+                           "'input' has shape %s and 'bias' %s" % (name, tuple(input.shape), tuple(bias.shape)))
 
 
 def _apply(fn, name, input, weight, bias):
     _check_args(name, input, weight, bias)
     input, weight, bias = autocast_inputs("lower", input, weight, bias)  # as torch.autocast treats aten::linear
+    if input.is_complex() or weight.is_complex() or (bias is not None and bias.is_complex()):
+        return _complex(fn, name, input, weight, bias)
+    if bias is not None and weight.dim() == 2 and bias.shape != weight.shape[:1]:
+        # torch adds any bias that broadcasts to the output (a scalar, a [batch, out] matrix, ...):
+        # the GEMM without it, then the addition (autograd sums its gradient back to its shape).
+        out_shape = input.shape[:-1] + weight.shape[:1]
+        try:
+            fits = torch.broadcast_shapes(bias.shape, out_shape) == out_shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise RuntimeError("%s(): expected 'bias' of shape [%d] (out_features) or one that broadcasts to the "
+                               "output %s, but got %s" % (name, weight.shape[0], list(out_shape), list(bias.shape)))
+        out = _apply(LinearFunction, name, input, weight, None) + bias
+        return _relu(out) if fn is LinearReLUFunction else out
     if weight.dim() == 1:
         # A 1-D weight [in] is one output feature whose dim is dropped from the result, as in torch:
         # [..., in] -> [...]. Its bias (1-D input only) is a single value.
@@ -317,6 +332,40 @@ def _apply_checked(fn, input, weight, bias):
     x2 = input.reshape(math.prod(lead), input.shape[-1])
     out = run(x2, weight, bias)
     return out.reshape(*lead, weight.shape[0])
+
+
+def _complex(fn, name, input, weight, bias):
+    """Complex linear through the real GEMM, as one real product of twice the size: with
+    x = xr + i xi and W = Wr + i Wi, x W^T = [xr, xi] [Wr, -Wi]^T + i [xr, xi] [Wi, Wr]^T, so the
+    real input [xr, xi] times the stacked real weight [[Wr, -Wi], [Wi, Wr]] gives the real parts
+    in its first half of the output features and the imaginary parts in its second. Built from
+    differentiable views and concatenations, so autograd (and gradcheck on complex inputs) follow."""
+    if fn is LinearReLUFunction:
+        raise NotImplementedError("%s(): ReLU is not defined for complex values (torch.relu refuses complex "
+                                  "tensors too)" % name)
+    for arg, value in (("weight", weight), ("bias", bias)):
+        if value is not None and value.dtype != input.dtype:
+            raise RuntimeError("%s(): expected 'input' and '%s' to have the same dtype, but got %s and %s"
+                               % (name, arg, input.dtype, value.dtype))
+    real = torch.view_as_real
+    x = real(input.resolve_conj())  # [..., in, 2]
+    w = real(weight.resolve_conj())
+    x2 = torch.cat([x[..., 0], x[..., 1]], dim=-1)
+    w_r, w_i = w[..., 0], w[..., 1]
+    top, bottom = torch.cat([w_r, -w_i], dim=-1), torch.cat([w_i, w_r], dim=-1)
+    if weight.dim() == 1:  # one output feature (its dim dropped below)
+        w2, n = torch.stack([top, bottom]), 1
+    else:
+        w2, n = torch.cat([top, bottom], dim=0), weight.shape[0]
+    b2 = None
+    if bias is not None and (bias.shape == (n,) or (weight.dim() == 1 and bias.numel() == 1)):
+        b = real(bias.resolve_conj()).reshape(n, 2)
+        b2, bias = torch.cat([b[:, 0], b[:, 1]]), None
+    out2 = _apply(LinearFunction, name, x2, w2, b2)
+    out = torch.complex(out2[..., :n], out2[..., n:])
+    if weight.dim() == 1:
+        out = out.squeeze(-1)
+    return out if bias is None else out + bias
 
 
 def linear(input, weight, bias=None):
