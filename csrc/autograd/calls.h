@@ -91,3 +91,12 @@ inline bool nothing_to_record(std::initializer_list<const at::Tensor*> inputs) {
 
 }  // namespace ops
 }  // namespace torchext
+
+namespace torchext {
+namespace autograd {  // the autograd kernels' own namespace: the names they all use
+using ops::nothing_to_record;
+using ops::OptTensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+}  // namespace autograd
+}  // namespace torchext

@@ -10,11 +10,6 @@ namespace torchext {
 namespace autograd {
 namespace {
 
-using ops::OptTensor;
-using ops::nothing_to_record;
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-
 // The gradients of z = input @ weight.T + bias (bias: only when with_bias) from dZ.
 variable_list linear_grads(AutogradContext* ctx, const at::Tensor& grad_z, const at::Tensor& input,
                            const at::Tensor& weight, bool with_bias) {

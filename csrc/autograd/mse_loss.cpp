@@ -13,11 +13,6 @@ namespace torchext {
 namespace autograd {
 namespace {
 
-using ops::OptTensor;
-using ops::nothing_to_record;
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-
 constexpr int64_t kNone = 0, kMean = 1;
 
 struct MSELossBackwardFunction : public torch::autograd::Function<MSELossBackwardFunction> {

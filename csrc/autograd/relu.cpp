@@ -13,11 +13,6 @@ namespace torchext {
 namespace autograd {
 namespace {
 
-using ops::OptTensor;
-using ops::nothing_to_record;
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-
 struct ReLUBackwardFunction : public torch::autograd::Function<ReLUBackwardFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& result) {
     ctx->save_for_backward({result});
