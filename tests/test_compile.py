@@ -43,6 +43,28 @@ def test_forward_and_loss_compile_without_graph_breaks(device):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", ["complex", "broadcast_bias", "broadcast_bias_relu"])
+def test_other_linear_paths_compile_without_graph_breaks(case, device):
+    # Complex tensors and a bias that broadcasts take their own paths through F.linear.
+    F = torchext.functional
+    dtype = torch.complex64 if case == "complex" else torch.float32
+    x = torch.randn(6, 5, dtype=dtype, device=device)
+    w = torch.randn(3, 5, dtype=dtype, device=device)
+    b = torch.randn(3 if case == "complex" else (6, 3), dtype=dtype, device=device)
+    fn = F.linear_relu if case.endswith("relu") else F.linear
+    torch._dynamo.reset()
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    out = torch.compile(fn, fullgraph=True)(*leaves)
+    out.abs().sum().backward()
+    ref_leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    ref = fn(*ref_leaves)
+    ref.abs().sum().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for a, r in zip(leaves, ref_leaves):
+        torch.testing.assert_close(a.grad, r.grad, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("optim_name", ["sgd", "adam", "adamw"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_full_training_step_compiles_to_one_graph_and_matches_eager(device, optim_name):

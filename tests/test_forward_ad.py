@@ -314,3 +314,26 @@ def test_nested_vmap_of_linear(device, no_vmap_fallback):
     got = vmap(vmap(F.linear_relu, in_dims=(0, 0, 0)), in_dims=(0, 0, None))(x, w, b)
     expected = torch.relu(torch.einsum("ijmk,ijnk->ijmn", x, w) + b[None, :, None, :])
     torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_complex_linear_under_torch_func(device, no_vmap_fallback):
+    # Complex Linear runs through the real GEMM; the transforms see views, concatenations and ours.
+    cd = torch.complex128
+    x = torch.randn(6, 5, dtype=cd, device=device)
+    w, b = torch.randn(3, 5, dtype=cd, device=device), torch.randn(3, dtype=cd, device=device)
+    t = torch.randn_like(x)
+
+    def loss(mod, w, b, x):
+        return mod.linear(x, w, b).abs().pow(2).sum()
+
+    for ours, ref in [
+        (grad(lambda w, b: loss(F, w, b, x), argnums=(0, 1))(w, b),
+         grad(lambda w, b: loss(TF, w, b, x), argnums=(0, 1))(w, b)),
+        (vmap(lambda xx: F.linear(xx, w, b))(x.reshape(2, 3, 5)),
+         vmap(lambda xx: TF.linear(xx, w, b))(x.reshape(2, 3, 5))),
+        (jvp(lambda xx: F.linear(xx, w, b), (x,), (t,)), jvp(lambda xx: TF.linear(xx, w, b), (x,), (t,))),
+        (vmap(grad(lambda w, xx: loss(F, w, b, xx[None])), in_dims=(None, 0))(w, x),
+         vmap(grad(lambda w, xx: loss(TF, w, b, xx[None])), in_dims=(None, 0))(w, x)),
+    ]:
+        torch.testing.assert_close(ours, ref)

@@ -311,7 +311,7 @@ def _apply(fn, name, input, weight, bias):
             raise RuntimeError("%s(): expected 'bias' of shape [%d] (out_features) or one that broadcasts to the "
                                "output %s, but got %s" % (name, weight.shape[0], list(out_shape), list(bias.shape)))
         out = _apply(LinearFunction, name, input, weight, None) + bias
-        return _relu(out) if fn is LinearReLUFunction else out
+        return _relu(out) if name == "linear_relu" else out
     if weight.dim() == 1:
         # A 1-D weight [in] is one output feature whose dim is dropped from the result, as in torch:
         # [..., in] -> [...]. Its bias (1-D input only) is a single value.
@@ -340,7 +340,7 @@ def _complex(fn, name, input, weight, bias):
     real input [xr, xi] times the stacked real weight [[Wr, -Wi], [Wi, Wr]] gives the real parts
     in its first half of the output features and the imaginary parts in its second. Built from
     differentiable views and concatenations, so autograd (and gradcheck on complex inputs) follow."""
-    if fn is LinearReLUFunction:
+    if name == "linear_relu":
         raise NotImplementedError("%s(): ReLU is not defined for complex values (torch.relu refuses complex "
                                   "tensors too)" % name)
     for arg, value in (("weight", weight), ("bias", bias)):
