@@ -19,8 +19,10 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <type_traits>
+#include <vector>
 
 #include "cpu/convert.h"
 #include "cpu/dispatch.h"
@@ -546,12 +548,100 @@ inline Tile tile_for_level() {
   }
 }
 
+// Few rows (batch-1 inference, a single sample's backward): packing would move the whole weight
+// twice more than the arithmetic reads it, and the register tiles would be mostly padding. These
+// read each operand once, in its storage order, with vectorised dot products or row updates;
+// columns [j0, j1) of every row.
+constexpr int64_t kSmallRows = 4;
+
+template <typename T>
+TORCHEXT_INLINE T finish(math_t<T> v, const LinearProblem<T>* g, int64_t j) {
+  if (g->bias) v += static_cast<math_t<T>>(g->bias[j * g->sbias]);
+  if (g->relu) v = v < math_t<T>(0) ? math_t<T>(0) : v;  // NaN passes through, as in torch.relu
+  return static_cast<T>(v);
+}
+
+// A and B both contiguous along K (the forward): each output a dot product over K.
+template <typename T>
+TORCHEXT_INLINE void small_rows_dot_impl(const LinearProblem<T>* g, int64_t j0, int64_t j1) {
+  using Acc = math_t<T>;
+  const int64_t K = g->K;
+  for (int64_t j = j0; j < j1; ++j) {
+    const T* b = g->b + j * g->sbn;
+    for (int64_t i = 0; i < g->M; ++i) {
+      const T* a = g->a + i * g->sam;
+      Acc sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t k = 0; k < K; ++k) sum += static_cast<Acc>(a[k]) * static_cast<Acc>(b[k]);
+      g->c[i * g->N + j] = finish<T>(sum, g, j);
+    }
+  }
+}
+TORCHEXT_CPU_DISPATCH(small_rows_dot_kernel, small_rows_dot_impl)
+
+// B contiguous along N (dX = dY W reads W^T so): each row a sum over K of B's rows, scaled.
+template <typename T>
+TORCHEXT_INLINE void small_rows_axpy_impl(const LinearProblem<T>* g, int64_t j0, int64_t j1, math_t<T>* acc) {
+  using Acc = math_t<T>;
+  const int64_t w = j1 - j0;
+  const int64_t K = g->K;
+  for (int64_t i = 0; i < g->M; ++i) {
+    const T* a = g->a + i * g->sam;
+    for (int64_t c = 0; c < w; ++c) acc[c] = 0;
+    int64_t k = 0;
+    for (; k + 4 <= K; k += 4) {  // four rows of B per pass over the accumulators
+      const Acc a0 = static_cast<Acc>(a[k * g->sak]), a1 = static_cast<Acc>(a[(k + 1) * g->sak]);
+      const Acc a2 = static_cast<Acc>(a[(k + 2) * g->sak]), a3 = static_cast<Acc>(a[(k + 3) * g->sak]);
+      const T* b0 = g->b + k * g->sbk + j0;
+      const T* b1 = b0 + g->sbk;
+      const T* b2 = b1 + g->sbk;
+      const T* b3 = b2 + g->sbk;
+#pragma omp simd
+      for (int64_t c = 0; c < w; ++c) {
+        acc[c] += a0 * static_cast<Acc>(b0[c]) + a1 * static_cast<Acc>(b1[c]) + a2 * static_cast<Acc>(b2[c]) +
+                  a3 * static_cast<Acc>(b3[c]);
+      }
+    }
+    for (; k < K; ++k) {
+      const Acc aik = static_cast<Acc>(a[k * g->sak]);
+      const T* b = g->b + k * g->sbk + j0;
+#pragma omp simd
+      for (int64_t c = 0; c < w; ++c) acc[c] += aik * static_cast<Acc>(b[c]);
+    }
+    T* out = g->c + i * g->N + j0;
+    for (int64_t c = 0; c < w; ++c) out[c] = finish<T>(acc[c], g, j0 + c);
+  }
+}
+TORCHEXT_CPU_DISPATCH(small_rows_axpy_kernel, small_rows_axpy_impl)
+
+// Runs g through the few-rows kernels and returns true when its layout suits them.
+template <typename T>
+bool run_small_rows(const LinearProblem<T>& g) {
+  // Measured crossover with the packed GEMM: 4 rows in float32; a single row in bfloat16, whose
+  // GEMM (VDPBF16PS pairs) wins from two rows on.
+  if (g.M > (sizeof(T) == 2 ? 1 : kSmallRows)) return false;
+  const bool dot = g.sak == 1 && g.sbk == 1;
+  if (!dot && g.sbn != 1) return false;
+  // Enough columns per task to amortise it: about 64K multiply-adds.
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, g.M * g.K));
+  if (dot) {
+    at::parallel_for(0, g.N, grain, [&](int64_t j0, int64_t j1) { small_rows_dot_kernel<T>(&g, j0, j1); });
+  } else {
+    at::parallel_for(0, g.N, std::max<int64_t>(grain, 64), [&](int64_t j0, int64_t j1) {
+      std::vector<math_t<T>> acc(j1 - j0);
+      small_rows_axpy_kernel<T>(&g, j0, j1, acc.data());
+    });
+  }
+  return true;
+}
+
 struct AlignedFree {
   void operator()(void* p) const { std::free(p); }
 };
 
 template <typename T>
 void run_gemm(const LinearProblem<T>& g) {
+  if (run_small_rows(g)) return;
   using Acc = math_t<T>;
   const Tile tile = tile_for_level();
   // The bf16 pair kernel uses the AVX-512 tile (MR 12, NR 32 floats); kc (512) is even, so every
@@ -639,11 +729,35 @@ at::Tensor linear_batched_cpu(const at::Tensor& input, const at::Tensor& weight,
   at::Tensor out = at::empty({entries, input.size(1), weight.size(1)}, input.options());
   if (entries == 0) return out;
   // Every entry has entry 0's shapes, dtypes and device.
-  check_linear_args("linear_batched", input.select(0, 0), weight.select(0, 0), batched_bias_entry(bias, 0));
-  auto run = [&](int64_t begin, int64_t end) {
-    for (int64_t e = begin; e < end; ++e)
-      linear_cpu_into(input.select(0, e), weight.select(0, e), batched_bias_entry(bias, e), out.select(0, e), relu);
-  };
+  const at::Tensor x0 = input.select(0, 0), w0 = weight.select(0, 0);
+  const c10::optional<at::Tensor> b0 = batched_bias_entry(bias, 0);
+  check_linear_args("linear_batched", x0, w0, b0);
+  at::Tensor o0 = out.select(0, 0);
+  std::function<void(int64_t, int64_t)> run;
+  if (linear_without_gemm(x0, b0.has_value() ? &*b0 : nullptr, o0, relu)) {  // the same for every entry
+    run = [&](int64_t begin, int64_t end) {
+      for (int64_t e = std::max<int64_t>(begin, 1); e < end; ++e)
+        linear_cpu_into(input.select(0, e), weight.select(0, e), batched_bias_entry(bias, e), out.select(0, e), relu);
+    };
+  } else {
+    // Entry e's problem is entry 0's with its pointers moved by e strides of dim 0: no per-entry
+    // tensor views (each costs an allocation, which dominated small entries).
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "torchext::linear_batched", [&] {
+      const LinearProblem<scalar_t> base = linear_problem<scalar_t>(x0, w0, b0.has_value() ? &*b0 : nullptr, o0, relu);
+      const int64_t sx = input.stride(0), sw = weight.stride(0), so = out.stride(0);
+      const int64_t sb = b0.has_value() ? bias->stride(0) : 0;
+      run = [base, sx, sw, so, sb](int64_t begin, int64_t end) {
+        for (int64_t e = begin; e < end; ++e) {
+          LinearProblem<scalar_t> p = base;
+          p.a += e * sx;
+          p.b += e * sw;
+          if (p.bias) p.bias += e * sb;
+          p.c += e * so;
+          run_gemm(p);
+        }
+      };
+    });
+  }
   // Enough entries for every thread: one thread per entry (each GEMM then runs single-threaded, as
   // at::parallel_for does inside a parallel region); otherwise entry by entry, each GEMM parallel.
   if (entries >= at::get_num_threads())
