@@ -675,6 +675,10 @@ def test_bias_that_does_not_broadcast_is_refused():
             F.linear(x, w, bias)
     with pytest.raises(RuntimeError, match="'bias'"):
         F.linear(torch.randn(5), torch.randn(5), torch.randn(1))  # 1-D weight: only a 0-dim bias
+    with pytest.raises(RuntimeError):
+        torch.nn.functional.linear(x, w, torch.randn(6, 3, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="same dtype"):  # not promoted by the addition
+        F.linear(x, w, torch.randn(6, 3, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])

@@ -310,6 +310,9 @@ def _apply(fn, name, input, weight, bias):
         if not fits:
             raise RuntimeError("%s(): expected 'bias' of shape [%d] (out_features) or one that broadcasts to the "
                                "output %s, but got %s" % (name, weight.shape[0], list(out_shape), list(bias.shape)))
+        if bias.dtype != input.dtype:  # the addition would promote; torch refuses, as the kernels do
+            raise RuntimeError("%s(): expected 'input' and 'bias' to have the same dtype, but got %s and %s"
+                               % (name, input.dtype, bias.dtype))
         out = _apply(LinearFunction, name, input, weight, None) + bias
         return _relu(out) if name == "linear_relu" else out
     if weight.dim() == 1:
