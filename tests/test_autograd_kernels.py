@@ -11,15 +11,9 @@ import torch.autograd.forward_ad as fwAD
 from torch.autograd import gradcheck, gradgradcheck
 
 from torchext._ops import linear as L, mse_loss as M, relu as R
-from conftest import DEVICES
+from conftest import DEVICES, away_from_kink
 
 ops = torch.ops.torchext
-
-
-def _away_from_zero(shape, device):
-    # Away from ReLU's kink, so finite differences see a smooth function.
-    x = torch.randn(shape, dtype=torch.float64, device=device)
-    return torch.where(x.abs() < 0.05, x.sign() * 0.1 + (x == 0), x)
 
 
 # name -> (function of tensors, shapes, which inputs are differentiable). Shapes are odd on purpose.
@@ -59,7 +53,7 @@ FUNCTION_CALLS = {
 
 
 def _args(shapes, differentiable, device):
-    return [_away_from_zero(s, device).requires_grad_(d) for s, d in zip(shapes, differentiable)]
+    return [away_from_kink(s, device).requires_grad_(d) for s, d in zip(shapes, differentiable)]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -10,7 +10,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from torch.func import grad, hessian, jacfwd, jacrev, jvp, vjp, vmap
 
 import torchext
-from conftest import ALL_DTYPES, DEVICES, ELEMENTWISE_TOL
+from conftest import ALL_DTYPES, DEVICES, ELEMENTWISE_TOL, away_from_kink
 
 F = torchext.functional
 
@@ -49,13 +49,7 @@ OPS = {
 
 
 def _inputs(shapes, device, dtype=torch.float64, requires_grad=True):
-    # Away from ReLU's kink, so finite differences see a smooth function.
-    out = []
-    for shape in shapes:
-        x = torch.randn(shape, dtype=torch.float64, device=device)
-        x = torch.where(x.abs() < 0.05, x.sign() * 0.1 + (x == 0), x)
-        out.append(x.to(dtype).requires_grad_(requires_grad))
-    return out
+    return [away_from_kink(shape, device).to(dtype).requires_grad_(requires_grad) for shape in shapes]
 
 
 @pytest.mark.filterwarnings("ignore:Using a target size")

@@ -23,9 +23,7 @@ def call(cls, *args):
     """cls's kernel on args where derivatives of the result may be taken (the pieces of a backward or
     of a jvp): through the Function while tangents are possible, otherwise the op cls.op, whose C++
     autograd kernel records a graph when grad mode is on (a create_graph backward)."""
-    if _forward_ad._current_level >= 0 or _transforms_active():
-        return cls.apply(*args)
-    return cls.op(*args)
+    return cls.apply(*args) if tangents_possible() else cls.op(*args)
 
 
 def is_non_overlapping_and_dense(t):

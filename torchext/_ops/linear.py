@@ -298,7 +298,7 @@ def _apply(fn, name, input, weight, bias):
     _check_args(name, input, weight, bias)
     input, weight, bias = autocast_inputs("lower", input, weight, bias)  # as torch.autocast treats aten::linear
     if input.is_complex() or weight.is_complex() or (bias is not None and bias.is_complex()):
-        return _complex(fn, name, input, weight, bias)
+        return _complex(name, input, weight, bias)
     if bias is not None and weight.dim() == 2 and bias.shape != weight.shape[:1]:
         # torch adds any bias that broadcasts to the output (a scalar, a [batch, out] matrix, ...):
         # the GEMM without it, then the addition (autograd sums its gradient back to its shape).
@@ -337,7 +337,7 @@ def _apply_checked(fn, input, weight, bias):
     return out.reshape(*lead, weight.shape[0])
 
 
-def _complex(fn, name, input, weight, bias):
+def _complex(name, input, weight, bias):
     """Complex linear through the real GEMM, as one real product of twice the size: with
     x = xr + i xi and W = Wr + i Wi, x W^T = [xr, xi] [Wr, -Wi]^T + i [xr, xi] [Wi, Wr]^T, so the
     real input [xr, xi] times the stacked real weight [[Wr, -Wi], [Wi, Wr]] gives the real parts
