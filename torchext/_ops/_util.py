@@ -3,6 +3,7 @@ import torch
 from torch.autograd import forward_ad as _forward_ad
 
 _transforms_active = torch._C._are_functorch_transforms_active
+_is_compiling = torch.compiler.is_compiling
 
 
 def tangents_possible():
@@ -19,11 +20,24 @@ def keep(ctx, *tensors):
     ctx.save_for_forward(*tensors)
 
 
+def apply(cls, *args):
+    """cls.apply(*args), for the calls made while tangents are possible. Under torch.compile or
+    torch.export that call runs outside the graph (a graph break): Dynamo cannot trace a Function
+    that has a jvp. torch 2.14 stops at it by itself; torch 2.11 traces its forward as plain code
+    on functorch's wrapped tensors, which the C++ autograd kernel then refuses."""
+    return _apply_outside_graph(cls, *args) if _is_compiling() else cls.apply(*args)
+
+
+@torch.compiler.disable
+def _apply_outside_graph(cls, *args):
+    return cls.apply(*args)
+
+
 def call(cls, *args):
     """cls's kernel on args where derivatives of the result may be taken (the pieces of a backward or
     of a jvp): through the Function while tangents are possible, otherwise the op cls.op, whose C++
     autograd kernel records a graph when grad mode is on (a create_graph backward)."""
-    return cls.apply(*args) if tangents_possible() else cls.op(*args)
+    return apply(cls, *args) if tangents_possible() else cls.op(*args)
 
 
 def is_non_overlapping_and_dense(t):

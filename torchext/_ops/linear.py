@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from ._util import autocast_inputs, batch_first, call, keep, tangents_possible
+from ._util import apply, autocast_inputs, batch_first, call, keep, tangents_possible
 from .relu import ReLUBackward, relu as _relu
 
 _ops = torch.ops.torchext
@@ -326,7 +326,7 @@ def _apply(fn, name, input, weight, bias):
 def _apply_checked(fn, input, weight, bias):
     """fn on checked, autocast inputs with a 2-D weight; input [..., in] -> [..., out]: its op, or
     the Function itself while tangents are possible."""
-    run = fn.apply if tangents_possible() else fn.op
+    run = (lambda *args: apply(fn, *args)) if tangents_possible() else fn.op
     if input.dim() == 2:  # the common case, without the reshapes (they cost microseconds)
         return run(input, weight, bias)
     # Any leading dims are flattened into the batch ([..., in] -> [B, in]) and restored after;

@@ -8,8 +8,8 @@ import warnings
 import torch
 from torch.nn import _reduction as _Reduction
 
-from ._util import (autocast_inputs, batch_first, call, elementwise_vmap, is_non_overlapping_and_dense, keep,
-                    tangents_possible)
+from ._util import (apply, autocast_inputs, batch_first, call, elementwise_vmap, is_non_overlapping_and_dense,
+                    keep, tangents_possible)
 
 _ops = torch.ops.torchext
 
@@ -243,5 +243,5 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
         return torch.sum(weighted) / torch.sum(weight)
 
     if tangents_possible():
-        return MSELossFunction.apply(input, target, reduction_enum)[0]
+        return apply(MSELossFunction, input, target, reduction_enum)[0]
     return _mse_loss(input, target, reduction_enum)

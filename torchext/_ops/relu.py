@@ -4,7 +4,7 @@ Ordinary calls go straight to the ops, whose autograd kernels are C++ (csrc/auto
 the Functions here, with the same backward plus a jvp, serve forward-mode AD and torch.func."""
 import torch
 
-from ._util import call, elementwise_vmap, is_non_overlapping_and_dense, keep, tangents_possible
+from ._util import apply, call, elementwise_vmap, is_non_overlapping_and_dense, keep, tangents_possible
 
 _ops = torch.ops.torchext
 # Resolved overloads: calling them skips the packet lookup on every call (small activations are
@@ -95,7 +95,7 @@ def relu(input, inplace=False):
             # The out-of-place Function and a copy back: a Function that returns and saves its
             # input is refused in the setup_context style forward mode needs, and an in-place jvp
             # cannot be vmapped.
-            return input.copy_(ReLUFunction.apply(input))
+            return input.copy_(apply(ReLUFunction, input))
         _relu_(input)  # its autograd kernel (C++) records the in-place node and bumps the version
         return input
-    return ReLUFunction.apply(input) if tangents_possible() else _relu(input)
+    return apply(ReLUFunction, input) if tangents_possible() else _relu(input)
