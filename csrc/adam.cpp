@@ -50,7 +50,9 @@ TORCHEXT_TARGET_AVX2 inline __m256 vmax_of(__m256 old, __m256 v) { return _mm256
 template <bool kAmsgrad, typename V, typename M>
 TORCHEXT_INLINE V adam_math(V p, V g, V& m, V& v, V& vmax, const AdamConsts<M>& c) {
   p = p * c.decay;
-  const V gv = g * c.grad_factor + c.l2 * p;
+  V gv = g * c.grad_factor;
+  // Only when there is L2 decay, as in torch: 0 * p would turn an infinite parameter into NaN.
+  if (c.l2 != M(0)) gv = gv + c.l2 * p;
   m = m + c.one_minus_beta1 * (gv - m);  // torch's lerp for weight < 0.5
   v = c.beta2 * v + c.one_minus_beta2 * gv * gv;
   V denom = v;

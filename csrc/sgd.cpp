@@ -24,7 +24,8 @@ template <typename M>
 struct SgdConsts {
   M grad_factor;  // unscale and maximize in one multiply
   M lr, wd, momentum;
-  M keep, take;   // buf = keep * buf + take * g; the first step's buffer is the gradient itself
+  M keep, take;   // buf = keep * buf + take * g
+  bool first;     // no history yet: the buffer becomes the gradient itself, whatever it held
   bool nesterov;
 };
 
@@ -33,9 +34,11 @@ struct SgdConsts {
 // updates buf in place.
 template <bool kMomentum, typename V, typename M>
 TORCHEXT_INLINE V sgd_math(V p, V g, V& buf, const SgdConsts<M>& c) {
-  V gv = g * c.grad_factor + c.wd * p;
+  V gv = g * c.grad_factor;
+  // Only when there is weight decay, as in torch: 0 * p would turn an infinite parameter into NaN.
+  if (c.wd != M(0)) gv = gv + c.wd * p;
   if (kMomentum) {
-    buf = c.keep * buf + c.take * gv;
+    buf = c.first ? gv : c.keep * buf + c.take * gv;
     if (c.nesterov) {
       gv = gv + c.momentum * buf;
     } else {
@@ -130,15 +133,14 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
     using M = math_t<scalar_t>;
     std::vector<SgdConsts<M>> consts(params.size());
     for (size_t i = 0; i < params.size(); ++i) {
-      // first: the buffer holds no history yet, so it becomes the gradient itself
-      const bool first = use_momentum && cpu::counter_value(momentum_counts[i]) == 0.f;
       SgdConsts<M>& c = consts[i];
+      c.first = use_momentum && cpu::counter_value(momentum_counts[i]) == 0.f;
       c.grad_factor = maximize ? -M(inv_scale) : M(inv_scale);
       c.lr = M(lr);
       c.wd = M(weight_decay);
       c.momentum = M(momentum);
-      c.keep = first ? M(0) : M(momentum);
-      c.take = first ? M(1) : M(1.0 - dampening);
+      c.keep = M(momentum);
+      c.take = M(1.0 - dampening);
       c.nesterov = nesterov;
     }
     // S: the momentum buffer's storage type (float32 beside master weights, else the param dtype).

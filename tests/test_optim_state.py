@@ -650,3 +650,53 @@ def test_sparse_grads_refused_like_torch(name, kw):
             assert torch.equal(dense.detach(), before[0]) and torch.equal(ref.weight.detach(), before[1])
             assert not opt.state
     assert errors[0] == errors[1]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", CASES + [("SGD", dict(lr=0.1)), ("Adam", dict(lr=1e-2)),
+                                          ("AdamW", dict(lr=1e-2, weight_decay=0.0, amsgrad=True))],
+                         ids=IDS + ["SGD-plain", "Adam-plain", "AdamW-no-decay"])
+def test_non_finite_params_and_grads_follow_torch(case, dtype, device):
+    # torch adds a weight-decay term only when there is weight decay, so an infinite parameter
+    # stays infinite without it (a kernel that always adds 0 * p makes it NaN). Infinities and NaNs
+    # sit in the vectorised body and in the scalar tail, in params and in grads; without a
+    # GradScaler nothing stops them, so after each step every value, moment and buffer must be what
+    # torch's for-loop implementation holds, NaN for NaN.
+    name, kw = case
+    n = 37
+    base = torch.randn(n, dtype=dtype, device=device)
+    base[[3, 20, 35]] = torch.tensor([float("inf"), -float("inf"), float("nan")], dtype=dtype)
+    ref, ours = torch.nn.Parameter(base.clone()), torch.nn.Parameter(base.clone())
+    opt_ref = getattr(torch.optim, name)([ref], foreach=False, **kw)
+    opt = getattr(torchext.optim, name)([ours], **kw)
+    tol = dict(atol=1e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-12, rtol=1e-12)
+    for step in range(3):
+        g = torch.randn(n, dtype=dtype, device=device)
+        if step == 1:
+            g[[9, 33]] = torch.tensor([float("inf"), float("nan")], dtype=dtype)
+        ref.grad, ours.grad = g, g.clone()
+        opt_ref.step()
+        opt.step()
+        torch.testing.assert_close(ours.detach(), ref.detach(), equal_nan=True, **tol)
+        for key in BUFFER_KEYS:
+            if key in opt_ref.state[ref]:
+                torch.testing.assert_close(opt.state[ours][key], opt_ref.state[ref][key], equal_nan=True, **tol)
+    if not kw.get("weight_decay"):
+        assert torch.isinf(ref.detach()[[3, 20]]).all()  # the case the kernels once got wrong was exercised
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sgd_first_step_ignores_what_the_buffer_held(device):
+    # A momentum count of 0 means the buffer has no history: the step makes it the gradient itself,
+    # whatever it held (torch clones the gradient). Scaling the old contents by 0 would keep NaN/inf.
+    p = torch.randn(37, device=device)
+    g = torch.randn(37, device=device)
+    buf = torch.full((37,), float("nan"), device=device)
+    buf[::3] = float("inf")
+    count = torch.zeros((), device=device)
+    expected = p - 0.1 * g
+    torch.ops.torchext.sgd_step_([p], [g], [buf], [count], [], 0.1, 0.9, 0.5, 0.0, False, False, None, None, None)
+    torch.testing.assert_close(buf, g, atol=0, rtol=0)
+    torch.testing.assert_close(p, expected)
+    assert float(count) == 1.0

@@ -32,7 +32,9 @@ struct AdamCoeffs {
 template <typename M>
 __device__ __forceinline__ void adam_math(M& p, M g, M& m, M& v, M& vmax, bool amsgrad, const AdamCoeffs<M>& c) {
   p *= c.decay;
-  g = g * c.grad_factor + c.l2 * p;
+  g = g * c.grad_factor;
+  // Only when there is L2 decay, as in torch: 0 * p would turn an infinite parameter into NaN.
+  if (c.l2 != M(0)) g += c.l2 * p;
   m += c.one_minus_beta1 * (g - m);  // torch's lerp for weight < 0.5
   v = c.beta2 * v + c.one_minus_beta2 * g * g;
   M vd = v;

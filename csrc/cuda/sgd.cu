@@ -26,14 +26,16 @@ struct SgdArgs {
 template <typename M>
 struct SgdCoeffs {
   M lr, wd, momentum, keep, take, grad_factor;
-  bool nesterov, use_momentum;
+  bool first, nesterov, use_momentum;  // first: no history yet, the buffer becomes the gradient
 };
 
 template <typename M>
 __device__ __forceinline__ void sgd_math(M& p, M g, M& buf, const SgdCoeffs<M>& c) {
-  g = g * c.grad_factor + c.wd * p;
+  g = g * c.grad_factor;
+  // Only when there is weight decay, as in torch: 0 * p would turn an infinite parameter into NaN.
+  if (c.wd != M(0)) g += c.wd * p;
   if (c.use_momentum) {
-    buf = c.keep * buf + c.take * g;
+    buf = c.first ? g : c.keep * buf + c.take * g;
     g = c.nesterov ? g + c.momentum * buf : buf;
   }
   p -= c.lr * g;
@@ -51,13 +53,13 @@ struct SgdOp {
     constexpr bool kMaster = kHasMaster<T, S>;
     if (a.found_inf != nullptr && *a.found_inf != 0.f) return;
     const double inv_scale = a.grad_scale != nullptr ? 1.0 / static_cast<double>(*a.grad_scale) : 1.0;
-    const bool first = a.use_momentum && *t.counter == 0.f;  // counter is bumped after this kernel
     SgdCoeffs<M> c;
+    c.first = a.use_momentum && *t.counter == 0.f;  // counter is bumped after this kernel
     c.lr = M(a.lr_ptr != nullptr ? *a.lr_ptr : a.lr);
     c.wd = M(a.weight_decay);
     c.momentum = M(a.momentum);
-    c.keep = first ? M(0) : M(a.momentum);
-    c.take = first ? M(1) : M(1.0 - a.dampening);
+    c.keep = M(a.momentum);
+    c.take = M(1.0 - a.dampening);
     c.grad_factor = M(a.maximize ? -inv_scale : inv_scale);
     c.nesterov = a.nesterov;
     c.use_momentum = a.use_momentum;
