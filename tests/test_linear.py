@@ -364,21 +364,31 @@ def test_ops_are_registered_in_one_namespace():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("api", ["allow_tf32", "fp32_precision"])
 @pytest.mark.parametrize("relu", [False, True], ids=["linear", "linear_relu"])
-def test_cuda_float32_uses_tf32_only_when_allowed(relu):
+def test_cuda_float32_uses_tf32_only_when_allowed(relu, api):
+    # Through the old switch and through the one torch 2.9 added, set alone (then torch's old getter
+    # raises, so the kernel must not ask it). TF32 keeps 10 mantissa bits: over k = 1000 the result
+    # must differ from the float32 one, or TF32 was not used.
+    matmul = torch.backends.cuda.matmul
+    new_api = hasattr(matmul, "fp32_precision")
+    if api == "fp32_precision" and not new_api:
+        pytest.skip("this torch has no fp32_precision setting")
     x, w, b = _inputs(129, 1000, 70, torch.float64, "cuda")
     ref = _torch_fn(relu)(x, w, b)
     x, w, b = x.float(), w.float(), b.float()
-    saved = torch.backends.cuda.matmul.allow_tf32
+    off, on = {"allow_tf32": (False, True), "fp32_precision": ("ieee", "tf32")}[api]
+    saved = matmul.fp32_precision if new_api else matmul.allow_tf32
     try:
-        torch.backends.cuda.matmul.allow_tf32 = False
+        setattr(matmul, api, off)
         exact = _ours_fn(relu)(x, w, b)
-        torch.backends.cuda.matmul.allow_tf32 = True
+        setattr(matmul, api, on)
         fast = _ours_fn(relu)(x, w, b)
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
+        setattr(matmul, "fp32_precision" if new_api else "allow_tf32", saved)
     torch.testing.assert_close(exact.double(), ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(fast.double(), ref, rtol=1e-2, atol=1e-2)  # TF32 keeps 10 mantissa bits
+    torch.testing.assert_close(fast.double(), ref, rtol=1e-2, atol=1e-2)
+    assert not torch.equal(fast, exact)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -386,6 +396,16 @@ def test_cuda_float32_uses_tf32_only_when_allowed(relu):
 def test_cuda_large_ragged_shape(dtype):
     # Several 64 x 64 tiles in each direction, none of M, N, K a multiple of the tile sizes.
     x, w, b = _inputs(1000, 1023, 333, dtype, "cuda")
+    _compare_forward_backward(x, w, b, True, dtype)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_more_column_tiles_than_the_grid_holds(dtype):
+    # 65535 * 64 + 65 output features: more 64-column tiles than gridDim.y may hold, so blocks take
+    # several each (SIMT kernel in float32, tensor cores in bfloat16); the last, partial tile too.
+    # Backward's dX and dW have that many in their K and M instead.
+    x, w, b = _inputs(3, 5, 65535 * 64 + 65, dtype, "cuda")
     _compare_forward_backward(x, w, b, True, dtype)
 
 

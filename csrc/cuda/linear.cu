@@ -36,36 +36,39 @@ __global__ void __launch_bounds__(kThreadsSimt) linear_simt_kernel(LinearProblem
   __shared__ T Bs[kTile * LD];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   // Row tiles on x (up to 2^31 - 1 blocks, so any batch fits); neighbouring blocks share a weight tile.
+  // Column tiles on y, which stops at 65535: a block takes every gridDim.y-th one.
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kTile;
-  // Thread (ty, tx) owns rows ty + 16*i and columns tx + 16*j: strided so that stores coalesce.
-  Acc acc[4][4];
+  const int64_t n_step = static_cast<int64_t>(gridDim.y) * kTile;
+  for (int64_t n0 = static_cast<int64_t>(blockIdx.y) * kTile; n0 < p.N; n0 += n_step) {
+    // Thread (ty, tx) owns rows ty + 16*i and columns tx + 16*j: strided so that stores coalesce.
+    Acc acc[4][4];
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
+    for (int i = 0; i < 4; ++i)
 #pragma unroll
-    for (int j = 0; j < 4; ++j) acc[i][j] = Acc(0);
-  for (int64_t k0 = 0; k0 < p.K; k0 += kSlice) {
-    load_tile<T, kTile, kSlice, LD, kThreadsSimt>(As, p.a, p.sam, p.sak, m0, p.M, k0, p.K);
-    load_tile<T, kTile, kSlice, LD, kThreadsSimt>(Bs, p.b, p.sbn, p.sbk, n0, p.N, k0, p.K);
-    __syncthreads();
+      for (int j = 0; j < 4; ++j) acc[i][j] = Acc(0);
+    for (int64_t k0 = 0; k0 < p.K; k0 += kSlice) {
+      load_tile<T, kTile, kSlice, LD, kThreadsSimt>(As, p.a, p.sam, p.sak, m0, p.M, k0, p.K);
+      load_tile<T, kTile, kSlice, LD, kThreadsSimt>(Bs, p.b, p.sbn, p.sbk, n0, p.N, k0, p.K);
+      __syncthreads();
 #pragma unroll
-    for (int k = 0; k < kSlice; ++k) {
-      Acc a[4], b[4];
+      for (int k = 0; k < kSlice; ++k) {
+        Acc a[4], b[4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = static_cast<Acc>(As[(ty + 16 * i) * LD + k]);
+        for (int i = 0; i < 4; ++i) a[i] = static_cast<Acc>(As[(ty + 16 * i) * LD + k]);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) b[j] = static_cast<Acc>(Bs[(tx + 16 * j) * LD + k]);
+        for (int j = 0; j < 4; ++j) b[j] = static_cast<Acc>(Bs[(tx + 16 * j) * LD + k]);
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
+        for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
+          for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
+      }
+      __syncthreads();
     }
-    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) store_output<T, Acc>(p, m0 + ty + 16 * i, n0 + tx + 16 * j, acc[i][j]);
   }
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) store_output<T, Acc>(p, m0 + ty + 16 * i, n0 + tx + 16 * j, acc[i][j]);
 }
 
 constexpr int kSumCols = 32, kSumLanes = 16;
@@ -165,13 +168,12 @@ void linear_cuda_into(const char* op, const at::Tensor& input, const at::Tensor&
   const int64_t M = input.size(0), N = weight.size(0);
   const at::Tensor* bias = bias_opt.has_value() && bias_opt->defined() ? &*bias_opt : nullptr;
   if (linear_without_gemm(input, bias, out, relu)) return;
-  TORCH_CHECK((N + kTile - 1) / kTile <= 65535, "torchext.", op, ": ", N,
-              " output features exceed the CUDA grid limit of ", 65535 * kTile);
   // The kernels read input and weight through their strides (no copies for transposed views).
   if (launch_linear_tensor_core(input, weight, bias, out, relu)) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "torchext::linear_cuda", [&] {
     const LinearProblem<scalar_t> p = linear_problem<scalar_t>(input, weight, bias, out, relu);
-    const dim3 grid(static_cast<unsigned>((M + kTile - 1) / kTile), static_cast<unsigned>((N + kTile - 1) / kTile));
+    const dim3 grid(static_cast<unsigned>((M + kTile - 1) / kTile),
+                    static_cast<unsigned>(std::min<int64_t>((N + kTile - 1) / kTile, kMaxGridY)));
     linear_simt_kernel<scalar_t><<<grid, kThreadsSimt, 0, at::cuda::getCurrentCUDAStream()>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -13,6 +13,9 @@
 namespace torchext {
 namespace cuda {
 
+// CUDA's limit on gridDim.y, where the GEMMs put their column tiles (a block then takes several).
+constexpr int64_t kMaxGridY = 65535;
+
 __device__ __forceinline__ bool aligned16_device(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }

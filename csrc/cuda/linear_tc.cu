@@ -12,7 +12,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
+#include <torch/version.h>
 
+#include <algorithm>
 #include <mutex>
 #include <type_traits>
 #include <vector>
@@ -72,53 +74,56 @@ __global__ void __launch_bounds__(kThreadsTC) linear_tc_kernel(LinearProblem<T> 
   float* Cs = reinterpret_cast<float*>(smem);
 
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM;  // row tiles on x: any batch fits
-  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kBN;
   const int warp = threadIdx.x / 32;
   const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+  // Column tiles on y, which stops at 65535: a block takes every gridDim.y-th one.
+  const int64_t n_step = static_cast<int64_t>(gridDim.y) * kBN;
+  for (int64_t n0 = static_cast<int64_t>(blockIdx.y) * kBN; n0 < p.N; n0 += n_step) {
+    wmma::fragment<wmma::accumulator, 16, 16, Tr::kFK, float> acc[2][2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
 
-  wmma::fragment<wmma::accumulator, 16, 16, Tr::kFK, float> acc[2][2];
+    for (int64_t k0 = 0; k0 < p.K; k0 += kBK) {
+      load_tile<T, kBM, kBK, LDS, kThreadsTC>(As, p.a, p.sam, p.sak, m0, p.M, k0, p.K);
+      load_tile<T, kBN, kBK, LDS, kThreadsTC>(Bs, p.b, p.sbn, p.sbk, n0, p.N, k0, p.K);
+      __syncthreads();
 #pragma unroll
-  for (int i = 0; i < 2; ++i)
+      for (int kk = 0; kk < kBK; kk += Tr::kFK) {
+        wmma::fragment<wmma::matrix_a, 16, 16, Tr::kFK, typename Tr::Frag, wmma::row_major> fa[2];
+        wmma::fragment<wmma::matrix_b, 16, 16, Tr::kFK, typename Tr::Frag, wmma::col_major> fb[2];
 #pragma unroll
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
-
-  for (int64_t k0 = 0; k0 < p.K; k0 += kBK) {
-    load_tile<T, kBM, kBK, LDS, kThreadsTC>(As, p.a, p.sam, p.sak, m0, p.M, k0, p.K);
-    load_tile<T, kBN, kBK, LDS, kThreadsTC>(Bs, p.b, p.sbn, p.sbk, n0, p.N, k0, p.K);
-    __syncthreads();
+        for (int i = 0; i < 2; ++i) {
+          wmma::load_matrix_sync(fa[i], As_w + (wm + 16 * i) * LDS + kk, LDS);
+          // B(k, j) = weight[j, k]: a column-major K x N matrix with leading dimension LDS.
+          wmma::load_matrix_sync(fb[i], Bs_w + (wn + 16 * i) * LDS + kk, LDS);
+          if constexpr (std::is_same<S, float>::value) {
 #pragma unroll
-    for (int kk = 0; kk < kBK; kk += Tr::kFK) {
-      wmma::fragment<wmma::matrix_a, 16, 16, Tr::kFK, typename Tr::Frag, wmma::row_major> fa[2];
-      wmma::fragment<wmma::matrix_b, 16, 16, Tr::kFK, typename Tr::Frag, wmma::col_major> fb[2];
+            for (int e = 0; e < fa[i].num_elements; ++e) fa[i].x[e] = wmma::__float_to_tf32(fa[i].x[e]);
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        wmma::load_matrix_sync(fa[i], As_w + (wm + 16 * i) * LDS + kk, LDS);
-        // B(k, j) = weight[j, k]: a column-major K x N matrix with leading dimension LDS.
-        wmma::load_matrix_sync(fb[i], Bs_w + (wn + 16 * i) * LDS + kk, LDS);
-        if constexpr (std::is_same<S, float>::value) {
-#pragma unroll
-          for (int e = 0; e < fa[i].num_elements; ++e) fa[i].x[e] = wmma::__float_to_tf32(fa[i].x[e]);
-#pragma unroll
-          for (int e = 0; e < fb[i].num_elements; ++e) fb[i].x[e] = wmma::__float_to_tf32(fb[i].x[e]);
+            for (int e = 0; e < fb[i].num_elements; ++e) fb[i].x[e] = wmma::__float_to_tf32(fb[i].x[e]);
+          }
         }
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+          for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
       }
-#pragma unroll
-      for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+      __syncthreads();
     }
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+        wmma::store_matrix_sync(Cs + (wm + 16 * i) * LDC + wn + 16 * j, acc[i][j], LDC, wmma::mem_row_major);
     __syncthreads();
-  }
-#pragma unroll
-  for (int i = 0; i < 2; ++i)
-#pragma unroll
-    for (int j = 0; j < 2; ++j)
-      wmma::store_matrix_sync(Cs + (wm + 16 * i) * LDC + wn + 16 * j, acc[i][j], LDC, wmma::mem_row_major);
-  __syncthreads();
-  // Consecutive threads take consecutive columns so the output stores coalesce.
-  for (int idx = threadIdx.x; idx < kBM * kBN; idx += kThreadsTC) {
-    const int r = idx / kBN, c = idx % kBN;
-    store_output<T, float>(p, m0 + r, n0 + c, Cs[r * LDC + c]);
+    // Consecutive threads take consecutive columns so the output stores coalesce.
+    for (int idx = threadIdx.x; idx < kBM * kBN; idx += kThreadsTC) {
+      const int r = idx / kBN, c = idx % kBN;
+      store_output<T, float>(p, m0 + r, n0 + c, Cs[r * LDC + c]);
+    }
+    __syncthreads();  // the next tile's loads overwrite Cs
   }
 #else
   __trap();  // tensor-core path is only launched on sm_80+
@@ -129,9 +134,8 @@ template <typename T>
 void launch_tc(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& out,
                bool relu) {
   const LinearProblem<T> p = linear_problem<T>(input, weight, bias, out, relu);
-  const dim3 grid(static_cast<unsigned>((p.M + kBM - 1) / kBM), static_cast<unsigned>((p.N + kBN - 1) / kBN));
-  TORCH_CHECK(grid.y <= 65535, "torchext.linear: ", p.N, " output features exceed the CUDA grid limit of ",
-              65535 * kBN);
+  const dim3 grid(static_cast<unsigned>((p.M + kBM - 1) / kBM),
+                  static_cast<unsigned>(std::min<int64_t>((p.N + kBN - 1) / kBN, kMaxGridY)));
   linear_tc_kernel<T><<<grid, kThreadsTC, 0, at::cuda::getCurrentCUDAStream()>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -153,6 +157,20 @@ bool tensor_core_code_loaded() {
   return cache[device] == 1;
 }
 
+// Whether float32 GEMMs may round their inputs to TF32, as torch decides it for cuBLAS. Since torch
+// 2.9 the setting is torch.backends.cuda.matmul.fp32_precision, which allow_tf32 and
+// set_float32_matmul_precision also set; the old getter, allowTF32CuBLAS(), throws once a program
+// has set the new one alone. at::NoTF32Guard (torch's internal "no TF32 here") wins over both.
+bool tf32_allowed() {
+  if (at::NoTF32Guard::should_disable_tf32()) return false;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
+  return at::globalContext().float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL) ==
+         at::Float32Precision::TF32;
+#else
+  return at::globalContext().allowTF32CuBLAS();
+#endif
+}
+
 }  // namespace
 
 bool launch_linear_tensor_core(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
@@ -163,7 +181,7 @@ bool launch_linear_tensor_core(const at::Tensor& input, const at::Tensor& weight
     case at::kHalf: launch_tc<at::Half>(input, weight, bias, out, relu); return true;
     case at::kBFloat16: launch_tc<at::BFloat16>(input, weight, bias, out, relu); return true;
     case at::kFloat:
-      if (!at::globalContext().allowTF32CuBLAS()) return false;
+      if (!tf32_allowed()) return false;
       launch_tc<float>(input, weight, bias, out, relu);
       return true;
     default: return false;
