@@ -9,6 +9,7 @@
 #include <c10/util/Optional.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -28,22 +29,33 @@ inline void check_amp_scalar(const char* op, const char* name, const c10::option
               t->device());
 }
 
-// One launch updates its params concurrently (threads or blocks per chunk): a param listed twice
-// would be read and written by two workers at once. Non-empty params must start at distinct
-// addresses (sorting the pointers: a few microseconds for thousands of params).
+// One launch updates its params concurrently (threads or blocks per chunk): memory shared by two
+// params (one listed twice, or overlapping views of one storage) would be read and written by two
+// workers at once. Params are dense, so each covers [data_ptr, data_ptr + nbytes); sorted by start
+// (a few microseconds for thousands of params), none may begin before the ones before it end.
 inline void check_distinct_params(const char* op, const at::TensorList& params) {
   if (params.size() < 2) return;
-  std::vector<std::pair<const void*, size_t>> starts;
-  starts.reserve(params.size());
+  struct Span {
+    uintptr_t begin, end;
+    size_t index;
+    bool operator<(const Span& other) const { return begin < other.begin; }
+  };
+  std::vector<Span> spans;
+  spans.reserve(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
-    if (params[i].numel() > 0) starts.emplace_back(params[i].const_data_ptr(), i);
+    if (params[i].numel() == 0) continue;
+    const auto begin = reinterpret_cast<uintptr_t>(params[i].const_data_ptr());
+    spans.push_back({begin, begin + params[i].nbytes(), i});
   }
-  std::sort(starts.begin(), starts.end());
-  for (size_t k = 1; k < starts.size(); ++k) {
-    TORCH_CHECK(starts[k].first != starts[k - 1].first, "torchext.", op, ": params[",
-                std::min(starts[k].second, starts[k - 1].second), "] and params[",
-                std::max(starts[k].second, starts[k - 1].second),
-                "] are the same tensor (or views starting at the same address); each param may appear once");
+  std::sort(spans.begin(), spans.end());
+  size_t reach = 0;  // the span reaching furthest so far
+  for (size_t k = 1; k < spans.size(); ++k) {
+    if (spans[k].begin < spans[reach].end) {
+      TORCH_CHECK(false, "torchext.", op, ": params[", std::min(spans[k].index, spans[reach].index),
+                  "] and params[", std::max(spans[k].index, spans[reach].index),
+                  "] share memory (the same tensor, or overlapping views of one); each param may appear once");
+    }
+    if (spans[k].end > spans[reach].end) reach = k;
   }
 }
 

@@ -328,15 +328,25 @@ def test_ops_refuse_a_param_listed_twice(device):
     zeros = lambda: [torch.zeros_like(p) for p in ps]  # noqa: E731
     counters = [torch.zeros((), device=device) for _ in ps]
     before = [a.clone(), b.clone()]
-    with pytest.raises(RuntimeError, match=r"params\[0\] and params\[2\] are the same tensor"):
+    with pytest.raises(RuntimeError, match=r"params\[0\] and params\[2\] share memory"):
         torch.ops.torchext.adam_step_(ps, grads, zeros(), zeros(), [], counters, [], 1e-3, 0.9, 0.999, 1e-8,
                                       0.0, False, False, False, None, None, None)
-    with pytest.raises(RuntimeError, match=r"params\[0\] and params\[2\] are the same tensor"):
+    with pytest.raises(RuntimeError, match=r"params\[0\] and params\[2\] share memory"):
         torch.ops.torchext.sgd_step_(ps, grads, zeros(), counters, [], 1e-2, 0.9, 0.0, 0.0, False, False,
                                      None, None, None)
     assert torch.equal(a, before[0]) and torch.equal(b, before[1])
     assert all(float(c) == 0 for c in counters)
-    # Empty params have no memory to share: listing them twice is fine.
+    # Overlapping views of one storage, in any order: refused the same way.
+    base = torch.randn(40, device=device)
+    views = [base[30:], base[:20], base[10:25]]
+    grads = [torch.randn_like(v) for v in views]
+    with pytest.raises(RuntimeError, match=r"params\[1\] and params\[2\] share memory"):
+        torch.ops.torchext.sgd_step_(views, grads, [], [], [], 1e-2, 0.0, 0.0, 0.0, False, False, None, None, None)
+    # Views of one storage that share no element are fine, and so are empty params listed twice.
+    expected = base - 1e-2 * torch.cat(grads[1:2] + [torch.zeros(10, device=device)] + grads[:1])
+    torch.ops.torchext.sgd_step_([views[0], views[1]], [grads[0], grads[1]], [], [], [], 1e-2, 0.0, 0.0, 0.0,
+                                 False, False, None, None, None)
+    torch.testing.assert_close(base, expected)
     e = torch.empty(0, device=device)
     torch.ops.torchext.sgd_step_([e, e], [e, e], [], [], [], 1e-2, 0.0, 0.0, 0.0, False, False, None, None, None)
 
