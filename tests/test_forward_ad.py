@@ -77,11 +77,11 @@ def test_gradcheck_forward_mode(name, device):
 @pytest.mark.parametrize("name", list(OPS))
 def test_dual_tensors_match_torch(name, dtype, device):
     # forward_ad by hand, in each dtype, with a tangent on one input at a time and on all of them;
-    # grad mode off too (forward-mode AD does not depend on it). Reduced types: ours within twice
+    # grad mode off too (forward-mode AD does not depend on it). Below float64: ours within twice
     # torch's own error (both against the same formula in float64) plus a few units in the last
     # place of the magnitude of the terms summed (see _MAGNITUDE_SIGNS), since a reduced result can
-    # cancel to far below its terms. (Scaled by the result instead, 3 to 5% of runs of mse_sum
-    # failed on rounding alone, with errors up to 20 units of the result's last place.)
+    # cancel to far below its terms. (Scaled by the result instead, 1 to 2% of runs of each mse_sum
+    # case failed on rounding alone, with errors up to 20 units of the result's last place.)
     ours, ref, shapes = OPS[name]
     primals = _inputs(shapes, device, dtype, requires_grad=False)
     tangents = _inputs(shapes, device, dtype, requires_grad=False)
