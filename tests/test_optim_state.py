@@ -7,8 +7,8 @@ import torch
 
 import torchext
 from conftest import DEVICES
-from optim_common import (BUFFER_KEYS, assert_bitwise_equal, assert_params_close, clone_params, make_params,
-                          set_grads, snapshot, spoil_grad)
+from optim_common import (BUFFER_KEYS, PARITY_TOL, assert_bitwise_equal, assert_params_close, clone_params,
+                          make_params, set_grads, snapshot, spoil_grad)
 
 CASES = [
     ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.2)),
@@ -680,7 +680,7 @@ def test_non_finite_params_and_grads_follow_torch(case, dtype, device):
     ref, ours = torch.nn.Parameter(base.clone()), torch.nn.Parameter(base.clone())
     opt_ref = getattr(torch.optim, name)([ref], foreach=False, **kw)
     opt = getattr(torchext.optim, name)([ours], **kw)
-    tol = dict(atol=1e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-12, rtol=1e-12)
+    tol = PARITY_TOL[dtype]
     for step in range(3):
         g = torch.randn(n, dtype=dtype, device=device)
         if step == 1:
