@@ -1,16 +1,14 @@
-"""The two autograd implementations of every op, each checked on its own.
+"""The ops' autograd kernels (csrc/autograd/), each op called directly.
 
-Ordinary calls run the ops' C++ autograd kernels (csrc/autograd/): torch.ops.torchext.* records its
-own graph, and a create_graph backward records the backward's graph through the same kernels.
-Forward-mode AD and torch.func run the Python autograd.Functions in torchext/_ops/ instead, which
-have the same backward plus a jvp. The suites elsewhere reach each through the public functions;
-here each is called directly, so a wrong formula in either cannot hide behind the other."""
+Every call of a public function reaches these kernels: they record the op's node in the autograd
+graph and carry forward-mode tangents, for torch.autograd, torch.autograd.forward_ad and the
+torch.func transforms alike. A backward or a tangent is computed with the same ops, so derivatives
+of every order are torchext's kernels too."""
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch.autograd import gradcheck, gradgradcheck
 
-from torchext._ops import linear as L, mse_loss as M, relu as R
 from conftest import DEVICES, away_from_kink
 
 ops = torch.ops.torchext
@@ -34,69 +32,27 @@ OP_CALLS = {
     "mse_loss_backward_none": (lambda g, d: ops.mse_loss_backward(g, d, 0), [(4, 6), (4, 6)], [True, True]),
     "mse_loss_backward_mean": (lambda g, d: ops.mse_loss_backward(g, d, 1), [(), (4, 6)], [True, True]),
     "mse_loss_backward_sum": (lambda g, d: ops.mse_loss_backward(g, d, 2), [(), (4, 6)], [True, True]),
+    "linear_batched": (lambda x, w, b: ops.linear_batched(x, w, b, False), [(2, 5, 7), (2, 3, 7), (2, 3)],
+                       [True, True, True]),
+    "linear_batched_relu": (lambda x, w, b: ops.linear_batched(x, w, b, True), [(3, 4, 6), (3, 5, 6), (3, 5)],
+                            [True, True, True]),
+    "linear_batched_no_bias": (lambda x, w: ops.linear_batched(x, w, None, False), [(2, 5, 7), (2, 3, 7)],
+                               [True, True]),
 }
-
-# The Python Functions, applied directly (outside any transform their backward calls the ops).
-FUNCTION_CALLS = {
-    "ReLUFunction": (R.ReLUFunction.apply, [(5, 7)], [True]),
-    "ReLUBackward": (R.ReLUBackward.apply, [(5, 7), (5, 7)], [True, False]),
-    "LinearFunction": (L.LinearFunction.apply, [(5, 7), (3, 7), (3,)], [True, True, True]),
-    "LinearFunction_no_bias": (lambda x, w: L.LinearFunction.apply(x, w, None), [(5, 7), (3, 7)], [True, True]),
-    "LinearReLUFunction": (L.LinearReLUFunction.apply, [(5, 7), (3, 7), (3,)], [True, True, True]),
-    "BiasGrad": (L.BiasGrad.apply, [(6, 4)], [True]),
-    "ReLUGrad": (L.ReLUGrad.apply, [(6, 4), (6, 4)], [True, False]),
-    "MSELossFunction_mean": (lambda a, b: M.MSELossFunction.apply(a, b, 1), [(4, 6), (4, 6)], [True, True]),
-    "MSELossFunction_none": (lambda a, b: M.MSELossFunction.apply(a, b, 0), [(4, 6), (4, 6)], [True, True]),
-    "MSELossBackward_sum": (lambda g, d: M.MSELossBackward.apply(g, d, 2), [(), (4, 6)], [True, True]),
-    "MSELossBackward_none": (lambda g, d: M.MSELossBackward.apply(g, d, 0), [(4, 6), (4, 6)], [True, True]),
-}
-
 
 def _args(shapes, differentiable, device):
     return [away_from_kink(s, device).requires_grad_(d) for s, d in zip(shapes, differentiable)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", list(OP_CALLS) + list(FUNCTION_CALLS))
+@pytest.mark.parametrize("name", list(OP_CALLS))
 def test_gradcheck_and_gradgradcheck(name, device):
-    fn, shapes, differentiable = OP_CALLS[name] if name in OP_CALLS else FUNCTION_CALLS[name]
+    # Reverse and forward mode, and both through vmap (batched grads run the ops' vmap rules on the
+    # backward's own calls); second order as reverse-over-reverse and forward-over-reverse.
+    fn, shapes, differentiable = OP_CALLS[name]
     args = _args(shapes, differentiable, device)
-    assert gradcheck(fn, args)
-    assert gradgradcheck(fn, args)
-
-
-# Pairs computing the same thing through the two implementations (the public functions, when no
-# tangent is possible, are the ops).
-PAIRS = [
-    (ops.relu, R.ReLUFunction.apply, [(33, 17)]),
-    (ops.linear, L.LinearFunction.apply, [(33, 17), (9, 17), (9,)]),
-    (ops.linear_relu, L.LinearReLUFunction.apply, [(33, 17), (9, 17), (9,)]),
-    (lambda a, b: ops.mse_loss(a, b, 1), lambda a, b: M.MSELossFunction.apply(a, b, 1)[0], [(33, 17), (33, 17)]),
-    (lambda a, b: ops.mse_loss(a, b, 0), lambda a, b: M.MSELossFunction.apply(a, b, 0)[0], [(33, 17), (33, 17)]),
-]
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("pair", range(len(PAIRS)))
-def test_both_implementations_give_identical_gradients(pair, dtype, device):
-    # Same kernels in the same order: the results must agree to the bit, first and second order.
-    cpp_fn, py_fn, shapes = PAIRS[pair]
-    base = [torch.randn(s, device=device, dtype=dtype) for s in shapes]
-    results = []
-    for fn in (cpp_fn, py_fn):
-        args = [b.clone().requires_grad_() for b in base]
-        out = fn(*args)
-        weight = torch.linspace(-1, 1, out.numel(), device=device, dtype=dtype).reshape(out.shape)
-        grads = torch.autograd.grad((out * weight).sum(), args, create_graph=True)
-        second = torch.autograd.grad(sum((g * g).sum() for g in grads), args, allow_unused=True)
-        results.append((out, grads, second))
-    (out_a, grads_a, second_a), (out_b, grads_b, second_b) = results
-    torch.testing.assert_close(out_a, out_b, atol=0, rtol=0)
-    for a, b in zip(grads_a + second_a, grads_b + second_b):
-        assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert gradcheck(fn, args, check_forward_ad=True, check_batched_grad=True, check_batched_forward_grad=True)
+    assert gradgradcheck(fn, args, check_fwd_over_rev=True, check_batched_grad=True)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -119,15 +75,81 @@ def test_ops_record_only_when_asked(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", ["relu", "linear", "mse_loss_mean"])
-def test_dual_tensors_on_a_direct_op_call_raise(name, device):
-    # A C++ autograd kernel has no forward mode. A dual input must fail loudly, never come out with
-    # its tangent dropped (the public functions send such calls to the Python Functions instead).
-    fn, shapes, _ = OP_CALLS[name]
-    primals = [torch.randn(s, device=device) for s in shapes]
+@pytest.mark.parametrize("no_grad", [False, True], ids=["grad_mode", "no_grad"])
+@pytest.mark.parametrize("name", list(OP_CALLS))
+def test_tangents_on_a_direct_op_call(name, no_grad, device):
+    # A dual input gets its tangent carried through the op, with grad mode on or off (forward mode
+    # does not need it), equal to the directional derivative that reverse mode gives: for a
+    # tangent v and any output weight u, <u, J v> = <J^T u, v>.
+    fn, shapes, differentiable = OP_CALLS[name]
+    primals = _args(shapes, differentiable, device)
+    tangents = [torch.randn_like(p) if d else None for p, d in zip(primals, differentiable)]
     with fwAD.dual_level():
-        args = [fwAD.make_dual(primals[0], torch.randn_like(primals[0]))] + primals[1:]
-        with pytest.raises(RuntimeError, match="jvp is not implemented"):
-            fn(*args)
-        with torch.no_grad(), pytest.raises(RuntimeError, match="jvp is not implemented"):
-            fn(*args)
+        duals = [fwAD.make_dual(p.detach(), t) if t is not None else p.detach() for p, t in zip(primals, tangents)]
+        with torch.set_grad_enabled(not no_grad):
+            out = fn(*duals)
+        outs = out if isinstance(out, tuple) else (out,)
+        jvps = [fwAD.unpack_dual(o).tangent for o in outs]
+    outs = fn(*primals)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    weights = [torch.randn_like(o) for o in outs]
+    vjps = torch.autograd.grad(sum((o * u).sum() for o, u in zip(outs, weights)),
+                               [p for p, d in zip(primals, differentiable) if d], allow_unused=True)
+    forward = sum((j * u).sum() for j, u in zip(jvps, weights) if j is not None)
+    backward = sum((g * t).sum() for g, t in zip(vjps, [t for t in tangents if t is not None]) if g is not None)
+    assert any(j is not None for j in jvps)
+    torch.testing.assert_close(forward, backward, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_saved_tensors_are_freed_and_checked(device):
+    # After a backward without retain_graph the node's saved tensors are gone: a second backward
+    # fails with torch's message. An input modified in place after the forward is refused too.
+    x = torch.randn(4, 5, device=device, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 5, device=device, dtype=torch.float64, requires_grad=True)
+    out = ops.linear_relu(x, w, None).sum()
+    out.backward(retain_graph=True)
+    out.backward()  # retained: works, and accumulates
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        out.backward()
+    y = x * 1
+    out = ops.linear(y, w, None).sum()
+    with torch.no_grad():
+        y.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward()
+    assert ops.linear(x, w, None).grad_fn.name() == "torchext::LinearBackward"
+
+
+@pytest.mark.parametrize("create_graph", [False, True], ids=["backward", "double_backward"])
+def test_compiled_autograd_matches_eager(create_graph):
+    # torch._dynamo.compiled_autograd traces the backward graph through each node's apply (with
+    # its saved tensors swapped for proxies): every node kind here, results equal to eager's.
+    import torchext
+    F = torchext.functional
+    x = torch.randn(6, 5, dtype=torch.float64)
+    w1, b1 = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    w2 = torch.randn(3, 4, dtype=torch.float64)
+    target = torch.randn(6, 3, dtype=torch.float64)
+
+    def run(compiled):
+        params = [t.clone().requires_grad_() for t in (x, w1, b1, w2)]
+        xx, a, b, c = params
+        h = F.relu(F.linear_relu(xx, a, b) - 0.5, inplace=False)
+        h2 = F.linear(h * 1, c)
+        F.relu(h2, inplace=True)
+        loss = F.mse_loss(h2, target, reduction="mean") + F.mse_loss(F.linear(xx, a, b), xx[:, :4], reduction="sum")
+        if compiled:
+            torch._dynamo.reset()
+            with torch._dynamo.compiled_autograd._enable(torch.compile(backend="eager", fullgraph=True)):
+                grads = torch.autograd.grad(loss, params, create_graph=create_graph)
+                if create_graph:
+                    grads = torch.autograd.grad(sum((g * g).sum() for g in grads), params)
+        else:
+            grads = torch.autograd.grad(loss, params, create_graph=create_graph)
+            if create_graph:
+                grads = torch.autograd.grad(sum((g * g).sum() for g in grads), params)
+        return grads
+
+    for got, expected in zip(run(True), run(False)):
+        torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)

@@ -241,20 +241,23 @@ def test_vmap_rules_match_per_entry_calls(name, batch, device, no_vmap_fallback)
         assert first.shape[0] == batch
 
 
-def test_torch_compile_over_torch_func_transforms_runs():
-    # torch.compile of a torch.func transform over torchext ops: Dynamo cannot trace the Function
-    # variant that carries a jvp, so each op is a graph break, but the compiled call runs and
-    # matches eager (with fullgraph=True it raises, as Dynamo does for any custom jvp).
+def test_torch_compile_over_torch_func_transforms_is_one_graph():
+    # torch.compile of torch.func transforms over torchext ops: the ops' autograd and tangents are
+    # C++ kernels Dynamo treats like torch's own, so each transform compiles without a graph break
+    # (fullgraph=True) and matches eager.
     weight, bias, x, target = _inputs([(4, 6), (4,), (5, 6), (5, 4)], "cpu", requires_grad=False)
     f = _net(F, fused=False)
     calls = {
         "vmap": lambda a: vmap(F.relu)(a),
         "grad": lambda a: grad(f, argnums=2)(weight, bias, a, target),
         "jvp": lambda a: jvp(lambda v: f(weight, bias, v, target), (a,), (torch.ones_like(a),))[1],
+        "per_sample_grads": lambda a: vmap(grad(lambda w, xi, ti: f(w, bias, xi[None], ti[None])),
+                                           in_dims=(None, 0, 0))(weight, a, target),
+        "hessian_vector": lambda a: jvp(grad(lambda v: f(weight, bias, v, target)), (a,), (torch.ones_like(a),))[1],
     }
-    torch._dynamo.reset()
     for name, call in calls.items():
-        torch.testing.assert_close(torch.compile(call)(x), call(x), atol=1e-12, rtol=1e-12, msg=name)
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(call, fullgraph=True)(x), call(x), atol=1e-12, rtol=1e-12, msg=name)
 
 
 @pytest.mark.parametrize("device", DEVICES)

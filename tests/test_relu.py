@@ -1,6 +1,7 @@
 """torchext.functional.relu / torchext.nn.ReLU against torch.relu."""
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 
 import torchext
 from conftest import ALL_DTYPES, DEVICES
@@ -122,6 +123,22 @@ def test_inplace_autograd_like_torch(call, device):
         results.append((y.detach(), leaf.grad))
     torch.testing.assert_close(results[0][0], results[1][0], atol=0, rtol=0)
     torch.testing.assert_close(results[0][1], results[1][1], atol=0, rtol=0)
+    # Second order through the view, and a tangent carried in place through it.
+    weight = torch.randn(6, 8, device=device, dtype=torch.float64)
+    second = []
+    for fn in (relu_, torch.relu_):
+        leaf = x.detach().clone().requires_grad_()
+        y = leaf * 2
+        fn(y[:, 1::2])
+        (gx,) = torch.autograd.grad((y ** 3).sum(), leaf, create_graph=True)
+        (ggx,) = torch.autograd.grad((gx * weight).sum(), leaf)
+        with fwAD.dual_level():
+            z = fwAD.make_dual(x.detach() * 2, weight)
+            fn(z[:, 1::2])
+            tangent = fwAD.unpack_dual(z).tangent
+        second.append((gx.detach(), ggx, tangent))
+    for ours, theirs in zip(*second):
+        torch.testing.assert_close(ours, theirs, atol=1e-12, rtol=1e-12)
     y = x * 1
     saved_by_mul = y * y  # saves y
     version = y._version

@@ -57,6 +57,12 @@ inline std::tuple<at::Tensor, at::Tensor> linear_relu_grad(const at::Tensor& gra
   return op.call(grad_output, result);
 }
 
+inline at::Tensor linear_batched(const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias, bool relu) {
+  static const auto op =
+      op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&, bool)>("torchext::linear_batched");
+  return op.call(input, weight, bias, relu);
+}
+
 inline at::Tensor mse_loss(const at::Tensor& input, const at::Tensor& target, int64_t reduction) {
   static const auto op =
       op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t)>("torchext::mse_loss");
@@ -76,27 +82,12 @@ inline at::Tensor mse_loss_backward(const at::Tensor& grad_output, const at::Ten
   return op.call(grad_output, diff, reduction);
 }
 
-// Whether a call may skip autograd altogether (nullptr: an absent optional input): nothing to record (grad mode off, or no input
-// requires grad) and no forward-mode tangent to carry. A call that has tangents goes through
-// autograd::Function::apply, which refuses them with an error (C++ Functions have no jvp); the
-// Python wrappers send such calls to their forward-mode Functions before they get here.
-inline bool nothing_to_record(std::initializer_list<const at::Tensor*> inputs) {
-  const bool grad_mode = at::GradMode::is_enabled();
-  for (const at::Tensor* t : inputs) {
-    if (t == nullptr || !t->defined()) continue;
-    if ((grad_mode && t->requires_grad()) || t->_fw_grad(/*level=*/0).defined()) return false;
-  }
-  return true;
-}
-
 }  // namespace ops
 }  // namespace torchext
 
 namespace torchext {
 namespace autograd {  // the autograd kernels' own namespace: the names they all use
-using ops::nothing_to_record;
 using ops::OptTensor;
-using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 }  // namespace autograd
 }  // namespace torchext

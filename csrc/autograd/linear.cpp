@@ -1,134 +1,239 @@
-// Autograd for linear, linear_relu and their grad helpers, in C++ (see relu.cpp for why; the Python
-// Functions in torchext/_ops/linear.py remain for forward-mode AD and torch.func). z = X W^T + b:
+// Autograd for linear, linear_relu, linear_batched and their grad helpers: graph nodes and tangents
+// (see node.h for the pattern). z = X W^T + b:
 //   dX = linear(dZ, W^T)     dW = linear(dZ^T, X^T)     db = linear_bias_grad(dZ)
-// and for linear_relu, (dZ, db) = linear_relu_grad(dY, result) first. The transposes are views (the
-// GEMM's packing reads any strides). Only the gradients that autograd asks for are computed. Without a
-// bias, the Function has two tensor inputs (an absent optional is not one).
-#include "autograd/calls.h"
+//   tangent: linear(X', W, b') + linear(X, W', none), each term present when its tangent is
+// and for linear_relu, (dZ, db) = linear_relu_grad(dY, result) first and the tangent masked by
+// relu_backward. The transposes are views (the GEMM's packing reads any strides). Only the
+// gradients autograd asks for are computed. linear_batched (vmap's rule for per-entry weights) is
+// the same per entry, with the batched GEMM.
+#include "autograd/node.h"
 
 namespace torchext {
 namespace autograd {
 namespace {
 
-// The gradients of z = input @ weight.T + bias (bias: only when with_bias) from dZ.
-variable_list linear_grads(AutogradContext* ctx, const at::Tensor& grad_z, const at::Tensor& input,
-                           const at::Tensor& weight, bool with_bias) {
-  variable_list grads(3);
-  if (ctx->needs_input_grad(0)) grads[0] = ops::linear(grad_z, weight.t(), c10::nullopt);
-  if (ctx->needs_input_grad(1)) grads[1] = ops::linear(grad_z.t(), input.t(), c10::nullopt);
-  if (with_bias && ctx->needs_input_grad(2)) grads[2] = ops::linear_bias_grad(grad_z);
-  return grads;
+// The gradients of z = input @ weight.T + bias, from dZ, for the edges asked for.
+void linear_grads(const std::vector<bool>& needs, const at::Tensor& grad_z, const at::Tensor& input,
+                  const at::Tensor& weight, bool with_bias, variable_list& out) {
+  if (needs[0]) out[0] = ops::linear(grad_z, weight.t(), c10::nullopt);
+  if (needs[1]) out[1] = ops::linear(grad_z.t(), input.t(), c10::nullopt);
+  if (with_bias && needs[2]) out[2] = ops::linear_bias_grad(grad_z);
 }
 
-// db = dY.sum(0): linear in dY, so its backward spreads the incoming gradient over the rows.
-struct BiasGradFunction : public torch::autograd::Function<BiasGradFunction> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output) {
-    ctx->saved_data["rows"] = grad_output.size(0);
-    at::AutoDispatchBelowADInplaceOrView below;
-    return ops::linear_bias_grad(grad_output);
-  }
+// Backward of linear and linear_relu (edges: input, weight, bias).
+struct LinearBackwardNode : public NodeImpl<LinearBackwardNode> {
+  static constexpr const char* kName = "torchext::LinearBackward";
+  SavedVariable input, weight;
+  SavedVariable result;  // linear_relu only: its output, for the ReLU mask
+  bool with_bias = false;
+  bool relu = false;
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const int64_t rows = ctx->saved_data["rows"].toInt();
-    return {grads[0].unsqueeze(0).expand({rows, grads[0].size(0)})};
-  }
-};
+  std::vector<SavedSlot> saved() { return {{&input, false}, {&weight, false}, {&result, true}}; }
+  std::vector<int64_t> attributes() const { return {with_bias, relu}; }
 
-// (dZ, db) = (dY * (result > 0), dZ.sum(0)): linear in dY; the mask is piecewise constant in result,
-// which gets no gradient (as in torch's threshold_backward).
-struct ReLUGradFunction : public torch::autograd::Function<ReLUGradFunction> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& result) {
-    ctx->save_for_backward({result});
-    ctx->set_materialize_grads(false);
-    at::AutoDispatchBelowADInplaceOrView below;
-    auto out = ops::linear_relu_grad(grad_output, result);
-    return {std::get<0>(out), std::get<1>(out)};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const at::Tensor result = ctx->get_saved_variables()[0];
-    at::Tensor total = grads[0];
-    if (grads[1].defined()) {
-      at::Tensor spread = grads[1].unsqueeze(0).expand_as(result);
-      total = total.defined() ? total + spread : spread;
+  static variable_list backward(variable_list&& grads, const std::vector<at::Tensor>& saved,
+                                const std::vector<int64_t>& attributes, const std::vector<bool>& needs) {
+    const bool with_bias = attributes[0], relu = attributes[1];
+    variable_list out(3);
+    if (!grads[0].defined()) return out;
+    if (!relu) {
+      linear_grads(needs, grads[0], saved[0], saved[1], with_bias, out);
+      return out;
     }
-    if (!total.defined()) return {at::Tensor(), at::Tensor()};
-    return {ops::relu_backward(total, result), at::Tensor()};
-  }
-};
-
-struct LinearFunction : public torch::autograd::Function<LinearFunction> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
-                            const OptTensor& bias) {
-    ctx->save_for_backward({input, weight});
-    ctx->saved_data["bias"] = bias.has_value();
-    at::AutoDispatchBelowADInplaceOrView below;
-    return ops::linear(input, weight, bias);
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    return linear_grads(ctx, grads[0], saved[0], saved[1], ctx->saved_data["bias"].toBool());
-  }
-};
-
-struct LinearReLUFunction : public torch::autograd::Function<LinearReLUFunction> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
-                            const OptTensor& bias) {
-    at::Tensor result;
-    {
-      at::AutoDispatchBelowADInplaceOrView below;
-      result = ops::linear_relu(input, weight, bias);
-    }
-    ctx->save_for_backward({input, weight, result});
-    ctx->saved_data["bias"] = bias.has_value();
-    return result;
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const bool with_bias = ctx->saved_data["bias"].toBool();
-    const bool bias_grad = with_bias && ctx->needs_input_grad(2);
-    if (!ctx->needs_input_grad(0) && !ctx->needs_input_grad(1) && !bias_grad) return variable_list(3);
+    const bool bias_grad = with_bias && needs[2];
+    if (!needs[0] && !needs[1] && !bias_grad) return out;
     at::Tensor grad_z, grad_bias;
     std::tie(grad_z, grad_bias) = ops::linear_relu_grad(grads[0], saved[2]);
-    variable_list out = linear_grads(ctx, grad_z, saved[0], saved[1], /*with_bias=*/false);
+    linear_grads(needs, grad_z, saved[0], saved[1], /*with_bias=*/false, out);
     if (bias_grad) out[2] = grad_bias;
     return out;
   }
 };
 
-at::Tensor linear_autograd(const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias) {
-  if (nothing_to_record({&input, &weight, bias.has_value() ? &*bias : nullptr})) {
-    at::AutoDispatchBelowADInplaceOrView below;
-    return ops::linear(input, weight, bias);
+// The tangent of gemm(input, weight, bias) = input @ weight.T + bias (per entry for linear_batched)
+// from the inputs' tangents (undefined: no tangent): gemm(input', weight, bias') +
+// gemm(input, weight', none), the bias's tangent alone broadcast over the rows of an output of
+// out_sizes.
+template <typename Gemm>
+at::Tensor linear_tangent(const Gemm& gemm, const at::Tensor& input, const at::Tensor& weight,
+                          const at::Tensor& input_t, const at::Tensor& weight_t, at::Tensor bias_t,
+                          c10::IntArrayRef out_sizes) {
+  at::Tensor tangent;
+  if (input_t.defined()) {
+    tangent = gemm(input_t, weight, bias_t.defined() ? OptTensor(bias_t) : c10::nullopt);
+    bias_t = at::Tensor();
   }
-  return LinearFunction::apply(input, weight, bias);
+  if (weight_t.defined()) {
+    tangent = add_terms(tangent, gemm(input, weight_t, bias_t.defined() ? OptTensor(bias_t) : c10::nullopt));
+    bias_t = at::Tensor();
+  }
+  if (bias_t.defined()) tangent = bias_t.unsqueeze(-2).expand(out_sizes).contiguous();
+  return tangent;
 }
 
-at::Tensor linear_relu_autograd(const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias) {
-  if (nothing_to_record({&input, &weight, bias.has_value() ? &*bias : nullptr})) {
+template <bool Relu>
+at::Tensor linear_autograd(const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias) {
+  const bool record = records(input, weight, bias);
+  const bool tangents = has_tangent(input, weight, bias);
+  at::Tensor result;
+  {
     at::AutoDispatchBelowADInplaceOrView below;
-    return ops::linear_relu(input, weight, bias);
+    result = Relu ? ops::linear_relu(input, weight, bias) : ops::linear(input, weight, bias);
   }
-  return LinearReLUFunction::apply(input, weight, bias);
+  decltype(make_node<LinearBackwardNode>()) node;
+  if (record) {
+    node = record_node<LinearBackwardNode>(input, weight, bias);
+    torch::autograd::set_history(result, node);
+    // Only what the asked-for gradients read: dX reads W, dW reads X.
+    if (node->should_compute_output(1)) node->input = SavedVariable(input, /*is_output=*/false);
+    if (node->should_compute_output(0)) node->weight = SavedVariable(weight, /*is_output=*/false);
+    node->with_bias = bias.has_value() && bias->defined();
+    node->relu = Relu;
+  }
+  if (tangents) {
+    const auto gemm = [](const at::Tensor& x, const at::Tensor& w, const OptTensor& b) { return ops::linear(x, w, b); };
+    at::Tensor tangent = linear_tangent(gemm, primal_of(input), primal_of(weight), tangent_of(input),
+                                        tangent_of(weight), tangent_of(bias), result.sizes());
+    set_tangent(result, Relu ? ops::relu_backward(tangent, primal_of(result)) : tangent);
+  }
+  if (record && Relu) node->result = SavedVariable(result, /*is_output=*/true);  // with its tangent, if any
+  return result;
 }
+
+// db = dY.sum(0): linear in dY, so its backward spreads the incoming gradient over the rows and
+// its tangent is itself on dY's tangent.
+struct BiasGradBackwardNode : public NodeImpl<BiasGradBackwardNode> {
+  static constexpr const char* kName = "torchext::LinearBiasGradBackward";
+  int64_t rows = 0;
+
+  std::vector<SavedSlot> saved() { return {}; }
+  std::vector<int64_t> attributes() const { return {rows}; }
+
+  static variable_list backward(variable_list&& grads, const std::vector<at::Tensor>&,
+                                const std::vector<int64_t>& attributes, const std::vector<bool>& needs) {
+    variable_list out(1);
+    if (grads[0].defined() && needs[0]) out[0] = grads[0].unsqueeze(0).expand({attributes[0], grads[0].size(0)});
+    return out;
+  }
+};
 
 at::Tensor linear_bias_grad_autograd(const at::Tensor& grad_output) {
-  if (nothing_to_record({&grad_output})) {
+  const bool record = records(grad_output);
+  const at::Tensor grad_output_t = tangent_of(grad_output);
+  at::Tensor sums;
+  {
     at::AutoDispatchBelowADInplaceOrView below;
-    return ops::linear_bias_grad(grad_output);
+    sums = ops::linear_bias_grad(grad_output);
   }
-  return BiasGradFunction::apply(grad_output);
+  if (record) {
+    auto node = record_node<BiasGradBackwardNode>(grad_output);
+    torch::autograd::set_history(sums, node);
+    node->rows = grad_output.size(0);
+  }
+  if (grad_output_t.defined()) set_tangent(sums, ops::linear_bias_grad(grad_output_t));
+  return sums;
 }
 
-std::tuple<at::Tensor, at::Tensor> linear_relu_grad_autograd(const at::Tensor& grad_output, const at::Tensor& result) {
-  if (nothing_to_record({&grad_output, &result})) {
-    at::AutoDispatchBelowADInplaceOrView below;
-    return ops::linear_relu_grad(grad_output, result);
+// (dZ, db) = (dY * (result > 0), dZ.sum(0)): linear in dY; the mask is piecewise constant in
+// result, whose gradient is zero (as in torch's threshold_backward). Edges: grad_output, result.
+struct ReLUGradBackwardNode : public NodeImpl<ReLUGradBackwardNode> {
+  static constexpr const char* kName = "torchext::LinearReluGradBackward";
+  SavedVariable result;
+
+  std::vector<SavedSlot> saved() { return {{&result, false}}; }
+  std::vector<int64_t> attributes() const { return {}; }
+
+  static variable_list backward(variable_list&& grads, const std::vector<at::Tensor>& saved,
+                                const std::vector<int64_t>&, const std::vector<bool>& needs) {
+    variable_list out(2);
+    at::Tensor total = grads[0];
+    if (grads[1].defined()) total = add_terms(total, grads[1].unsqueeze(0).expand_as(saved[0]));
+    if (!total.defined()) return out;
+    if (needs[0]) out[0] = ops::relu_backward(total, saved[0]);
+    if (needs[1]) out[1] = at::zeros_like(saved[0]);  // as for relu_backward's result
+    return out;
   }
-  auto out = ReLUGradFunction::apply(grad_output, result);
-  return {out[0], out[1]};
+};
+
+std::tuple<at::Tensor, at::Tensor> linear_relu_grad_autograd(const at::Tensor& grad_output, const at::Tensor& result) {
+  const bool record = records(grad_output, result);
+  const at::Tensor grad_output_t = tangent_of(grad_output);
+  at::Tensor masked, sums;
+  {
+    at::AutoDispatchBelowADInplaceOrView below;
+    std::tie(masked, sums) = ops::linear_relu_grad(grad_output, result);
+  }
+  if (record) {
+    auto node = record_node<ReLUGradBackwardNode>(grad_output, result);
+    torch::autograd::set_history(std::vector<at::Tensor>{masked, sums}, node);
+    node->result = SavedVariable(result, /*is_output=*/false);
+  }
+  if (grad_output_t.defined()) {
+    at::Tensor masked_t, sums_t;
+    std::tie(masked_t, sums_t) = ops::linear_relu_grad(grad_output_t, primal_of(result));
+    set_tangent(masked, masked_t);
+    set_tangent(sums, sums_t);
+  }
+  return {masked, sums};
+}
+
+// linear_batched: out[e] = input[e] @ weight[e].T + bias[e] (ReLU'd when relu), entries [E, ...].
+// Per-entry column sums of dZ [E, M, N] are the column sums of the entries side by side, [M, E * N].
+at::Tensor batched_column_sums(const at::Tensor& grad_z) {
+  const int64_t entries = grad_z.size(0), rows = grad_z.size(1), cols = grad_z.size(2);
+  return ops::linear_bias_grad(grad_z.transpose(0, 1).reshape({rows, entries * cols})).reshape({entries, cols});
+}
+
+struct LinearBatchedBackwardNode : public NodeImpl<LinearBatchedBackwardNode> {
+  static constexpr const char* kName = "torchext::LinearBatchedBackward";
+  SavedVariable input, weight, result;
+  bool with_bias = false;
+  bool relu = false;
+
+  std::vector<SavedSlot> saved() { return {{&input, false}, {&weight, false}, {&result, true}}; }
+  std::vector<int64_t> attributes() const { return {with_bias, relu}; }
+
+  static variable_list backward(variable_list&& grads, const std::vector<at::Tensor>& saved,
+                                const std::vector<int64_t>& attributes, const std::vector<bool>& needs) {
+    const bool with_bias = attributes[0], relu = attributes[1];
+    variable_list out(3);
+    if (!grads[0].defined()) return out;
+    const at::Tensor grad_z = relu ? ops::relu_backward(grads[0], saved[2]) : grads[0];
+    if (needs[0]) out[0] = ops::linear_batched(grad_z, saved[1].transpose(1, 2), c10::nullopt, false);
+    if (needs[1]) out[1] = ops::linear_batched(grad_z.transpose(1, 2), saved[0].transpose(1, 2), c10::nullopt, false);
+    if (with_bias && needs[2]) out[2] = batched_column_sums(grad_z);
+    return out;
+  }
+};
+
+at::Tensor linear_batched_autograd(const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias,
+                                   bool relu) {
+  const bool record = records(input, weight, bias);
+  const bool tangents = has_tangent(input, weight, bias);
+  at::Tensor result;
+  {
+    at::AutoDispatchBelowADInplaceOrView below;
+    result = ops::linear_batched(input, weight, bias, relu);
+  }
+  decltype(make_node<LinearBatchedBackwardNode>()) node;
+  if (record) {
+    node = record_node<LinearBatchedBackwardNode>(input, weight, bias);
+    torch::autograd::set_history(result, node);
+    if (node->should_compute_output(1)) node->input = SavedVariable(input, /*is_output=*/false);
+    if (node->should_compute_output(0)) node->weight = SavedVariable(weight, /*is_output=*/false);
+    node->with_bias = bias.has_value() && bias->defined();
+    node->relu = relu;
+  }
+  if (tangents) {
+    const auto gemm = [](const at::Tensor& x, const at::Tensor& w, const OptTensor& b) {
+      return ops::linear_batched(x, w, b, /*relu=*/false);
+    };
+    at::Tensor tangent = linear_tangent(gemm, primal_of(input), primal_of(weight), tangent_of(input),
+                                        tangent_of(weight), tangent_of(bias), result.sizes());
+    set_tangent(result, relu ? ops::relu_backward(tangent, primal_of(result)) : tangent);
+  }
+  if (record && relu) node->result = SavedVariable(result, /*is_output=*/true);
+  return result;
 }
 
 }  // namespace
@@ -136,8 +241,9 @@ std::tuple<at::Tensor, at::Tensor> linear_relu_grad_autograd(const at::Tensor& g
 }  // namespace torchext
 
 TORCH_LIBRARY_IMPL(torchext, Autograd, m) {
-  m.impl("linear", &torchext::autograd::linear_autograd);
-  m.impl("linear_relu", &torchext::autograd::linear_relu_autograd);
+  m.impl("linear", &torchext::autograd::linear_autograd<false>);
+  m.impl("linear_relu", &torchext::autograd::linear_autograd<true>);
   m.impl("linear_bias_grad", &torchext::autograd::linear_bias_grad_autograd);
   m.impl("linear_relu_grad", &torchext::autograd::linear_relu_grad_autograd);
+  m.impl("linear_batched", &torchext::autograd::linear_batched_autograd);
 }

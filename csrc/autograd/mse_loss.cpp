@@ -1,13 +1,13 @@
-// Autograd for the MSE loss ops, in C++ (see relu.cpp for why; the Python Functions in
-// torchext/_ops/mse_loss.py remain for forward-mode AD and torch.func).
+// Autograd for the MSE loss ops: graph nodes and tangents (see node.h for the pattern).
 //   mse_loss_forward: (loss, diff) from one pass, diff = input - target; diff is a differentiable
 //     output, saved as an output (no reference cycle), and the double backward goes through it.
 //     grad_input = mse_loss_backward(grad_loss, diff) (+ grad_diff), grad_target = -grad_input.
-//   mse_loss: with something to record it runs mse_loss_forward's autograd and returns the loss;
-//     otherwise the loss-only kernel.
-//   mse_loss_backward: bilinear in (grad_output, diff), so both of its gradients are
+//     Tangents: diff' = input' - target', loss' = 2 diff diff' reduced as the loss is.
+//   mse_loss: with something to record or a tangent to carry it runs as mse_loss_forward and returns
+//     the loss; otherwise the loss-only kernel.
+//   mse_loss_backward: bilinear in (grad_output, diff), so both of its gradients and its tangent are
 //     mse_loss_backward calls again (plus a reduction for the scalar grad_output of mean/sum).
-#include "autograd/calls.h"
+#include "autograd/node.h"
 
 namespace torchext {
 namespace autograd {
@@ -15,86 +15,118 @@ namespace {
 
 constexpr int64_t kNone = 0, kMean = 1;
 
-struct MSELossBackwardFunction : public torch::autograd::Function<MSELossBackwardFunction> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& diff,
-                            int64_t reduction) {
-    ctx->save_for_backward({grad_output, diff});
-    ctx->saved_data["reduction"] = reduction;
-    at::AutoDispatchBelowADInplaceOrView below;
-    return ops::mse_loss_backward(grad_output, diff, reduction);
-  }
+// The elementwise terms of a loss reduced as `reduction` reduces the loss.
+at::Tensor reduce_like_loss(const at::Tensor& terms, int64_t reduction) {
+  if (reduction == kNone) return terms;
+  at::Tensor total = terms.sum();
+  return reduction == kMean ? total / static_cast<double>(terms.numel()) : total;
+}
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const int64_t reduction = ctx->saved_data["reduction"].toInt();
-    variable_list out(3);
-    if (ctx->needs_input_grad(0)) {
-      // 2 * diff * grad_grad elementwise, reduced as the loss was.
-      at::Tensor terms = ops::mse_loss_backward(grads[0], saved[1], kNone);
-      if (reduction == kNone) {
-        out[0] = terms;
-      } else {
-        at::Tensor total = terms.sum();
-        out[0] = reduction == kMean ? total / static_cast<double>(terms.numel()) : total;
-      }
-    }
-    if (ctx->needs_input_grad(1)) out[1] = ops::mse_loss_backward(saved[0], grads[0], reduction);
+// Backward of mse_loss_backward (edges: grad_output, diff).
+struct MSELossBackwardBackwardNode : public NodeImpl<MSELossBackwardBackwardNode> {
+  static constexpr const char* kName = "torchext::MseLossBackwardBackward";
+  SavedVariable grad_output, diff;
+  int64_t reduction = kMean;
+
+  std::vector<SavedSlot> saved() { return {{&grad_output, false}, {&diff, false}}; }
+  std::vector<int64_t> attributes() const { return {reduction}; }
+
+  static variable_list backward(variable_list&& grads, const std::vector<at::Tensor>& saved,
+                                const std::vector<int64_t>& attributes, const std::vector<bool>& needs) {
+    const int64_t reduction = attributes[0];
+    variable_list out(2);
+    if (!grads[0].defined()) return out;
+    // 2 * diff * grad_grad elementwise, reduced as the loss was.
+    if (needs[0]) out[0] = reduce_like_loss(ops::mse_loss_backward(grads[0], saved[1], kNone), reduction);
+    if (needs[1]) out[1] = ops::mse_loss_backward(saved[0], grads[0], reduction);
     return out;
   }
 };
 
-struct MSELossFunction : public torch::autograd::Function<MSELossFunction> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& target,
-                               int64_t reduction) {
-    ctx->saved_data["reduction"] = reduction;
-    ctx->set_materialize_grads(false);
-    at::Tensor loss, diff;
-    {
-      at::AutoDispatchBelowADInplaceOrView below;
-      std::tie(loss, diff) = ops::mse_loss_forward(input, target, reduction);
-    }
-    ctx->save_for_backward({diff});
-    return {loss, diff};
+at::Tensor mse_loss_backward_autograd(const at::Tensor& grad_output, const at::Tensor& diff, int64_t reduction) {
+  const bool record = records(grad_output, diff);
+  const at::Tensor grad_output_t = tangent_of(grad_output), diff_t = tangent_of(diff);
+  at::Tensor grad_input;
+  {
+    at::AutoDispatchBelowADInplaceOrView below;
+    grad_input = ops::mse_loss_backward(grad_output, diff, reduction);
   }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    at::Tensor grad;
-    if (grads[0].defined()) {
-      grad = ops::mse_loss_backward(grads[0], ctx->get_saved_variables()[0], ctx->saved_data["reduction"].toInt());
+  if (record) {
+    auto node = record_node<MSELossBackwardBackwardNode>(grad_output, diff);
+    torch::autograd::set_history(grad_input, node);
+    if (node->should_compute_output(1)) node->grad_output = SavedVariable(grad_output, /*is_output=*/false);
+    if (node->should_compute_output(0)) node->diff = SavedVariable(diff, /*is_output=*/false);
+    node->reduction = reduction;
+  }
+  if (grad_output_t.defined() || diff_t.defined()) {
+    at::Tensor tangent;
+    if (grad_output_t.defined()) tangent = ops::mse_loss_backward(grad_output_t, primal_of(diff), reduction);
+    if (diff_t.defined()) {
+      tangent = add_terms(tangent, ops::mse_loss_backward(primal_of(grad_output), diff_t, reduction));
     }
-    if (grads[1].defined()) grad = grad.defined() ? grad + grads[1] : grads[1];
-    variable_list out(3);
+    set_tangent(grad_input, tangent);
+  }
+  return grad_input;
+}
+
+// Backward of mse_loss_forward and mse_loss (edges: input, target; outputs: loss, diff).
+struct MSELossBackwardNode : public NodeImpl<MSELossBackwardNode> {
+  static constexpr const char* kName = "torchext::MseLossBackward";
+  SavedVariable diff;
+  int64_t reduction = kMean;
+
+  std::vector<SavedSlot> saved() { return {{&diff, true}}; }
+  std::vector<int64_t> attributes() const { return {reduction}; }
+
+  static variable_list backward(variable_list&& grads, const std::vector<at::Tensor>& saved,
+                                const std::vector<int64_t>& attributes, const std::vector<bool>& needs) {
+    variable_list out(2);
+    at::Tensor grad;
+    if (grads[0].defined()) grad = ops::mse_loss_backward(grads[0], saved[0], attributes[0]);
+    if (grads[1].defined()) grad = add_terms(grad, grads[1]);
     if (!grad.defined()) return out;
-    if (ctx->needs_input_grad(0)) out[0] = grad;
-    if (ctx->needs_input_grad(1)) out[1] = -grad;
+    if (needs[0]) out[0] = grad;
+    if (needs[1]) out[1] = -grad;
     return out;
   }
 };
 
 std::tuple<at::Tensor, at::Tensor> mse_loss_forward_autograd(const at::Tensor& input, const at::Tensor& target,
                                                              int64_t reduction) {
-  if (nothing_to_record({&input, &target})) {
+  const bool record = records(input, target);
+  const at::Tensor input_t = tangent_of(input), target_t = tangent_of(target);
+  at::Tensor loss, diff;
+  {
     at::AutoDispatchBelowADInplaceOrView below;
-    return ops::mse_loss_forward(input, target, reduction);
+    std::tie(loss, diff) = ops::mse_loss_forward(input, target, reduction);
   }
-  auto out = MSELossFunction::apply(input, target, reduction);
-  return {out[0], out[1]};
+  decltype(make_node<MSELossBackwardNode>()) node;
+  if (record) {
+    node = record_node<MSELossBackwardNode>(input, target);
+    torch::autograd::set_history(std::vector<at::Tensor>{loss, diff}, node);
+    node->reduction = reduction;
+  }
+  if (input_t.defined() || target_t.defined()) {
+    at::Tensor diff_t;
+    if (!input_t.defined()) {
+      diff_t = -target_t;
+    } else {
+      diff_t = target_t.defined() ? input_t - target_t : input_t;
+    }
+    // d((x - t)^2) = 2 (x - t) d(x - t), reduced as the loss is.
+    set_tangent(loss, reduce_like_loss(ops::mse_loss_backward(diff_t, primal_of(diff), kNone), reduction));
+    set_tangent(diff, diff_t);
+  }
+  if (record) node->diff = SavedVariable(diff, /*is_output=*/true);  // with its tangent, if any
+  return {loss, diff};
 }
 
 at::Tensor mse_loss_autograd(const at::Tensor& input, const at::Tensor& target, int64_t reduction) {
-  if (nothing_to_record({&input, &target})) {
+  if (!records(input, target) && !has_tangent(input, target)) {
     at::AutoDispatchBelowADInplaceOrView below;
     return ops::mse_loss(input, target, reduction);
   }
-  return MSELossFunction::apply(input, target, reduction)[0];
-}
-
-at::Tensor mse_loss_backward_autograd(const at::Tensor& grad_output, const at::Tensor& diff, int64_t reduction) {
-  if (nothing_to_record({&grad_output, &diff})) {
-    at::AutoDispatchBelowADInplaceOrView below;
-    return ops::mse_loss_backward(grad_output, diff, reduction);
-  }
-  return MSELossBackwardFunction::apply(grad_output, diff, reduction);
+  return std::get<0>(mse_loss_forward_autograd(input, target, reduction));
 }
 
 }  // namespace

@@ -1,86 +1,77 @@
-// Autograd for relu, relu_ and relu_backward, in C++: an autograd.Function written in Python costs
-// about 10 us per forward+backward on top of the kernels, as much as the whole of torch's relu at
-// the tutorial's sizes. The Python Functions (torchext/_ops/relu.py) remain for forward-mode AD and
-// the torch.func transforms, which need a jvp.
-//   relu, relu_:   grad_input = relu_backward(grad_output, result)
+// Autograd for relu, relu_ and relu_backward: graph nodes and tangents (see node.h for the pattern).
+//   relu, relu_:   grad_input = relu_backward(grad_output, result); tangent the same on the input's
+//                  tangent.
 //   relu_backward: linear in grad_output with a mask that is piecewise constant in result, so its
-//                  own backward is relu_backward again and result gets no gradient.
-#include "autograd/calls.h"
-
-#include <torch/csrc/autograd/VariableTypeUtils.h>
+//                  own backward and its tangent are relu_backward again, and result's gradient is
+//                  zero.
+#include "autograd/node.h"
 
 namespace torchext {
 namespace autograd {
 namespace {
 
-struct ReLUBackwardFunction : public torch::autograd::Function<ReLUBackwardFunction> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& result) {
-    ctx->save_for_backward({result});
-    at::AutoDispatchBelowADInplaceOrView below;
-    return ops::relu_backward(grad_output, result);
-  }
+// Backward of relu and relu_ (one edge) and of relu_backward (two edges: grad_output, result).
+struct ReLUBackwardNode : public NodeImpl<ReLUBackwardNode> {
+  static constexpr const char* kName = "torchext::ReluBackward";
+  SavedVariable result;  // the output of relu, or the result argument of relu_backward
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const at::Tensor result = ctx->get_saved_variables()[0];
-    return {ops::relu_backward(grads[0], result), at::Tensor()};
-  }
-};
+  std::vector<SavedSlot> saved() { return {{&result, /*is_output=*/num_outputs() == 1}}; }
+  std::vector<int64_t> attributes() const { return {}; }
 
-struct ReLUFunction : public torch::autograd::Function<ReLUFunction> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& self) {
-    at::Tensor result;
-    {
-      at::AutoDispatchBelowADInplaceOrView below;
-      result = ops::relu(self);
-    }
-    ctx->save_for_backward({result});  // an output: saved without a reference cycle
-    return result;
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {ops::relu_backward(grads[0], ctx->get_saved_variables()[0])};
-  }
-};
-
-// relu_ overwrites its input, which other nodes of the graph may have saved: every call bumps the
-// input's version counter, so their backward refuses the modified value instead of using it. With
-// a graph to record, mark_dirty bumps it and makes this node the input's grad_fn (a leaf that
-// requires grad is refused first, as torch refuses it); otherwise the ADInplaceOrView kernel below
-// does.
-struct ReLUInplaceFunction : public torch::autograd::Function<ReLUInplaceFunction> {
-  static at::Tensor forward(AutogradContext* ctx, at::Tensor self) {
-    {
-      at::AutoDispatchBelowADInplaceOrView below;
-      ops::relu_(self);
-    }
-    ctx->mark_dirty({self});
-    ctx->save_for_backward({self});  // now the result, and an output of this node
-    return self;
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {ops::relu_backward(grads[0], ctx->get_saved_variables()[0])};
+  static variable_list backward(variable_list&& grads, const std::vector<at::Tensor>& saved,
+                                const std::vector<int64_t>&, const std::vector<bool>& needs) {
+    variable_list out(needs.size());
+    if (!grads[0].defined()) return out;
+    if (needs[0]) out[0] = ops::relu_backward(grads[0], saved[0]);
+    // relu_backward's result: a zero gradient, as torch's threshold_backward gives its input
+    // (compiled autograd expects a tensor for every gradient asked for).
+    if (needs.size() > 1 && needs[1]) out[1] = at::zeros_like(saved[0]);
+    return out;
   }
 };
 
 at::Tensor relu_autograd(const at::Tensor& self) {
-  if (nothing_to_record({&self})) {
+  const bool record = records(self);
+  const at::Tensor self_t = tangent_of(self);
+  at::Tensor result;
+  {
     at::AutoDispatchBelowADInplaceOrView below;
-    return ops::relu(self);
+    result = ops::relu(self);
   }
-  return ReLUFunction::apply(self);
+  decltype(make_node<ReLUBackwardNode>()) node;
+  if (record) {
+    node = record_node<ReLUBackwardNode>(self);
+    torch::autograd::set_history(result, node);
+  }
+  if (self_t.defined()) set_tangent(result, ops::relu_backward(self_t, primal_of(result)));
+  if (record) node->result = SavedVariable(result, /*is_output=*/true);
+  return result;
 }
 
+// relu_ overwrites its input, which other nodes of the graph may have saved: every call bumps the
+// input's version counter (the ADInplaceOrView kernel below), so their backward refuses the
+// modified value instead of using it. A leaf (or a view of one) that requires grad is refused
+// before anything is written, as torch refuses it.
 void relu_inplace_autograd(at::Tensor& self) {
-  if (nothing_to_record({&self})) {
-    at::AutoDispatchBelowAutograd below;
+  const bool record = records(self);
+  torch::autograd::check_inplace(self, record);
+  const at::Tensor self_t = tangent_of(self);
+  {
+    at::AutoDispatchBelowAutograd below;  // through the ADInplaceOrView kernel
     ops::relu_(self);
-    return;
   }
-  // Before anything is written: a leaf (or a view of one) that requires grad is refused as torch
-  // refuses it, with the input left as it was.
-  torch::autograd::check_inplace(self, /*requires_grad=*/at::GradMode::is_enabled() && self.requires_grad());
-  ReLUInplaceFunction::apply(self);
+  decltype(make_node<ReLUBackwardNode>()) node;
+  if (record) {
+    node = record_node<ReLUBackwardNode>(self);
+    torch::autograd::rebase_history(self, node);  // through a view: torch's CopySlices
+  }
+  if (self_t.defined()) {
+    // The tangent is updated in place too, as torch does for its in-place ops.
+    self_t.copy_(ops::relu_backward(self_t, primal_of(self)));
+    self._set_fw_grad(self_t, /*level=*/0, /*is_inplace_op=*/true);
+  }
+  // On a view, self's history is now the CopySlices node that wraps this one: saved as such.
+  if (record) node->result = SavedVariable(self, /*is_output=*/true, /*is_inplace_on_view=*/self.is_view());
 }
 
 void relu_inplace_ad_inplace_or_view(c10::DispatchKeySet keys, at::Tensor& self) {
@@ -93,11 +84,20 @@ void relu_inplace_ad_inplace_or_view(c10::DispatchKeySet keys, at::Tensor& self)
 }
 
 at::Tensor relu_backward_autograd(const at::Tensor& grad_output, const at::Tensor& result) {
-  if (nothing_to_record({&grad_output, &result})) {
+  const bool record = records(grad_output, result);
+  const at::Tensor grad_output_t = tangent_of(grad_output);
+  at::Tensor grad_input;
+  {
     at::AutoDispatchBelowADInplaceOrView below;
-    return ops::relu_backward(grad_output, result);
+    grad_input = ops::relu_backward(grad_output, result);
   }
-  return ReLUBackwardFunction::apply(grad_output, result);
+  if (record) {
+    auto node = record_node<ReLUBackwardNode>(grad_output, result);
+    torch::autograd::set_history(grad_input, node);
+    node->result = SavedVariable(result, /*is_output=*/false);
+  }
+  if (grad_output_t.defined()) set_tangent(grad_input, ops::relu_backward(grad_output_t, primal_of(result)));
+  return grad_input;
 }
 
 }  // namespace

@@ -1,43 +1,7 @@
 """Small helpers shared by the ops' Python wrappers."""
 import torch
-from torch.autograd import forward_ad as _forward_ad
 
-_transforms_active = torch._C._are_functorch_transforms_active
-_is_compiling = torch.compiler.is_compiling
-
-
-def tangents_possible():
-    """Whether forward-mode derivatives may be asked for: a forward-mode AD level is open, or a
-    torch.func transform (jvp, jacfwd, vmap, grad, ...) is active. The ops' autograd kernels are C++
-    (csrc/autograd/), which has no forward mode and which torch.func refuses, so calls made then go
-    through the Python autograd.Functions next to each op, which have a jvp."""
-    return _forward_ad._current_level >= 0 or _transforms_active()
-
-
-def keep(ctx, *tensors):
-    """Save tensors for the backward and for the jvp of a setup_context-style Function."""
-    ctx.save_for_backward(*tensors)
-    ctx.save_for_forward(*tensors)
-
-
-def apply(cls, *args):
-    """cls.apply(*args), for the calls made while tangents are possible. Under torch.compile or
-    torch.export that call runs outside the graph (a graph break): Dynamo cannot trace a Function
-    that has a jvp. torch 2.14 stops at it by itself; torch 2.11 traces its forward as plain code
-    on functorch's wrapped tensors, which the C++ autograd kernel then refuses."""
-    return _apply_outside_graph(cls, *args) if _is_compiling() else cls.apply(*args)
-
-
-@torch.compiler.disable
-def _apply_outside_graph(cls, *args):
-    return cls.apply(*args)
-
-
-def call(cls, *args):
-    """cls's kernel on args where derivatives of the result may be taken (the pieces of a backward or
-    of a jvp): through the Function while tangents are possible, otherwise the op cls.op, whose C++
-    autograd kernel records a graph when grad mode is on (a create_graph backward)."""
-    return apply(cls, *args) if tangents_possible() else cls.op(*args)
+transforms_active = torch._C._are_functorch_transforms_active  # a torch.func transform is running
 
 
 def is_non_overlapping_and_dense(t):
@@ -58,7 +22,7 @@ def autocast_inputs(policy, *tensors):
 
     policy "lower": like aten::linear, floating inputs go to the autocast dtype (bf16/fp16);
     policy "fp32": like aten::mse_loss, they go to float32. float64 tensors are left alone, as
-    autocast does. The casts happen before our autograd.Function, so autograd records them and
+    autocast does. The casts happen before the op is called, so autograd records them and
     gradients flow back to the original dtypes exactly as with torch's ops.
     """
     device_type = tensors[0].device.type  # callers pass a tensor first (input), then optional ones

@@ -1,8 +1,8 @@
-"""Linear: fake kernels, vmap rules and forward-mode autograd.Functions for torch.ops.torchext.linear*.
+"""Linear: argument checks, fake kernels and vmap rules for torch.ops.torchext.linear*.
 
-Ordinary calls go straight to the ops, whose autograd kernels are C++ (csrc/autograd/linear.cpp);
-the Functions here, with the same backward plus a jvp, serve forward-mode AD and torch.func. Both
-write every backward with the same ops, so gradients of gradients are torchext's kernels too:
+Every call goes straight to the ops. Their autograd (graph nodes and forward-mode tangents) is C++,
+csrc/autograd/linear.cpp, and writes every backward with the same ops, so gradients of gradients
+are torchext's kernels too:
     dX = linear(dY, W.t())     dW = linear(dY.t(), X.t())     db = linear_bias_grad(dY)
 The transposes are views: the GEMM's packing reads any strides, so they cost no copy.
 """
@@ -10,8 +10,8 @@ import math
 
 import torch
 
-from ._util import apply, autocast_inputs, batch_first, call, keep, tangents_possible
-from .relu import ReLUBackward, relu as _relu
+from ._util import autocast_inputs, batch_first
+from .relu import relu as _relu
 
 _ops = torch.ops.torchext
 # Resolved overloads: calling them skips the packet's overload lookup on every call (the tutorial's
@@ -119,154 +119,6 @@ for _op in (_linear_bias_grad, _linear_relu_grad):
     torch.library.register_vmap(_op, _column_sums_vmap(_op))
 
 
-class BiasGrad(torch.autograd.Function):
-    """db = dY.sum(0). Linear in dY: its backward broadcasts the incoming gradient over the rows,
-    and its tangent is itself applied to dY's tangent."""
-
-    op = staticmethod(_linear_bias_grad)
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(grad_output):
-        return _linear_bias_grad(grad_output)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.rows = inputs[0].shape[0]
-
-    @staticmethod
-    def backward(ctx, grad_grad):
-        return grad_grad.unsqueeze(0).expand(ctx.rows, grad_grad.shape[0])
-
-    @staticmethod
-    def jvp(ctx, grad_output_t):
-        return call(BiasGrad, grad_output_t)
-
-
-# The pieces of the backward and of the tangents go through call(): their Functions while tangents
-# are possible, the ops otherwise.
-def _linear_backward(ctx_needs, grad_z, input, weight, has_bias):
-    """Gradients of z = input @ weight.T + bias for the inputs marked in ctx_needs (3 flags)."""
-    grad_input = grad_weight = grad_bias = None
-    if ctx_needs[0]:
-        grad_input = call(LinearFunction, grad_z, weight.t(), None)
-    if ctx_needs[1]:
-        grad_weight = call(LinearFunction, grad_z.t(), input.t(), None)
-    if has_bias and ctx_needs[2]:
-        grad_bias = call(BiasGrad, grad_z)
-    return grad_input, grad_weight, grad_bias
-
-
-def _linear_tangent(input, weight, input_t, weight_t, bias_t):
-    """Tangent of z = input @ weight.T + bias: input_t @ weight.T + input @ weight_t.T + bias_t, each
-    term present when its tangent is."""
-    tangent = None
-    if input_t is not None:
-        tangent, bias_t = call(LinearFunction, input_t, weight, bias_t), None
-    if weight_t is not None:
-        term, bias_t = call(LinearFunction, input, weight_t, bias_t), None
-        tangent = term if tangent is None else tangent + term
-    if bias_t is not None:  # only the bias has a tangent
-        tangent = bias_t.expand(input.shape[0], weight.shape[0]).contiguous()
-    return tangent
-
-
-class LinearFunction(torch.autograd.Function):
-    """out = input @ weight.T + bias on 2-D input."""
-
-    op = staticmethod(_linear)  # the op (its autograd is C++), for calls while no tangent is possible
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(input, weight, bias):
-        return _linear(input, weight, bias)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        input, weight, bias = inputs
-        keep(ctx, input, weight)
-        ctx.has_bias = bias is not None
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        input, weight = ctx.saved_tensors
-        return _linear_backward(ctx.needs_input_grad, grad_output, input, weight, ctx.has_bias)
-
-    @staticmethod
-    def jvp(ctx, input_t, weight_t, bias_t):
-        input, weight = ctx.saved_tensors
-        return _linear_tangent(input, weight, input_t, weight_t, bias_t)
-
-
-class ReLUGrad(torch.autograd.Function):
-    """(dZ, db) = (dY * (result > 0), dZ.sum(0)) in one pass. Linear in dY, so its tangent is
-    itself applied to dY's tangent; the mask is piecewise constant in result, which gets no
-    gradient (as in torch's threshold_backward)."""
-
-    op = staticmethod(_linear_relu_grad)
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(grad_output, result):
-        return _linear_relu_grad(grad_output, result)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        keep(ctx, inputs[1])
-
-    @staticmethod
-    def backward(ctx, grad_masked, grad_sums):
-        (result,) = ctx.saved_tensors
-        total = None
-        if grad_masked is not None:
-            total = grad_masked
-        if grad_sums is not None:
-            spread = grad_sums.unsqueeze(0).expand_as(result)
-            total = spread if total is None else total + spread
-        if total is None:
-            return None, None
-        return call(ReLUBackward, total, result), None
-
-    @staticmethod
-    def jvp(ctx, grad_output_t, result_t):
-        (result,) = ctx.saved_tensors
-        if grad_output_t is None:
-            return None, None
-        return call(ReLUGrad, grad_output_t, result)
-
-
-class LinearReLUFunction(torch.autograd.Function):
-    """out = relu(input @ weight.T + bias) on 2-D input, ReLU fused into the GEMM's epilogue."""
-
-    op = staticmethod(_linear_relu)
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(input, weight, bias):
-        return _linear_relu(input, weight, bias)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        input, weight, bias = inputs
-        keep(ctx, input, weight, output)
-        ctx.has_bias = bias is not None
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        input, weight, result = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        if not any(needs):
-            return None, None, None
-        grad_z, grad_bias = call(ReLUGrad, grad_output, result)
-        grad_input, grad_weight, _ = _linear_backward((needs[0], needs[1], False), grad_z, input, weight, False)
-        return grad_input, grad_weight, grad_bias if (ctx.has_bias and needs[2]) else None
-
-    @staticmethod
-    def jvp(ctx, input_t, weight_t, bias_t):
-        input, weight, result = ctx.saved_tensors
-        return call(ReLUBackward, _linear_tangent(input, weight, input_t, weight_t, bias_t), result)
-
-
 def _check_args(name, input, weight, bias):
     for arg, value in (("input", input), ("weight", weight)):
         if not isinstance(value, torch.Tensor):
@@ -294,7 +146,7 @@ def _check_args(name, input, weight, bias):
                            "'input' has shape %s and 'bias' %s" % (name, tuple(input.shape), tuple(bias.shape)))
 
 
-def _apply(fn, name, input, weight, bias):
+def _apply(op, name, input, weight, bias):
     _check_args(name, input, weight, bias)
     input, weight, bias = autocast_inputs("lower", input, weight, bias)  # as torch.autocast treats aten::linear
     if input.is_complex() or weight.is_complex() or (bias is not None and bias.is_complex()):
@@ -313,27 +165,25 @@ def _apply(fn, name, input, weight, bias):
         if bias.dtype != input.dtype:  # the addition would promote; torch refuses, as the kernels do
             raise RuntimeError("%s(): expected 'input' and 'bias' to have the same dtype, but got %s and %s"
                                % (name, input.dtype, bias.dtype))
-        out = _apply(LinearFunction, name, input, weight, None) + bias
+        out = _apply(_linear, name, input, weight, None) + bias
         return _relu(out) if name == "linear_relu" else out
     if weight.dim() == 1:
         # A 1-D weight [in] is one output feature whose dim is dropped from the result, as in torch:
         # [..., in] -> [...]. Its bias (1-D input only) is a single value.
-        out = _apply_checked(fn, input, weight.unsqueeze(0), None if bias is None else bias.reshape(1))
+        out = _apply_checked(op, input, weight.unsqueeze(0), None if bias is None else bias.reshape(1))
         return out.squeeze(-1)
-    return _apply_checked(fn, input, weight, bias)
+    return _apply_checked(op, input, weight, bias)
 
 
-def _apply_checked(fn, input, weight, bias):
-    """fn on checked, autocast inputs with a 2-D weight; input [..., in] -> [..., out]: its op, or
-    the Function itself while tangents are possible."""
-    run = (lambda *args: apply(fn, *args)) if tangents_possible() else fn.op
+def _apply_checked(op, input, weight, bias):
+    """op on checked, autocast inputs with a 2-D weight; input [..., in] -> [..., out]."""
     if input.dim() == 2:  # the common case, without the reshapes (they cost microseconds)
-        return run(input, weight, bias)
+        return op(input, weight, bias)
     # Any leading dims are flattened into the batch ([..., in] -> [B, in]) and restored after;
     # a 1-D input [in] is a batch of one whose output is [out], as in torch.
     lead = input.shape[:-1]
     x2 = input.reshape(math.prod(lead), input.shape[-1])
-    out = run(x2, weight, bias)
+    out = op(x2, weight, bias)
     return out.reshape(*lead, weight.shape[0])
 
 
@@ -364,7 +214,7 @@ def _complex(name, input, weight, bias):
     if bias is not None and (bias.shape == (n,) or (weight.dim() == 1 and bias.numel() == 1)):
         b = real(bias.resolve_conj()).reshape(n, 2)
         b2, bias = torch.cat([b[:, 0], b[:, 1]]), None
-    out2 = _apply(LinearFunction, name, x2, w2, b2)
+    out2 = _apply(_linear, name, x2, w2, b2)
     out = torch.complex(out2[..., :n], out2[..., n:])
     if weight.dim() == 1:
         out = out.squeeze(-1)
@@ -373,9 +223,9 @@ def _complex(name, input, weight, bias):
 
 def linear(input, weight, bias=None):
     """Drop-in for torch.nn.functional.linear: input @ weight.T + bias over the last dim."""
-    return _apply(LinearFunction, "linear", input, weight, bias)
+    return _apply(_linear, "linear", input, weight, bias)
 
 
 def linear_relu(input, weight, bias=None):
     """relu(linear(input, weight, bias)) with the ReLU fused into the GEMM's epilogue."""
-    return _apply(LinearReLUFunction, "linear_relu", input, weight, bias)
+    return _apply(_linear_relu, "linear_relu", input, weight, bias)

@@ -1,15 +1,14 @@
-"""MSE loss: fake kernels, vmap rules and forward-mode autograd.Functions for torch.ops.torchext.mse_loss*.
+"""MSE loss: argument handling, fake kernels and vmap rules for torch.ops.torchext.mse_loss*.
 
-Ordinary calls go straight to the ops, whose autograd kernels are C++ (csrc/autograd/mse_loss.cpp);
-the Functions here, with the same backward plus a jvp, serve forward-mode AD and torch.func."""
+Every call goes straight to the ops; their autograd (graph nodes and forward-mode tangents) is C++,
+csrc/autograd/mse_loss.cpp."""
 import math
 import warnings
 
 import torch
 from torch.nn import _reduction as _Reduction
 
-from ._util import (apply, autocast_inputs, batch_first, call, elementwise_vmap, is_non_overlapping_and_dense,
-                    keep, tangents_possible)
+from ._util import autocast_inputs, batch_first, elementwise_vmap, is_non_overlapping_and_dense
 
 _ops = torch.ops.torchext
 
@@ -100,98 +99,6 @@ for _op in (_mse_loss, _mse_loss_forward, _mse_loss_backward):
     torch.library.register_vmap(_op, _mse_vmap(_op))
 
 
-class MSELossBackward(torch.autograd.Function):
-    """grad_input = norm * diff * grad_output with norm = 2 (/ numel for mean), grad_output a scalar
-    for mean/sum. Bilinear in (grad_output, diff), so both of its gradients and its tangent are
-    again mse_loss_backward calls (plus a sum for the scalar grad_output): any order of derivative
-    works."""
-
-    op = staticmethod(_mse_loss_backward)
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(grad_output, diff, reduction):
-        return _mse_loss_backward(grad_output, diff, reduction)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        grad_output, diff, ctx.reduction = inputs
-        keep(ctx, grad_output, diff)
-
-    @staticmethod
-    def backward(ctx, grad_grad):
-        grad_output, diff = ctx.saved_tensors
-        reduction = ctx.reduction
-        d_grad_output = d_diff = None
-        if ctx.needs_input_grad[0]:
-            # 2 * diff * grad_grad, reduced as the loss was
-            d_grad_output = _sum_for(reduction, call(MSELossBackward, grad_grad, diff, _NONE))
-        if ctx.needs_input_grad[1]:
-            d_diff = call(MSELossBackward, grad_output, grad_grad, reduction)
-        return d_grad_output, d_diff, None
-
-    @staticmethod
-    def jvp(ctx, grad_output_t, diff_t, _):
-        grad_output, diff = ctx.saved_tensors
-        tangent = None
-        if grad_output_t is not None:
-            tangent = call(MSELossBackward, grad_output_t, diff, ctx.reduction)
-        if diff_t is not None:
-            term = call(MSELossBackward, grad_output, diff_t, ctx.reduction)
-            tangent = term if tangent is None else tangent + term
-        return tangent
-
-
-def _sum_for(reduction, elementwise):
-    """The elementwise terms of a loss reduced as `reduction` reduces the loss."""
-    if reduction == _NONE:
-        return elementwise
-    total = elementwise.sum()
-    return total / elementwise.numel() if reduction == _MEAN else total
-
-
-class MSELossFunction(torch.autograd.Function):
-    """loss = reduce((input - target)^2). diff = input - target comes out of the same pass and is a
-    (differentiable) output too: saving it as an output keeps its link to input and target, which
-    the double backward needs."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(input, target, reduction):
-        return _mse_loss_forward(input, target, reduction)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.reduction = inputs[2]
-        ctx.set_materialize_grads(False)
-        keep(ctx, output[1])
-
-    @staticmethod
-    def backward(ctx, grad_loss, grad_diff):
-        (diff,) = ctx.saved_tensors
-        grad = None
-        if grad_loss is not None:
-            grad = call(MSELossBackward, grad_loss, diff, ctx.reduction)
-        if grad_diff is not None:
-            grad = grad_diff if grad is None else grad + grad_diff
-        if grad is None:
-            return None, None, None
-        grad_input = grad if ctx.needs_input_grad[0] else None
-        grad_target = -grad if ctx.needs_input_grad[1] else None
-        return grad_input, grad_target, None
-
-    @staticmethod
-    def jvp(ctx, input_t, target_t, _):
-        (diff,) = ctx.saved_tensors
-        if input_t is None:
-            diff_t = -target_t
-        else:
-            diff_t = input_t if target_t is None else input_t - target_t
-        # d((x - t)^2) = 2 (x - t) d(x - t), reduced as the loss is.
-        return _sum_for(ctx.reduction, call(MSELossBackward, diff_t, diff, _NONE)), diff_t
-
-
 class _NotATensorError(TypeError, AttributeError):
     """A non-tensor argument. torch.nn.functional.mse_loss fails on it with an AttributeError (it
     calls .size() on it); code written against torch may catch that, so this is both."""
@@ -242,6 +149,4 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
             return torch.sum(weighted)
         return torch.sum(weighted) / torch.sum(weight)
 
-    if tangents_possible():
-        return apply(MSELossFunction, input, target, reduction_enum)[0]
     return _mse_loss(input, target, reduction_enum)

@@ -1,10 +1,10 @@
-"""ReLU: fake kernels, vmap rules and forward-mode autograd.Functions for torch.ops.torchext.relu*.
+"""ReLU: fake kernels and vmap rules for torch.ops.torchext.relu*.
 
-Ordinary calls go straight to the ops, whose autograd kernels are C++ (csrc/autograd/relu.cpp);
-the Functions here, with the same backward plus a jvp, serve forward-mode AD and torch.func."""
+Every call goes straight to the ops; their autograd (graph nodes and forward-mode tangents) is C++,
+csrc/autograd/relu.cpp."""
 import torch
 
-from ._util import apply, call, elementwise_vmap, is_non_overlapping_and_dense, keep, tangents_possible
+from ._util import elementwise_vmap, is_non_overlapping_and_dense, transforms_active
 
 _ops = torch.ops.torchext
 # Resolved overloads: calling them skips the packet lookup on every call (small activations are
@@ -38,64 +38,14 @@ torch.library.register_vmap(_relu, elementwise_vmap(_relu, 1))
 torch.library.register_vmap(_relu_backward, elementwise_vmap(_relu_backward, 2))
 
 
-class ReLUBackward(torch.autograd.Function):
-    """grad_input = grad_output where result > 0. Linear in grad_output, so its own backward and
-    its tangent are itself again; the mask is piecewise constant in result, so result gets no
-    gradient."""
-
-    op = staticmethod(_relu_backward)
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(grad_output, result):
-        return _relu_backward(grad_output, result)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        keep(ctx, inputs[1])
-
-    @staticmethod
-    def backward(ctx, grad_grad):
-        (result,) = ctx.saved_tensors
-        return call(ReLUBackward, grad_grad, result), None
-
-    @staticmethod
-    def jvp(ctx, grad_output_t, result_t):
-        (result,) = ctx.saved_tensors
-        return None if grad_output_t is None else call(ReLUBackward, grad_output_t, result)
-
-
-class ReLUFunction(torch.autograd.Function):
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(input):
-        return _relu(input)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        keep(ctx, output)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (result,) = ctx.saved_tensors
-        return call(ReLUBackward, grad_output, result)
-
-    @staticmethod
-    def jvp(ctx, input_t):
-        (result,) = ctx.saved_tensors
-        return call(ReLUBackward, input_t, result)
-
-
 def relu(input, inplace=False):
     if not isinstance(input, torch.Tensor):
         raise TypeError("relu(): argument 'input' must be Tensor, not %s" % type(input).__name__)
     if inplace:
-        if tangents_possible():
-            # The out-of-place Function and a copy back: a Function that returns and saves its
-            # input is refused in the setup_context style forward mode needs, and an in-place jvp
-            # cannot be vmapped.
-            return input.copy_(apply(ReLUFunction, input))
-        _relu_(input)  # its autograd kernel (C++) records the in-place node and bumps the version
+        if transforms_active():
+            # Under a torch.func transform: the out-of-place op and a copy back, which every
+            # transform handles (relu_ has no vmap rule of its own).
+            return input.copy_(_relu(input))
+        _relu_(input)  # its autograd kernel records the in-place node, carries the tangent, bumps the version
         return input
-    return apply(ReLUFunction, input) if tangents_possible() else _relu(input)
+    return _relu(input)
