@@ -20,16 +20,21 @@ void linear_grads(const std::vector<bool>& needs, const at::Tensor& grad_z, cons
   if (with_bias && needs[2]) out[2] = ops::linear_bias_grad(grad_z);
 }
 
-// Backward of linear and linear_relu (edges: input, weight, bias).
-struct LinearBackwardNode : public NodeImpl<LinearBackwardNode> {
-  static constexpr const char* kName = "torchext::LinearBackward";
-  SavedVariable input, weight;
-  SavedVariable result;  // linear_relu only: its output, for the ReLU mask
+// What the nodes of linear / linear_relu and of linear_batched hold (edges: input, weight, bias).
+template <typename Derived>
+struct LinearNodeState : public NodeImpl<Derived> {
+  SavedVariable input, weight;  // each only when the other's gradient is asked for
+  SavedVariable result;         // with the ReLU only: the output, for its mask
   bool with_bias = false;
   bool relu = false;
 
   std::vector<SavedSlot> saved() { return {{&input, false}, {&weight, false}, {&result, true}}; }
   std::vector<int64_t> attributes() const { return {with_bias, relu}; }
+};
+
+// Backward of linear and linear_relu.
+struct LinearBackwardNode : public LinearNodeState<LinearBackwardNode> {
+  static constexpr const char* kName = "torchext::LinearBackward";
 
   static variable_list backward(variable_list&& grads, const std::vector<at::Tensor>& saved,
                                 const std::vector<int64_t>& attributes, const std::vector<bool>& needs) {
@@ -71,33 +76,47 @@ at::Tensor linear_tangent(const Gemm& gemm, const at::Tensor& input, const at::T
   return tangent;
 }
 
-template <bool Relu>
-at::Tensor linear_autograd(const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias) {
+// The autograd kernel of linear / linear_relu (gemm: ops::linear or ops::linear_relu chosen by
+// relu) and of linear_batched (gemm: ops::linear_batched), recording a node of type NodeT.
+template <typename NodeT, typename Gemm>
+at::Tensor linear_kernel(const Gemm& gemm, const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias,
+                         bool relu) {
   const bool record = records(input, weight, bias);
   const bool tangents = has_tangent(input, weight, bias);
   at::Tensor result;
   {
     at::AutoDispatchBelowADInplaceOrView below;
-    result = Relu ? ops::linear_relu(input, weight, bias) : ops::linear(input, weight, bias);
+    result = gemm(input, weight, bias, relu);
   }
-  decltype(make_node<LinearBackwardNode>()) node;
+  decltype(make_node<NodeT>()) node;
   if (record) {
-    node = record_node<LinearBackwardNode>(input, weight, bias);
+    node = record_node<NodeT>(input, weight, bias);
     torch::autograd::set_history(result, node);
     // Only what the asked-for gradients read: dX reads W, dW reads X.
     if (node->should_compute_output(1)) node->input = SavedVariable(input, /*is_output=*/false);
     if (node->should_compute_output(0)) node->weight = SavedVariable(weight, /*is_output=*/false);
     node->with_bias = bias.has_value() && bias->defined();
-    node->relu = Relu;
+    node->relu = relu;
   }
   if (tangents) {
-    const auto gemm = [](const at::Tensor& x, const at::Tensor& w, const OptTensor& b) { return ops::linear(x, w, b); };
-    at::Tensor tangent = linear_tangent(gemm, primal_of(input), primal_of(weight), tangent_of(input),
+    const auto plain = [&gemm](const at::Tensor& x, const at::Tensor& w, const OptTensor& b) {
+      return gemm(x, w, b, /*relu=*/false);
+    };
+    at::Tensor tangent = linear_tangent(plain, primal_of(input), primal_of(weight), tangent_of(input),
                                         tangent_of(weight), tangent_of(bias), result.sizes());
-    set_tangent(result, Relu ? ops::relu_backward(tangent, primal_of(result)) : tangent);
+    set_tangent(result, relu ? ops::relu_backward(tangent, primal_of(result)) : tangent);
   }
-  if (record && Relu) node->result = SavedVariable(result, /*is_output=*/true);  // with its tangent, if any
+  if (record && relu) node->result = SavedVariable(result, /*is_output=*/true);  // with its tangent, if any
   return result;
+}
+
+at::Tensor linear_gemm(const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias, bool relu) {
+  return relu ? ops::linear_relu(input, weight, bias) : ops::linear(input, weight, bias);
+}
+
+template <bool Relu>
+at::Tensor linear_autograd(const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias) {
+  return linear_kernel<LinearBackwardNode>(linear_gemm, input, weight, bias, Relu);
 }
 
 // db = dY.sum(0): linear in dY, so its backward spreads the incoming gradient over the rows and
@@ -184,14 +203,8 @@ at::Tensor batched_column_sums(const at::Tensor& grad_z) {
   return ops::linear_bias_grad(grad_z.transpose(0, 1).reshape({rows, entries * cols})).reshape({entries, cols});
 }
 
-struct LinearBatchedBackwardNode : public NodeImpl<LinearBatchedBackwardNode> {
+struct LinearBatchedBackwardNode : public LinearNodeState<LinearBatchedBackwardNode> {
   static constexpr const char* kName = "torchext::LinearBatchedBackward";
-  SavedVariable input, weight, result;
-  bool with_bias = false;
-  bool relu = false;
-
-  std::vector<SavedSlot> saved() { return {{&input, false}, {&weight, false}, {&result, true}}; }
-  std::vector<int64_t> attributes() const { return {with_bias, relu}; }
 
   static variable_list backward(variable_list&& grads, const std::vector<at::Tensor>& saved,
                                 const std::vector<int64_t>& attributes, const std::vector<bool>& needs) {
@@ -208,32 +221,7 @@ struct LinearBatchedBackwardNode : public NodeImpl<LinearBatchedBackwardNode> {
 
 at::Tensor linear_batched_autograd(const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias,
                                    bool relu) {
-  const bool record = records(input, weight, bias);
-  const bool tangents = has_tangent(input, weight, bias);
-  at::Tensor result;
-  {
-    at::AutoDispatchBelowADInplaceOrView below;
-    result = ops::linear_batched(input, weight, bias, relu);
-  }
-  decltype(make_node<LinearBatchedBackwardNode>()) node;
-  if (record) {
-    node = record_node<LinearBatchedBackwardNode>(input, weight, bias);
-    torch::autograd::set_history(result, node);
-    if (node->should_compute_output(1)) node->input = SavedVariable(input, /*is_output=*/false);
-    if (node->should_compute_output(0)) node->weight = SavedVariable(weight, /*is_output=*/false);
-    node->with_bias = bias.has_value() && bias->defined();
-    node->relu = relu;
-  }
-  if (tangents) {
-    const auto gemm = [](const at::Tensor& x, const at::Tensor& w, const OptTensor& b) {
-      return ops::linear_batched(x, w, b, /*relu=*/false);
-    };
-    at::Tensor tangent = linear_tangent(gemm, primal_of(input), primal_of(weight), tangent_of(input),
-                                        tangent_of(weight), tangent_of(bias), result.sizes());
-    set_tangent(result, relu ? ops::relu_backward(tangent, primal_of(result)) : tangent);
-  }
-  if (record && relu) node->result = SavedVariable(result, /*is_output=*/true);
-  return result;
+  return linear_kernel<LinearBatchedBackwardNode>(ops::linear_batched, input, weight, bias, relu);
 }
 
 }  // namespace
