@@ -704,11 +704,53 @@ void run_gemm(const LinearProblem<T>& g) {
 
 namespace {
 
+// Integer Linear, which torch computes on the CPU: products and sums wrap around in the integer
+// type, as torch's do. They are accumulated in uint64_t, whose arithmetic is modulo 2^64, so the
+// result converted to T is the exact one modulo 2^bits(T), for signed and unsigned types alike.
+// Not tuned (integer Linear is rare): rows in parallel, each an axpy over W^T's rows, which
+// vectorises. out is [M, N] with unit column stride.
+template <typename T>
+void integer_linear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& out,
+                    bool relu) {
+  const at::Tensor x = input.contiguous();
+  const at::Tensor wt = weight.t().contiguous();  // [K, N]
+  const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
+  const int64_t M = x.size(0), K = x.size(1), N = wt.size(1), out_stride = out.stride(0);
+  const T* xp = x.const_data_ptr<T>();
+  const T* wp = wt.const_data_ptr<T>();
+  const T* bp = bias ? b.const_data_ptr<T>() : nullptr;
+  T* op = out.mutable_data_ptr<T>();
+  const auto widen = [](T v) { return static_cast<uint64_t>(static_cast<int64_t>(v)); };
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, K * N));
+  at::parallel_for(0, M, grain, [&](int64_t m0, int64_t m1) {
+    std::vector<uint64_t> acc(N);
+    for (int64_t m = m0; m < m1; ++m) {
+      for (int64_t n = 0; n < N; ++n) acc[n] = bp ? widen(bp[n]) : 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const uint64_t a = widen(xp[m * K + k]);
+        const T* w_row = wp + k * N;
+        for (int64_t n = 0; n < N; ++n) acc[n] += a * widen(w_row[n]);
+      }
+      T* o = op + m * out_stride;
+      for (int64_t n = 0; n < N; ++n) {
+        const T v = static_cast<T>(acc[n]);
+        o[n] = relu && v < T(0) ? T(0) : v;
+      }
+    }
+  });
+}
+
 // out (a contiguous [M, N]) = input @ weight.T + bias [then ReLU], for checked arguments.
 void linear_cpu_into(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias_opt,
                      at::Tensor out, bool relu) {
   const at::Tensor* bias = bias_opt.has_value() && bias_opt->defined() ? &*bias_opt : nullptr;
   if (linear_without_gemm(input, bias, out, relu)) return;
+  if (at::isIntegralType(input.scalar_type(), /*includeBool=*/false)) {
+    AT_DISPATCH_INTEGRAL_TYPES(input.scalar_type(), "torchext::linear", [&] {
+      integer_linear<scalar_t>(input, weight, bias, out, relu);
+    });
+    return;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "torchext::linear", [&] {
     run_gemm(linear_problem<scalar_t>(input, weight, bias, out, relu));
   });
@@ -734,7 +776,12 @@ at::Tensor linear_batched_cpu(const at::Tensor& input, const at::Tensor& weight,
   check_linear_args("linear_batched", x0, w0, b0);
   at::Tensor o0 = out.select(0, 0);
   std::function<void(int64_t, int64_t)> run;
-  if (linear_without_gemm(x0, b0.has_value() ? &*b0 : nullptr, o0, relu)) {  // the same for every entry
+  if (at::isIntegralType(input.scalar_type(), /*includeBool=*/false)) {  // entry by entry, through views
+    run = [&](int64_t begin, int64_t end) {
+      for (int64_t e = begin; e < end; ++e)
+        linear_cpu_into(input.select(0, e), weight.select(0, e), batched_bias_entry(bias, e), out.select(0, e), relu);
+    };
+  } else if (linear_without_gemm(x0, b0.has_value() ? &*b0 : nullptr, o0, relu)) {  // the same for every entry
     run = [&](int64_t begin, int64_t end) {
       for (int64_t e = std::max<int64_t>(begin, 1); e < end; ++e)
         linear_cpu_into(input.select(0, e), weight.select(0, e), batched_bias_entry(bias, e), out.select(0, e), relu);

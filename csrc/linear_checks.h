@@ -1,6 +1,7 @@
 // Argument checks of the Linear ops, shared by the CPU and CUDA kernels. A dtype outside the four
-// float types is a NotImplementedError (as for every torchext op); a dtype *mismatch* between input, weight
-// and bias is a RuntimeError, as torch.nn.functional.linear raises.
+// float types (and, on the CPU, the integer types) is a NotImplementedError (as for every torchext
+// op); a dtype *mismatch* between input, weight and bias is a RuntimeError, as
+// torch.nn.functional.linear raises.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -20,7 +21,7 @@ inline void check_linear_args(const char* op, const at::Tensor& input, const at:
   TORCH_CHECK(input.scalar_type() == weight.scalar_type(), "torchext.", op,
               ": expected 'input' and 'weight' to have the same dtype, but got ", input.scalar_type(), " and ",
               weight.scalar_type());
-  check_floating(op, "input", input);
+  check_floating_or_cpu_integer(op, "input", input);
   TORCH_CHECK(input.size(1) == weight.size(1), "torchext.", op, ": 'input' ", input.sizes(), " and 'weight' ",
               weight.sizes(), " shapes cannot be multiplied: in_features ", input.size(1), " != ", weight.size(1));
   TORCH_CHECK(input.device() == weight.device(), "torchext.", op, ": expected 'weight' on ", input.device(),
@@ -53,7 +54,7 @@ inline void check_linear_batched_args(const char* op, const at::Tensor& input, c
   TORCH_CHECK(input.scalar_type() == weight.scalar_type(), "torchext.", op,
               ": expected 'input' and 'weight' to have the same dtype, but got ", input.scalar_type(), " and ",
               weight.scalar_type());
-  check_floating(op, "input", input);
+  check_floating_or_cpu_integer(op, "input", input);
   TORCH_CHECK(input.size(2) == weight.size(2), "torchext.", op, ": 'input' ", input.sizes(), " and 'weight' ",
               weight.sizes(), " shapes cannot be multiplied: in_features ", input.size(2), " != ", weight.size(2));
   TORCH_CHECK(input.device() == weight.device(), "torchext.", op, ": expected 'weight' on ", input.device(),

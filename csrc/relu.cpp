@@ -1,5 +1,6 @@
 // ReLU on CPU. Memory bound: forward reads 1 and writes 1 element, backward reads 2 and writes 1;
-// no FLOPs beyond one compare and select per element.
+// no FLOPs beyond one compare and select per element. The forward also takes the integer types, as
+// torch.relu does (the backward is for gradients, which are floating).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -9,6 +10,7 @@
 #include "checks.h"
 
 #include <cstdint>
+#include <type_traits>
 
 namespace torchext {
 namespace {
@@ -42,40 +44,36 @@ TORCHEXT_INLINE bool bits_not_positive(uint16_t u) {  // x <= 0, false for NaN
 }
 
 template <typename T>
+constexpr bool kIsHalf = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
+
+// float, double and the integer types compare directly; the half types compare bits.
+template <typename T>
 TORCHEXT_INLINE void relu_impl(const T* __restrict__ x, T* __restrict__ y, int64_t n) {
-  const bits16* xb = reinterpret_cast<const bits16*>(x);
-  bits16* yb = reinterpret_cast<bits16*>(y);
-  for (int64_t i = 0; i < n; ++i) {
-    const uint16_t u = xb[i];
-    yb[i] = bits_negative<T>(u) ? uint16_t(0) : u;
+  if constexpr (kIsHalf<T>) {
+    const bits16* xb = reinterpret_cast<const bits16*>(x);
+    bits16* yb = reinterpret_cast<bits16*>(y);
+    for (int64_t i = 0; i < n; ++i) {
+      const uint16_t u = xb[i];
+      yb[i] = bits_negative<T>(u) ? uint16_t(0) : u;
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) y[i] = x[i] < T(0) ? T(0) : x[i];
   }
-}
-template <>
-TORCHEXT_INLINE void relu_impl<float>(const float* __restrict__ x, float* __restrict__ y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = x[i] < 0.f ? 0.f : x[i];
-}
-template <>
-TORCHEXT_INLINE void relu_impl<double>(const double* __restrict__ x, double* __restrict__ y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = x[i] < 0.0 ? 0.0 : x[i];
 }
 TORCHEXT_CPU_DISPATCH(relu_kernel, relu_impl)
 
 // The in-place variant may alias: no __restrict__.
 template <typename T>
 TORCHEXT_INLINE void relu_inplace_impl(T* x, int64_t n) {
-  bits16* xb = reinterpret_cast<bits16*>(x);
-  for (int64_t i = 0; i < n; ++i) {
-    const uint16_t u = xb[i];
-    xb[i] = bits_negative<T>(u) ? uint16_t(0) : u;
+  if constexpr (kIsHalf<T>) {
+    bits16* xb = reinterpret_cast<bits16*>(x);
+    for (int64_t i = 0; i < n; ++i) {
+      const uint16_t u = xb[i];
+      xb[i] = bits_negative<T>(u) ? uint16_t(0) : u;
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) x[i] = x[i] < T(0) ? T(0) : x[i];
   }
-}
-template <>
-TORCHEXT_INLINE void relu_inplace_impl<float>(float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] = x[i] < 0.f ? 0.f : x[i];
-}
-template <>
-TORCHEXT_INLINE void relu_inplace_impl<double>(double* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] = x[i] < 0.0 ? 0.0 : x[i];
 }
 TORCHEXT_CPU_DISPATCH(relu_inplace_kernel, relu_inplace_impl)
 
@@ -103,12 +101,12 @@ TORCHEXT_CPU_DISPATCH(relu_backward_kernel, relu_backward_impl)
 constexpr int64_t kGrain = 1 << 15;
 
 at::Tensor relu_cpu(const at::Tensor& self) {
-  check_floating("relu", "self", self);
+  check_floating_or_cpu_integer("relu", "self", self);
   // A dense input (contiguous, transposed, ...) is processed in storage order and the output keeps
   // its strides, as torch does; anything else is made contiguous first.
   const at::Tensor x = self.is_non_overlapping_and_dense() ? self : self.contiguous();
   at::Tensor y = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "torchext::relu", [&] {
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "torchext::relu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
@@ -119,10 +117,10 @@ at::Tensor relu_cpu(const at::Tensor& self) {
 }
 
 void relu_inplace_cpu(at::Tensor& self) {
-  check_floating("relu_", "self", self);
+  check_floating_or_cpu_integer("relu_", "self", self);
   check_no_internal_overlap("relu_", "self", self);
   at::Tensor x = self.is_non_overlapping_and_dense() ? self : self.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "torchext::relu_", [&] {
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "torchext::relu_", [&] {
     scalar_t* xp = x.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
       relu_inplace_kernel<scalar_t>(xp + begin, end - begin);

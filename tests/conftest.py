@@ -10,6 +10,7 @@ import torchext  # noqa: F401  (loads the ops)
 HAS_CUDA = torch.cuda.is_available()
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device"))]
+CUDA_ONLY = DEVICES[1:]  # for tests of what differs on CUDA
 
 ALL_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 

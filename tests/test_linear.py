@@ -6,7 +6,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import torchext
-from conftest import ALL_DTYPES, DEVICES, HAS_CUDA, run_at_cpu_level
+from conftest import ALL_DTYPES, CUDA_ONLY, DEVICES, HAS_CUDA, run_at_cpu_level
 
 F = torchext.functional
 ops = torch.ops.torchext
@@ -327,15 +327,53 @@ def test_integer_input_mixed_with_float_weight(fn):
     _raises_like_torch(lambda: fn(x, w), lambda: torch.nn.functional.linear(x, w), RuntimeError, "same dtype")
 
 
+INTEGER_DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64]
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("fused", [False, True], ids=["linear", "linear_relu"])
+@pytest.mark.parametrize("dtype", INTEGER_DTYPES, ids=str)
+def test_integer_linear_matches_torch(dtype, fused, bias):
+    # torch computes integer Linear on the CPU, with products and sums wrapping around in the type.
+    # Values over the type's whole range, so nearly every output wraps; odd shapes, a transposed
+    # weight, a batched input, an empty batch and no input features; results equal to the bit.
+    info = torch.iinfo(dtype)
+
+    def draw(*shape):
+        return torch.randint(info.min, info.max, shape, dtype=torch.int64).to(dtype)
+
+    ours = F.linear_relu if fused else F.linear
+
+    def theirs(x, w, b):
+        out = torch.nn.functional.linear(x, w, b)
+        return torch.relu(out) if fused else out
+    cases = [
+        (draw(37, 53), draw(29, 53)),
+        (draw(5, 3, 7), draw(7, 4).t()),  # batched input, non-contiguous weight
+        (draw(0, 9), draw(6, 9)),  # empty batch
+        (draw(4, 0), draw(6, 0)),  # no input features: the output is the bias
+        (draw(9), draw(3, 9)),  # 1-D input
+    ]
+    for x, w in cases:
+        b = draw(w.shape[0]) if bias else None
+        out = ours(x, w, b)
+        expected = theirs(x, w, b)
+        assert out.dtype == dtype and out.shape == expected.shape
+        torch.testing.assert_close(out, expected, atol=0, rtol=0)
+    # Module form and the per-entry batched op (vmap's rule) take integers too.
+    x, w, b = draw(6, 8), draw(5, 8), draw(5)
+    batched = torch.ops.torchext.linear_batched(torch.stack([x, x + 1]), torch.stack([w, w * 3]),
+                                                torch.stack([b, b]) if bias else None, fused)
+    for e, (xe, we) in enumerate([(x, w), (x + 1, w * 3)]):
+        torch.testing.assert_close(batched[e], theirs(xe, we, b if bias else None), atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("fn", [F.linear, F.linear_relu], ids=["linear", "linear_relu"])
-@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
-def test_integer_dtypes_are_rejected_as_not_implemented(dtype, fn):
-    # torch computes integer linear on CPU (not on CUDA); torchext's kernels are float only and
-    # reject other dtypes with NotImplementedError naming the argument, as torch's own kernels do
-    # for a dtype they were not built for.
-    x, w = torch.ones(3, 4, dtype=dtype), torch.ones(5, 4, dtype=dtype)
-    with pytest.raises(NotImplementedError, match="'input'"):
-        fn(x, w)
+@pytest.mark.parametrize("device", CUDA_ONLY)
+def test_integer_linear_on_cuda_is_not_implemented(fn, device):
+    # torch has no integer Linear on CUDA either ("addmm_cuda" not implemented): NotImplementedError.
+    x, w = torch.ones(3, 4, dtype=torch.int64, device=device), torch.ones(5, 4, dtype=torch.int64, device=device)
+    _raises_like_torch(lambda: fn(x, w), lambda: torch.nn.functional.linear(x, w), NotImplementedError, "input")
 
 
 @pytest.mark.parametrize("fn", [F.linear, F.linear_relu], ids=["linear", "linear_relu"])

@@ -84,7 +84,7 @@ void launch_relu(const at::Tensor& x, const at::Tensor& y) {
 }
 
 at::Tensor relu_cuda(const at::Tensor& self) {
-  check_floating("relu", "self", self);
+  check_floating_or_cpu_integer("relu", "self", self);
   const c10::cuda::CUDAGuard guard(self.device());
   const at::Tensor x = self.is_non_overlapping_and_dense() ? self : self.contiguous();
   at::Tensor y = at::empty_like(x);
@@ -93,7 +93,7 @@ at::Tensor relu_cuda(const at::Tensor& self) {
 }
 
 void relu_inplace_cuda(at::Tensor& self) {
-  check_floating("relu_", "self", self);
+  check_floating_or_cpu_integer("relu_", "self", self);
   check_no_internal_overlap("relu_", "self", self);
   const c10::cuda::CUDAGuard guard(self.device());
   at::Tensor x = self.is_non_overlapping_and_dense() ? self : self.contiguous();
