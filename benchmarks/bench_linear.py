@@ -2,7 +2,8 @@
 
 Each row: median time of both, the speed-up (torch / torchext) and torchext's achieved FLOP rate
 as a % of torch.mm's measured rate in the same dtype on the same device (the vendor-BLAS ceiling).
-FLOPs: forward 2*B*I*O, forward+backward 3x that (dX and dW GEMMs).
+FLOPs: forward 2*B*I*O, forward+backward 3x that (dX and dW GEMMs). On the CPU, integer Linear
+(forward only) follows, against torch.nn.functional.linear in the same integer dtype.
 
     python benchmarks/bench_linear.py [--device cpu|cuda|all] [--quick] [--json PATH]
 """
@@ -65,6 +66,26 @@ def run_case(device, dtype, shape, fused, min_run_time):
     return rows
 
 
+# Integer Linear (CPU only, forward only: integers take no gradients), torchext.functional.linear
+# against torch.nn.functional.linear, which computes it on the CPU too.
+CPU_INTEGER_SHAPES = TUTORIAL + [(256, 512, 256), (1024, 1024, 1024)]
+CPU_INTEGER_DTYPES = [torch.int32, torch.int64, torch.uint8]
+
+
+def run_integer_case(dtype, shape, min_run_time):
+    b, i, o = shape
+    torch.manual_seed(0)
+    x = torch.randint(0, 100, (b, i), dtype=dtype)
+    w = torch.randint(0, 100, (o, i), dtype=dtype)
+    bias = torch.randint(0, 100, (o,), dtype=dtype)
+    tt = bench(lambda: torch.nn.functional.linear(x, w, bias), min_run_time=min_run_time)
+    to = bench(lambda: torchext.functional.linear(x, w, bias), min_run_time=min_run_time)
+    # FLOP here means integer multiply-adds counted as 2 operations, as for the float rows.
+    achieved = 2.0 * b * i * o / (to.median_ms * 1e-3) / 1e12
+    return [row("Linear", "cpu", dtype, "%dx%d->%d" % shape, "fwd", tt, to,
+                pct_ceiling=100.0 * achieved / gemm_tflops("cpu", dtype), ceiling="mm")]
+
+
 def main():
     args = devices_from_args(description=__doc__)
     rows = []
@@ -80,6 +101,10 @@ def main():
             for shape in shapes:
                 for fused in (False, True):
                     rows += run_case(device, dtype, shape, fused, 0.1 if args.quick else 0.3)
+        if device == "cpu":
+            for dtype in CPU_INTEGER_DTYPES[:1] if args.quick else CPU_INTEGER_DTYPES:
+                for shape in CPU_INTEGER_SHAPES[:2] if args.quick else CPU_INTEGER_SHAPES:
+                    rows += run_integer_case(dtype, shape, 0.1 if args.quick else 0.3)
     report(rows, "Linear: torchext vs torch", json_path=args.json)
 
 

@@ -82,8 +82,12 @@ def gemm_tflops(device="cpu", dtype=torch.float32, n=2048):
     """Measured torch.mm throughput (TFLOP/s) for n x n x n in dtype: the vendor-BLAS ceiling."""
     key = ("gemm", str(device), dtype, n)
     if key not in _CEILINGS:
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
+        if dtype.is_floating_point:
+            a = torch.randn(n, n, device=device, dtype=dtype)
+            b = torch.randn(n, n, device=device, dtype=dtype)
+        else:  # integer GEMMs (CPU): small values, the product wraps around in the type anyway
+            a = torch.randint(0, 100, (n, n), device=device, dtype=dtype)
+            b = torch.randint(0, 100, (n, n), device=device, dtype=dtype)
         t = bench(lambda: torch.mm(a, b), device=device)
         _CEILINGS[key] = 2 * n**3 / (t.median_ms * 1e-3) / 1e12
     return _CEILINGS[key]
