@@ -1,4 +1,4 @@
-"""ReLU: fake kernels and vmap rules for torch.ops.torchext.relu*.
+"""ReLU: the functional form, fake kernels and vmap rules for torch.ops.torchext.relu*.
 
 Every call goes straight to the ops; their autograd (graph nodes and forward-mode tangents) is C++,
 csrc/autograd/relu.cpp."""
