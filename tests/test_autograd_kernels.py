@@ -40,6 +40,7 @@ OP_CALLS = {
                                [True, True]),
 }
 
+
 def _args(shapes, differentiable, device):
     return [away_from_kink(s, device).requires_grad_(d) for s, d in zip(shapes, differentiable)]
 
