@@ -709,10 +709,11 @@ namespace {
 // uint64_t for 64-bit types), whose arithmetic is modular, so the result converted to T is the
 // exact one modulo 2^bits(T), for signed and unsigned types alike.
 //
-// A small register-tiled GEMM: W^T is packed once into column panels of kIntCols<A> columns,
-// widened to A and zero-padded; each output tile of kIntRows rows by one panel keeps its
-// accumulators in vector registers over the whole K loop (8 x 2 vectors of 512 bits), with the
-// tile's rows of x packed k-major and zero-padded beside it.
+// Small problems take one dot product per output. Others go through a small register-tiled GEMM:
+// W^T is packed once into column panels of kIntCols<A> columns, widened to A and zero-padded; each
+// output tile of kIntRows rows by one panel keeps its accumulators in vector registers over the
+// whole K loop (8 x 2 vectors of 512 bits), with the tile's rows of x packed k-major and
+// zero-padded beside it.
 constexpr int64_t kIntRows = 8;
 template <typename A>
 constexpr int64_t kIntCols = 128 / sizeof(A);  // two 512-bit vectors of A per row
@@ -746,6 +747,24 @@ TORCHEXT_INLINE void integer_tile_impl(const A* __restrict__ xk, const A* __rest
 }
 TORCHEXT_CPU_DISPATCH(integer_tile_kernel, integer_tile_impl)
 
+// Every output as one dot product of an x row and a W row (both contiguous along k).
+template <typename T>
+TORCHEXT_INLINE void integer_dots_impl(const T* x, const T* w, const T* bias, T* out, int64_t M, int64_t N,
+                                       int64_t K, int64_t out_stride, bool relu) {
+  using A = IntAcc<T>;
+  for (int64_t m = 0; m < M; ++m) {
+    const T* __restrict__ xr = x + m * K;
+    for (int64_t n = 0; n < N; ++n) {
+      const T* __restrict__ wr = w + n * K;
+      A sum = bias ? widen_int(bias[n]) : A(0);
+      for (int64_t k = 0; k < K; ++k) sum += widen_int(xr[k]) * widen_int(wr[k]);
+      const T v = static_cast<T>(sum);
+      out[m * out_stride + n] = relu && v < T(0) ? T(0) : v;
+    }
+  }
+}
+TORCHEXT_CPU_DISPATCH(integer_dots_kernel, integer_dots_impl)
+
 // out is [M, N] with unit column stride.
 template <typename T>
 void integer_linear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& out,
@@ -760,6 +779,11 @@ void integer_linear(const at::Tensor& input, const at::Tensor& weight, const at:
   const T* wp = w.const_data_ptr<T>();
   const T* bp = bias ? b.const_data_ptr<T>() : nullptr;
   T* op = out.mutable_data_ptr<T>();
+  if (M * N * K <= (int64_t(1) << 18)) {
+    // Small problems: one dot product per output, single-threaded; packing would cost more than it saves.
+    integer_dots_kernel<T>(xp, wp, bp, op, M, N, K, out_stride, relu);
+    return;
+  }
   const int64_t row_tiles = (M + kIntRows - 1) / kIntRows, col_tiles = (N + C - 1) / C;
   // The panels: panel p holds W^T's columns [p * C, p * C + C), k-major, widened, zero-padded.
   std::vector<A> panels(static_cast<size_t>(col_tiles * K * C), A(0));

@@ -348,7 +348,8 @@ def test_integer_linear_matches_torch(dtype, fused, bias):
         out = torch.nn.functional.linear(x, w, b)
         return torch.relu(out) if fused else out
     cases = [
-        (draw(37, 53), draw(29, 53)),
+        (draw(37, 53), draw(29, 53)),  # small: one dot product per output
+        (draw(70, 61), draw(67, 61)),  # over 2^18 products: the tiled kernel, with partial tiles
         (draw(5, 3, 7), draw(7, 4).t()),  # batched input, non-contiguous weight
         (draw(0, 9), draw(6, 9)),  # empty batch
         (draw(4, 0), draw(6, 0)),  # no input features: the output is the bias
