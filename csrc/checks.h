@@ -14,26 +14,27 @@ inline bool is_supported_float(at::ScalarType t) {
   return t == at::kDouble || t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
 }
 
+inline void check_strided(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_NOT_IMPLEMENTED(t.layout() == at::kStrided, "torchext.", op, ": expected '", name,
+              "' to be a dense (strided) tensor, but got layout ", t.layout());
+}
+
 inline void check_floating(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK_NOT_IMPLEMENTED(is_supported_float(t.scalar_type()), "torchext.", op, ": expected '", name,
                    "' to be a float64, float32, float16 or bfloat16 tensor, but got ", t.scalar_type());
-  TORCH_CHECK_NOT_IMPLEMENTED(t.layout() == at::kStrided, "torchext.", op, ": expected '", name,
-              "' to be a dense (strided) tensor, but got layout ", t.layout());
+  check_strided(op, name, t);
 }
 
 // Linear and ReLU also take integer tensors on the CPU, as torch computes them there (torch's
 // integer Linear is CPU-only; its integer ReLU runs on CUDA too, which torchext does not offer).
 inline void check_floating_or_cpu_integer(const char* op, const char* name, const at::Tensor& t) {
   const at::ScalarType type = t.scalar_type();
-  if (at::isIntegralType(type, /*includeBool=*/false) && t.device().is_cpu()) {
-    TORCH_CHECK_NOT_IMPLEMENTED(t.layout() == at::kStrided, "torchext.", op, ": expected '", name,
-                                "' to be a dense (strided) tensor, but got layout ", t.layout());
-    return;
-  }
-  TORCH_CHECK_NOT_IMPLEMENTED(is_supported_float(type), "torchext.", op, ": expected '", name,
+  TORCH_CHECK_NOT_IMPLEMENTED(is_supported_float(type) || (at::isIntegralType(type, /*includeBool=*/false) &&
+                                                           t.device().is_cpu()),
+                              "torchext.", op, ": expected '", name,
                               "' to be a float64, float32, float16 or bfloat16 tensor (or an integer tensor on the "
                               "CPU), but got ", type, " on ", t.device());
-  check_floating(op, name, t);
+  check_strided(op, name, t);
 }
 
 inline void check_same_shape_dtype(const char* op, const char* name_a, const at::Tensor& a, const char* name_b,

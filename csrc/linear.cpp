@@ -850,14 +850,13 @@ at::Tensor linear_batched_cpu(const at::Tensor& input, const at::Tensor& weight,
   check_linear_args("linear_batched", x0, w0, b0);
   at::Tensor o0 = out.select(0, 0);
   std::function<void(int64_t, int64_t)> run;
-  if (at::isIntegralType(input.scalar_type(), /*includeBool=*/false)) {  // entry by entry, through views
-    run = [&](int64_t begin, int64_t end) {
-      for (int64_t e = begin; e < end; ++e)
-        linear_cpu_into(input.select(0, e), weight.select(0, e), batched_bias_entry(bias, e), out.select(0, e), relu);
-    };
-  } else if (linear_without_gemm(x0, b0.has_value() ? &*b0 : nullptr, o0, relu)) {  // the same for every entry
-    run = [&](int64_t begin, int64_t end) {
-      for (int64_t e = std::max<int64_t>(begin, 1); e < end; ++e)
+  const bool integral = at::isIntegralType(input.scalar_type(), /*includeBool=*/false);
+  if (integral || linear_without_gemm(x0, b0.has_value() ? &*b0 : nullptr, o0, relu)) {
+    // Entry by entry, through views: every integer entry; or, when no GEMM is needed (the same for
+    // every entry), the entries after 0, which linear_without_gemm has just written.
+    const int64_t first = integral ? 0 : 1;
+    run = [&, first](int64_t begin, int64_t end) {
+      for (int64_t e = std::max(begin, first); e < end; ++e)
         linear_cpu_into(input.select(0, e), weight.select(0, e), batched_bias_entry(bias, e), out.select(0, e), relu);
     };
   } else {
