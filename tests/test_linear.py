@@ -361,7 +361,7 @@ def test_integer_linear_matches_torch(dtype, fused, bias):
         expected = theirs(x, w, b)
         assert out.dtype == dtype and out.shape == expected.shape
         torch.testing.assert_close(out, expected, atol=0, rtol=0)
-    # Module form and the per-entry batched op (vmap's rule) take integers too.
+    # The per-entry batched op (vmap's rule) takes integers too.
     x, w, b = draw(6, 8), draw(5, 8), draw(5)
     batched = torch.ops.torchext.linear_batched(torch.stack([x, x + 1]), torch.stack([w, w * 3]),
                                                 torch.stack([b, b]) if bias else None, fused)
