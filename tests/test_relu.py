@@ -154,6 +154,43 @@ def test_inplace_autograd_like_torch(call, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("view", ["transposed", "sliced", "reshaped"])
+@pytest.mark.parametrize("through", ["view", "base", "both"])
+def test_inplace_on_view_gradient_through_the_view(view, through, device):
+    # The gradient reaches the graph through the view that relu_ wrote (the returned tensor), the
+    # base, or both, as with torch.relu_. Through the view it used to skip the ReLU's mask: the
+    # view kept the grad_fn it had before the write.
+    make_view = {"transposed": lambda y: y.t(), "sliced": lambda y: y[1::2, 2:],
+                 "reshaped": lambda y: y.reshape(3, 2, 8)}[view]
+    x = torch.randn(6, 8, dtype=torch.float64, device=device, requires_grad=True)
+    results = []
+    for fn in (lambda t: F.relu(t, inplace=True), torch.relu_):
+        y = x * 3
+        out = fn(make_view(y))
+        outputs = {"view": [out], "base": [y], "both": [out, y]}[through]
+        grads = [torch.ones_like(t) * torch.arange(t.numel(), device=device).reshape(t.shape) for t in outputs]
+        results.append(torch.autograd.grad(outputs, x, grads)[0])
+    torch.testing.assert_close(results[0], results[1], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inplace_relu_module_after_nd_linear_matches_torch(device):
+    # nn.Linear on a 3-D input returns a reshaped view of its 2-D GEMM output; ReLU(inplace=True)
+    # then writes that view.
+    nn = torchext.nn
+    model = torch.nn.Sequential(nn.Linear(5, 7), nn.ReLU(inplace=True), nn.Linear(7, 3)).double().to(device)
+    twin = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(inplace=True), torch.nn.Linear(7, 3))
+    twin = twin.double().to(device)
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(4, 6, 5, dtype=torch.float64, device=device)
+    g = torch.randn(4, 6, 3, dtype=torch.float64, device=device)
+    got = torch.autograd.grad(model(x), list(model.parameters()), g)
+    want = torch.autograd.grad(twin(x), list(twin.parameters()), g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_nan_and_inf_propagate_like_torch(device):
     x = torch.tensor([float("nan"), float("inf"), -float("inf"), -1.0, 0.0, 2.5], device=device,
                      requires_grad=True)

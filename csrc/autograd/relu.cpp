@@ -56,15 +56,18 @@ void relu_inplace_autograd(at::Tensor& self) {
   const bool record = records(self);
   torch::autograd::check_inplace(self, record);
   const at::Tensor self_t = tangent_of(self);
+  // The edges are taken before the write, as torch's in-place kernels take them: on a view they
+  // come from the view's grad_fn at its current version, and the version bump below then makes
+  // the view regenerate its grad_fn after rebase_history, so that it leads to the CopySlices node.
+  // (Taken after the bump, the view kept a grad_fn that skipped this node: gradients flowing back
+  // from the view itself lost the ReLU mask.)
+  decltype(make_node<ReLUBackwardNode>()) node;
+  if (record) node = record_node<ReLUBackwardNode>(self);
   {
     at::AutoDispatchBelowAutograd below;  // through the ADInplaceOrView kernel
     ops::relu_(self);
   }
-  decltype(make_node<ReLUBackwardNode>()) node;
-  if (record) {
-    node = record_node<ReLUBackwardNode>(self);
-    torch::autograd::rebase_history(self, node);  // through a view: torch's CopySlices
-  }
+  if (record) torch::autograd::rebase_history(self, node);  // through a view: torch's CopySlices
   if (self_t.defined()) {
     // The tangent is updated in place too, as torch does for its in-place ops.
     self_t.copy_(ops::relu_backward(self_t, primal_of(self)));
