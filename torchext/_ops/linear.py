@@ -7,6 +7,7 @@ are torchext's kernels too:
 The transposes are views: the GEMM's packing reads any strides, so they cost no copy.
 """
 import math
+from typing import List, Optional
 
 import torch
 
@@ -221,11 +222,59 @@ def _complex(name, input, weight, bias):
     return out if bias is None else out + bias
 
 
-def linear(input, weight, bias=None):
+def _scripted(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], relu: bool) -> torch.Tensor:
+    """linear / linear_relu as torch.jit.script compiles them: _apply is Python that TorchScript
+    cannot compile, so scripted code takes this path instead, with the same shapes and results for
+    real and integer dtypes. The ops check the rest (dtypes, devices, in_features), with their own
+    messages and exception types; complex inputs and autocast are eager-only."""
+    if input.dim() == 0 or weight.dim() == 0 or weight.dim() > 2:
+        raise RuntimeError("linear(): expected an 'input' of at least 1-D and a 1-D or 2-D 'weight', but got "
+                           "{}-D and {}-D".format(input.dim(), weight.dim()))
+    w = weight if weight.dim() == 2 else weight.unsqueeze(0)
+    fused: Optional[torch.Tensor] = None  # a bias of shape [out_features], added in the GEMM's epilogue
+    added: Optional[torch.Tensor] = None  # any other bias that broadcasts to the output, added after
+    if bias is not None:
+        if weight.dim() == 1:
+            if input.dim() != 1 or bias.dim() != 0:
+                raise RuntimeError("linear(): a 1-D 'weight' takes only a 0-dim 'bias', and only with a 1-D "
+                                   "'input'")
+            fused = bias.reshape(1)
+        elif bias.shape == w.shape[:1]:
+            fused = bias
+        elif bias.dtype != input.dtype:
+            raise RuntimeError("linear(): expected 'input' and 'bias' to have the same dtype, but got {} and {}"
+                               .format(input.dtype, bias.dtype))
+        else:
+            added = bias
+    lead: List[int] = input.shape[:-1]
+    rows = 1
+    for size in lead:
+        rows *= size
+    x = input if input.dim() == 2 else input.reshape(rows, input.shape[-1])
+    if relu and added is None:
+        out = torch.ops.torchext.linear_relu(x, w, fused)
+    else:
+        out = torch.ops.torchext.linear(x, w, fused)
+    if input.dim() != 2:
+        out = out.reshape(lead + [w.shape[0]])
+    if added is not None:
+        out = out + added
+        if relu:
+            out = torch.ops.torchext.relu(out)
+    return out if weight.dim() == 2 else out.squeeze(-1)
+
+
+def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Drop-in for torch.nn.functional.linear: input @ weight.T + bias over the last dim."""
-    return _apply(_linear, "linear", input, weight, bias)
+    if torch.jit.is_scripting():
+        return _scripted(input, weight, bias, False)
+    else:
+        return _apply(_linear, "linear", input, weight, bias)
 
 
-def linear_relu(input, weight, bias=None):
+def linear_relu(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """relu(linear(input, weight, bias)) with the ReLU fused into the GEMM's epilogue."""
-    return _apply(_linear_relu, "linear_relu", input, weight, bias)
+    if torch.jit.is_scripting():
+        return _scripted(input, weight, bias, True)
+    else:
+        return _apply(_linear_relu, "linear_relu", input, weight, bias)

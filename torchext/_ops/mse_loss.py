@@ -4,6 +4,7 @@ Every call goes straight to the ops; their autograd (graph nodes and forward-mod
 csrc/autograd/mse_loss.cpp."""
 import math
 import warnings
+from typing import Optional, Tuple
 
 import torch
 from torch.nn import _reduction as _Reduction
@@ -104,49 +105,89 @@ class _NotATensorError(TypeError, AttributeError):
     calls .size() on it); code written against torch may catch that, so this is both."""
 
 
-def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
+def _warn_size_mismatch(input: torch.Tensor, target: torch.Tensor):
+    # torch's warning, pointing at the caller of mse_loss.
+    warnings.warn(
+        f"Using a target size ({target.size()}) that is different to the input size ({input.size()}). "
+        "This will likely lead to incorrect results due to broadcasting. "
+        "Please ensure they have the same size.",
+        stacklevel=3,
+    )
+
+
+def _promoted(input: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    # Mixed dtypes promote as in torch (float32 with float64 -> float64, int with float -> float),
+    # through differentiable conversions: autograd casts the gradients back to each dtype.
+    dtype = torch.result_type(input, target)
+    return input.to(dtype), target.to(dtype)
+
+
+def _weighted(losses: torch.Tensor, weight: torch.Tensor, reduction: int) -> torch.Tensor:
+    # torch's weighted form: elementwise losses times the weight; a weighted mean divides by the
+    # weights' sum. reduction is torch's enum (0 none, 1 mean, 2 sum; literals because TorchScript
+    # cannot read module-level ints).
+    if weight.size() != losses.size():
+        raise ValueError("Weights and input must have the same size.")
+    weighted = losses * weight
+    if reduction == 0:
+        return weighted
+    if reduction == 2:
+        return torch.sum(weighted)
+    return torch.sum(weighted) / torch.sum(weight)
+
+
+def mse_loss(input: torch.Tensor, target: torch.Tensor, size_average: Optional[bool] = None,
+             reduce: Optional[bool] = None, reduction: str = "mean", weight: Optional[torch.Tensor] = None
+             ) -> torch.Tensor:
     """Drop-in for torch.nn.functional.mse_loss (same arguments, warnings, errors and results)."""
-    for name, value in (("input", input), ("target", target)):
-        if not isinstance(value, torch.Tensor):
-            raise _NotATensorError("mse_loss(): argument '%s' must be Tensor, not %s" % (name, type(value).__name__))
+    if torch.jit.is_scripting():
+        return _scripted(input, target, size_average, reduce, reduction, weight)
+    else:
+        for name, value in (("input", input), ("target", target)):
+            if not isinstance(value, torch.Tensor):
+                raise _NotATensorError("mse_loss(): argument '%s' must be Tensor, not %s"
+                                       % (name, type(value).__name__))
+        if target.size() != input.size():
+            _warn_size_mismatch(input, target)
+        if size_average is not None or reduce is not None:
+            reduction = _Reduction.legacy_get_string(size_average, reduce)
+        reduction_enum = _REDUCTION_ENUM.get(reduction) if isinstance(reduction, str) else None
+        if reduction_enum is None:
+            reduction_enum = _Reduction.get_enum(reduction)  # ValueError "<x> is not a valid value for reduction"
+
+        input, target = autocast_inputs("fp32", input, target)  # mse_loss is a float32 op under torch.autocast
+
+        # torch promotes mixed dtypes and refuses integer, bool and complex results with
+        # NotImplementedError.
+        if input.dtype != target.dtype or input.dtype not in _FLOAT_TYPES:
+            dtype = torch.result_type(input, target)
+            if dtype not in _FLOAT_TYPES:
+                raise NotImplementedError(
+                    "torchext.mse_loss: 'input' (%s) and 'target' (%s) promote to %s, which is not supported; "
+                    "expected float64, float32, float16 or bfloat16" % (input.dtype, target.dtype, dtype))
+            input, target = _promoted(input, target)
+        if input.shape != target.shape:
+            # Differentiable too: autograd sums each gradient back over the broadcast dimensions.
+            input, target = torch.broadcast_tensors(input, target)
+        if weight is not None:
+            return _weighted(_mse_loss(input, target, _NONE), weight, reduction_enum)
+        return _mse_loss(input, target, reduction_enum)
+
+
+def _scripted(input: torch.Tensor, target: torch.Tensor, size_average: Optional[bool], reduce: Optional[bool],
+              reduction: str, weight: Optional[torch.Tensor]) -> torch.Tensor:
+    """mse_loss as torch.jit.script compiles it: the eager path's Python-only parts (type checks
+    with Python's messages, autocast) left out; the op checks dtypes itself, raising the same
+    exception type."""
     if target.size() != input.size():
-        warnings.warn(
-            f"Using a target size ({target.size()}) that is different to the input size ({input.size()}). "
-            "This will likely lead to incorrect results due to broadcasting. "
-            "Please ensure they have the same size.",
-            stacklevel=2,
-        )
+        _warn_size_mismatch(input, target)
     if size_average is not None or reduce is not None:
         reduction = _Reduction.legacy_get_string(size_average, reduce)
-    reduction_enum = _REDUCTION_ENUM.get(reduction) if isinstance(reduction, str) else None
-    if reduction_enum is None:
-        reduction_enum = _Reduction.get_enum(reduction)  # ValueError "<x> is not a valid value for reduction"
-
-    input, target = autocast_inputs("fp32", input, target)  # mse_loss is a float32 op under torch.autocast
-
-    # torch promotes mixed dtypes (float32 with float64 -> float64, int with float -> float) and
-    # refuses integer, bool and complex results with NotImplementedError.
-    if input.dtype != target.dtype or input.dtype not in _FLOAT_TYPES:
-        dtype = torch.result_type(input, target)
-        if dtype not in _FLOAT_TYPES:
-            raise NotImplementedError(
-                "torchext.mse_loss: 'input' (%s) and 'target' (%s) promote to %s, which is not supported; "
-                "expected float64, float32, float16 or bfloat16" % (input.dtype, target.dtype, dtype))
-        # Differentiable conversions: autograd casts the gradients back to each dtype.
-        input = input.to(dtype)
-        target = target.to(dtype)
+    reduction_enum = _Reduction.get_enum(reduction)
+    if input.dtype != target.dtype:
+        input, target = _promoted(input, target)
     if input.shape != target.shape:
-        # Differentiable too: autograd sums each gradient back over the broadcast dimensions.
         input, target = torch.broadcast_tensors(input, target)
-
     if weight is not None:
-        if weight.size() != input.size():
-            raise ValueError("Weights and input must have the same size.")
-        weighted = mse_loss(input, target, reduction="none") * weight
-        if reduction_enum == _NONE:
-            return weighted
-        if reduction_enum == _SUM:
-            return torch.sum(weighted)
-        return torch.sum(weighted) / torch.sum(weight)
-
-    return _mse_loss(input, target, reduction_enum)
+        return _weighted(torch.ops.torchext.mse_loss(input, target, 0), weight, reduction_enum)
+    return torch.ops.torchext.mse_loss(input, target, reduction_enum)

@@ -38,14 +38,21 @@ torch.library.register_vmap(_relu, elementwise_vmap(_relu, 1))
 torch.library.register_vmap(_relu_backward, elementwise_vmap(_relu_backward, 2))
 
 
-def relu(input, inplace=False):
-    if not isinstance(input, torch.Tensor):
-        raise TypeError("relu(): argument 'input' must be Tensor, not %s" % type(input).__name__)
-    if inplace:
-        if transforms_active():
-            # Under a torch.func transform: the out-of-place op and a copy back, which every
-            # transform handles (relu_ has no vmap rule of its own).
-            return input.copy_(_relu(input))
-        _relu_(input)  # its autograd kernel records the in-place node, carries the tangent, bumps the version
-        return input
-    return _relu(input)
+def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """Drop-in for torch.nn.functional.relu: max(input, 0), in place if asked."""
+    if torch.jit.is_scripting():  # torch.jit.script compiles this branch alone
+        if inplace:
+            torch.ops.torchext.relu_(input)
+            return input
+        return torch.ops.torchext.relu(input)
+    else:
+        if not isinstance(input, torch.Tensor):
+            raise TypeError("relu(): argument 'input' must be Tensor, not %s" % type(input).__name__)
+        if inplace:
+            if transforms_active():
+                # Under a torch.func transform: the out-of-place op and a copy back, which every
+                # transform handles (relu_ has no vmap rule of its own).
+                return input.copy_(_relu(input))
+            _relu_(input)  # its autograd kernel records the in-place node, carries the tangent, bumps the version
+            return input
+        return _relu(input)

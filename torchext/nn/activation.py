@@ -12,7 +12,7 @@ class ReLU(torch.nn.Module):
         super().__init__()
         self.inplace = inplace
 
-    def forward(self, input):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.relu(input, inplace=self.inplace)
 
     def extra_repr(self):

@@ -14,5 +14,5 @@ class MSELoss(torch.nn.modules.loss._Loss):
     def __init__(self, size_average=None, reduce=None, reduction: str = "mean"):
         super().__init__(size_average, reduce, reduction)
 
-    def forward(self, input, target):
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(input, target, reduction=self.reduction)
