@@ -9,6 +9,8 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch.autograd import gradcheck, gradgradcheck
 
+import torchext
+
 from conftest import DEVICES, away_from_kink
 
 ops = torch.ops.torchext
@@ -154,3 +156,49 @@ def test_compiled_autograd_matches_eager(create_graph):
 
     for got, expected in zip(run(True), run(False)):
         torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_checkpointing_and_saved_tensor_hooks_match_torch(device):
+    # Activation checkpointing (both implementations) re-runs the forward in the backward, and
+    # saved-tensor hooks (save_on_cpu, user hooks) see every tensor the nodes save: the gradients
+    # equal those of the same model of torch modules.
+    from torch.utils.checkpoint import checkpoint
+
+    nn = torchext.nn
+    model = torch.nn.Sequential(nn.Linear(8, 16), nn.ReLU(inplace=True), nn.LinearReLU(16, 12), nn.ReLU(),
+                                nn.Linear(12, 4)).to(device, torch.float64)
+    twin = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(inplace=True), torch.nn.Linear(16, 12),
+                               torch.nn.ReLU(), torch.nn.ReLU(), torch.nn.Linear(12, 4)).to(device, torch.float64)
+    for ours, theirs in ((0, 0), (2, 2), (4, 5)):
+        twin[theirs].load_state_dict(model[ours].state_dict())
+    x = torch.randn(5, 3, 8, device=device, dtype=torch.float64)
+
+    def grads(net, run):
+        net.zero_grad()
+        leaf = x.clone().requires_grad_()
+        (run(net, leaf) ** 2).sum().backward()
+        return [leaf.grad] + [p.grad.clone() for p in net.parameters()]
+
+    want = grads(twin, lambda net, t: net(t))
+    packed = []
+
+    def with_hooks(net, t):
+        def pack(saved):
+            packed.append(saved.shape)
+            return saved.clone()  # the node gets a copy back: it must not rely on identity
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda saved: saved):
+            return net(t)
+
+    def on_cpu(net, t):
+        with torch.autograd.graph.save_on_cpu():
+            return net(t)
+
+    runs = {"checkpoint": lambda net, t: checkpoint(net, t, use_reentrant=False),
+            "checkpoint_reentrant": lambda net, t: checkpoint(net, t, use_reentrant=True),
+            "saved_tensors_hooks": with_hooks, "save_on_cpu": on_cpu}
+    for name, run in runs.items():
+        for got, expected in zip(grads(model, run), want):
+            torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12, msg=name)
+    assert len(packed) >= 7  # inputs and weights of three GEMMs, and the ReLU results
