@@ -124,3 +124,96 @@ def test_optimizer_matches_torch(case, dtype, sizes, seed, grad_mask):
     tol = dict(atol=1e-12, rtol=1e-12) if dtype == torch.float64 else dict(atol=1e-6, rtol=1e-5)
     for p, q in zip(ours, ref):
         torch.testing.assert_close(p, q, **tol)
+
+
+# Views that an in-place ReLU may write through. "reshape" flattens the leading dims: a view of a
+# contiguous tensor, a copy otherwise (then the write does not reach the original, for torch too).
+_VIEWS = {
+    "whole": lambda h: h,
+    "transpose": lambda h: h.transpose(-1, -2) if h.dim() >= 2 else h,
+    "slice": lambda h: h[..., 1::2],
+    "reshape": lambda h: h.reshape(-1, h.shape[-1]),
+    "first_rows": lambda h: h[:1] if h.dim() >= 2 else h[:2],
+}
+
+
+@st.composite
+def program(draw):
+    """A short chain of torchext calls: (kind, options) steps over a float64 tensor of any rank."""
+    steps = []
+    width = draw(st.integers(1, 6))
+    for _ in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from(["linear", "linear_relu", "relu", "relu_", "keep"]))
+        if kind in ("linear", "linear_relu"):
+            out = draw(st.integers(1, 6))
+            steps.append((kind, dict(k=width, n=out, bias=draw(st.booleans()))))
+            width = out
+        elif kind == "relu_":
+            steps.append((kind, dict(view=draw(st.sampled_from(sorted(_VIEWS))), keep=draw(st.booleans()))))
+        else:
+            steps.append((kind, {}))
+    return width, steps
+
+
+def _run_program(steps, x_leaf, params, linear, linear_relu, relu, relu_):
+    """The outputs of `steps` from x_leaf * 1; every step's weights come from params in order."""
+    h = x_leaf * 1  # not a leaf, so in-place writes are allowed on it
+    outputs, it = [], iter(params)
+    for kind, opt in steps:
+        if kind in ("linear", "linear_relu"):
+            w = next(it)
+            b = next(it) if opt["bias"] else None
+            h = (linear if kind == "linear" else linear_relu)(h, w, b)
+        elif kind == "relu":
+            h = relu(h)
+        elif kind == "relu_":
+            view = relu_(_VIEWS[opt["view"]](h))
+            if opt["keep"]:
+                outputs.append(view)
+        else:
+            outputs.append(h)
+    return outputs + [h]
+
+
+@PROFILE
+@given(prog=program(), lead=st.lists(st.integers(1, 4), max_size=2), seed=st.integers(0, 2**31 - 1))
+def test_random_programs_match_torch(prog, lead, seed):
+    # Chains of Linear, fused Linear+ReLU and ReLU (out of place, and in place on views of the
+    # intermediate tensors), with gradients flowing back from any of the intermediates: the same
+    # values and gradients as the chain written with torch's ops, or, where torch refuses (an
+    # in-place write over a tensor a node saved), the same refusal.
+    _, steps = prog
+    g = torch.Generator().manual_seed(seed)
+    width0 = next((opt["k"] for kind, opt in steps if kind in ("linear", "linear_relu")), 3)
+    x = torch.randn(*lead, width0, generator=g, dtype=torch.float64)
+    params = []
+    for kind, opt in steps:
+        if kind in ("linear", "linear_relu"):
+            params.append(torch.randn(opt["n"], opt["k"], generator=g, dtype=torch.float64))
+            if opt["bias"]:
+                params.append(torch.randn(opt["n"], generator=g, dtype=torch.float64))
+
+    def run(linear, linear_relu, relu, relu_):
+        leaves = [t.clone().requires_grad_() for t in [x] + params]
+        try:
+            outs = _run_program(steps, leaves[0], leaves[1:], linear, linear_relu, relu, relu_)
+            gen = torch.Generator().manual_seed(seed + 1)
+            grads = [torch.randn(o.shape, generator=gen, dtype=o.dtype) for o in outs]
+            return outs, torch.autograd.grad(outs, leaves, grads, allow_unused=True)
+        except RuntimeError as e:
+            return type(e), str(e)
+
+    ours = run(F.linear, F.linear_relu, F.relu, lambda t: F.relu(t, inplace=True))
+    theirs = run(torch.nn.functional.linear,
+                 lambda x, w, b: torch.relu(torch.nn.functional.linear(x, w, b)), torch.relu, torch.relu_)
+    if isinstance(theirs[0], type):  # torch refused
+        assert ours[0] is theirs[0] and "modified by an inplace operation" in theirs[1], (ours, theirs)
+        assert "modified by an inplace operation" in ours[1], ours[1]
+        return
+    assert not isinstance(ours[0], type), ours
+    for got, want in zip(ours[0], theirs[0]):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    for got, want in zip(ours[1], theirs[1]):
+        assert (got is None) == (want is None)
+        if got is not None:
+            torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
