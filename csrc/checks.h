@@ -25,8 +25,17 @@ inline void check_floating(const char* op, const char* name, const at::Tensor& t
   check_strided(op, name, t);
 }
 
-// Linear and ReLU also take integer tensors on the CPU, as torch computes them there (torch's
-// integer Linear is CPU-only; its integer ReLU runs on CUDA too, which torchext does not offer).
+// ReLU takes integer tensors too, on both devices, as torch's does.
+inline void check_floating_or_integer(const char* op, const char* name, const at::Tensor& t) {
+  const at::ScalarType type = t.scalar_type();
+  TORCH_CHECK_NOT_IMPLEMENTED(is_supported_float(type) || at::isIntegralType(type, /*includeBool=*/false),
+                              "torchext.", op, ": expected '", name,
+                              "' to be a float64, float32, float16, bfloat16 or integer tensor, but got ", type);
+  check_strided(op, name, t);
+}
+
+// Linear takes integer tensors on the CPU only, as torch computes them there (torch's integer
+// Linear is CPU-only too).
 inline void check_floating_or_cpu_integer(const char* op, const char* name, const at::Tensor& t) {
   const at::ScalarType type = t.scalar_type();
   TORCH_CHECK_NOT_IMPLEMENTED(is_supported_float(type) || (at::isIntegralType(type, /*includeBool=*/false) &&

@@ -101,7 +101,7 @@ TORCHEXT_CPU_DISPATCH(relu_backward_kernel, relu_backward_impl)
 constexpr int64_t kGrain = 1 << 15;
 
 at::Tensor relu_cpu(const at::Tensor& self) {
-  check_floating_or_cpu_integer("relu", "self", self);
+  check_floating_or_integer("relu", "self", self);
   // A dense input (contiguous, transposed, ...) is processed in storage order and the output keeps
   // its strides, as torch does; anything else is made contiguous first.
   const at::Tensor x = self.is_non_overlapping_and_dense() ? self : self.contiguous();
@@ -117,7 +117,7 @@ at::Tensor relu_cpu(const at::Tensor& self) {
 }
 
 void relu_inplace_cpu(at::Tensor& self) {
-  check_floating_or_cpu_integer("relu_", "self", self);
+  check_floating_or_integer("relu_", "self", self);
   check_no_internal_overlap("relu_", "self", self);
   at::Tensor x = self.is_non_overlapping_and_dense() ? self : self.contiguous();
   AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "torchext::relu_", [&] {

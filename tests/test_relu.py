@@ -4,7 +4,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 import torchext
-from conftest import ALL_DTYPES, CUDA_ONLY, DEVICES
+from conftest import ALL_DTYPES, DEVICES
 
 F = torchext.functional
 
@@ -233,13 +233,15 @@ def test_rejects_unsupported_dtypes_like_torch_kernels(dtype):
         F.relu(x)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64], ids=str)
-def test_integer_relu_matches_torch(dtype):
-    # torch.relu takes integer tensors (on the CPU and on CUDA; torchext: on the CPU). The type's
-    # extremes, odd sizes spanning the vector loop and its tail, a transposed and a sliced input.
+def test_integer_relu_matches_torch(dtype, device):
+    # torch.relu takes integer tensors, on the CPU and on CUDA. The type's extremes, odd sizes
+    # spanning the vector loop and its tail, a transposed and a sliced input.
     info = torch.iinfo(dtype)
     x = torch.randint(info.min, info.max, (67, 45), dtype=torch.int64).to(dtype)
     x[0, :4] = torch.tensor([info.min, info.max, 0, -1 if info.min < 0 else 1], dtype=torch.int64).to(dtype)
+    x = x.to(device)
     for view in (x, x.t(), x[3:40:3, 1::2]):
         out = F.relu(view)
         assert out.dtype == dtype
@@ -253,12 +255,6 @@ def test_integer_relu_matches_torch(dtype):
     F.relu(ours[::2, 1::3], inplace=True)
     torch.relu_(theirs[::2, 1::3])
     torch.testing.assert_close(ours, theirs, atol=0, rtol=0)
-
-
-@pytest.mark.parametrize("device", CUDA_ONLY)
-def test_integer_relu_on_cuda_is_not_implemented(device):
-    with pytest.raises(NotImplementedError, match="integer tensor on the CPU"):
-        F.relu(torch.ones(3, dtype=torch.int64, device=device))
 
 
 def test_rejects_overlapping_inplace():

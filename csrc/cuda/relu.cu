@@ -1,8 +1,12 @@
-// ReLU on CUDA. Memory bound: forward moves 2 elements, backward 3; 16-byte vector accesses.
+// ReLU on CUDA. Memory bound: forward moves 2 elements, backward 3; 16-byte vector accesses. The
+// forward takes integer tensors too, as torch's does (they have no gradient, so the backward is
+// floating-point only).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
+
+#include <type_traits>
 
 #include "checks.h"
 #include "cuda/vectorized.cuh"
@@ -13,12 +17,14 @@ namespace {
 
 template <typename T>
 __device__ __forceinline__ T relu_value(T x) {
-  const float v = static_cast<float>(x);
-  return v < 0.f ? T(0.f) : x;  // NaN passes through, as in torch.relu
-}
-template <>
-__device__ __forceinline__ double relu_value<double>(double x) {
-  return x < 0.0 ? 0.0 : x;
+  if constexpr (std::is_unsigned_v<T>) {
+    return x;  // uint8: nothing is negative
+  } else if constexpr (std::is_integral_v<T> || std::is_same_v<T, double>) {
+    return x < T(0) ? T(0) : x;  // compared in the type itself (int64 and tiny doubles are not floats)
+  } else {
+    const float v = static_cast<float>(x);  // half types widen exactly
+    return v < 0.f ? T(0.f) : x;  // NaN passes through, as in torch.relu
+  }
 }
 
 // x and y may be the same pointer (in-place).
@@ -73,7 +79,7 @@ __global__ void relu_backward_kernel(const T* __restrict__ g, const T* __restric
 void launch_relu(const at::Tensor& x, const at::Tensor& y) {
   const int64_t n = x.numel();
   if (n == 0) return;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "torchext::relu_cuda", [&] {
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "torchext::relu_cuda", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = static_cast<scalar_t*>(y.data_ptr());
     const bool vec = aligned16(xp) && aligned16(yp);
@@ -84,7 +90,7 @@ void launch_relu(const at::Tensor& x, const at::Tensor& y) {
 }
 
 at::Tensor relu_cuda(const at::Tensor& self) {
-  check_floating_or_cpu_integer("relu", "self", self);
+  check_floating_or_integer("relu", "self", self);
   const c10::cuda::CUDAGuard guard(self.device());
   const at::Tensor x = self.is_non_overlapping_and_dense() ? self : self.contiguous();
   at::Tensor y = at::empty_like(x);
@@ -93,7 +99,7 @@ at::Tensor relu_cuda(const at::Tensor& self) {
 }
 
 void relu_inplace_cuda(at::Tensor& self) {
-  check_floating_or_cpu_integer("relu_", "self", self);
+  check_floating_or_integer("relu_", "self", self);
   check_no_internal_overlap("relu_", "self", self);
   const c10::cuda::CUDAGuard guard(self.device());
   at::Tensor x = self.is_non_overlapping_and_dense() ? self : self.contiguous();
