@@ -217,3 +217,60 @@ def test_random_programs_match_torch(prog, lead, seed):
         assert (got is None) == (want is None)
         if got is not None:
             torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+
+
+@PROFILE
+@given(prog=program(), lead=st.lists(st.integers(1, 4), max_size=2), seed=st.integers(0, 2**31 - 1))
+def test_random_programs_higher_order_match_torch(prog, lead, seed):
+    # The same chains through the other derivatives the nodes carry: forward-mode tangents (every
+    # input and weight a dual tensor) and a double backward (the gradient of <gradients, v>).
+    import torch.autograd.forward_ad as fwAD
+
+    _, steps = prog
+    g = torch.Generator().manual_seed(seed)
+    width0 = next((opt["k"] for kind, opt in steps if kind in ("linear", "linear_relu")), 3)
+    shapes = [(*lead, width0)]
+    for kind, opt in steps:
+        if kind in ("linear", "linear_relu"):
+            shapes.append((opt["n"], opt["k"]))
+            if opt["bias"]:
+                shapes.append((opt["n"],))
+    primals = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    tangents = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+
+    def forward_mode(fns):
+        try:
+            with fwAD.dual_level():
+                duals = [fwAD.make_dual(p, t) for p, t in zip(primals, tangents)]
+                outs = _run_program(steps, duals[0], duals[1:], *fns)
+                return [fwAD.unpack_dual(o).tangent for o in outs]
+        except RuntimeError as e:
+            return type(e)
+
+    def double_backward(fns):
+        leaves = [p.clone().requires_grad_() for p in primals]
+        try:
+            outs = _run_program(steps, leaves[0], leaves[1:], *fns)
+            total = sum((o * o).sum() for o in outs)  # a loss whose gradients depend on the inputs
+            grads = torch.autograd.grad(total, leaves, create_graph=True, allow_unused=True)
+            inner = sum((gr * t).sum() for gr, t in zip(grads, tangents) if gr is not None)
+            if not isinstance(inner, torch.Tensor) or not inner.requires_grad:
+                return []
+            return torch.autograd.grad(inner, leaves, allow_unused=True)
+        except RuntimeError as e:
+            return type(e)
+
+    ours = (F.linear, F.linear_relu, F.relu, lambda t: F.relu(t, inplace=True))
+    theirs = (torch.nn.functional.linear, lambda x, w, b: torch.relu(torch.nn.functional.linear(x, w, b)),
+              torch.relu, torch.relu_)
+    for run in (forward_mode, double_backward):
+        got, want = run(ours), run(theirs)
+        if isinstance(want, type):
+            assert got is want, (run.__name__, got, want)
+            continue
+        assert not isinstance(got, type), (run.__name__, got)
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            assert (a is None) == (b is None), run.__name__
+            if a is not None:
+                torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=run.__name__)
