@@ -65,6 +65,13 @@ def _compare_forward_backward(x, w, b, relu, dtype):
     assert y.dtype == y_ref.dtype and y.shape == y_ref.shape
     _close(y, y_ref, dtype)
     g = torch.randn(y.shape, dtype=torch.float64, device=y.device).to(dtype)
+    if relu and y.numel():
+        # Pre-activations within the dtype's rounding of 0 may land on either side of the kink in
+        # either library (sums in another order), and the mask with them: no gradient flows in
+        # there, so the comparison does not hinge on that coin flip.
+        z = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
+        near_kink = z.abs() <= TOL[dtype] * max(1.0, z.abs().max().item())
+        g = g.masked_fill(near_kink, 0)
     y.backward(g)
     y_ref.backward(g)
     for ours, ref in zip(leaves, ref_leaves):
@@ -472,7 +479,10 @@ def test_cuda_batch_beyond_65535_row_tiles(dtype):
 # bfloat16 GEMMs on CPUs with AVX512_BF16 multiply bf16 pairs in hardware (cpu_bf16_dot); the
 # shapes cover an odd K (a padded pair), K over one 512-deep slice, more rows than one row tile
 # (288), ragged rows and columns, and the operand layouts each packing path takes.
-@pytest.mark.parametrize("shape", [(5, 7, 3), (64, 1000, 100), (300, 1025, 77), (13, 1024, 33)], ids=str)
+# Up to 16 rows with both operands contiguous along K take dot products instead (no packing): K
+# under one 32-value vector, a ragged K, and two row groups.
+@pytest.mark.parametrize("shape", [(5, 7, 3), (64, 1000, 100), (300, 1025, 77), (13, 1024, 33), (2, 31, 5),
+                                   (8, 4100, 33), (16, 1000, 9), (11, 96, 1)], ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "transposed_input", "transposed_weight", "odd_stride"])
 def test_bfloat16_cpu_gemm_is_a_float32_sum_rounded_once(shape, layout):
     M, K, N = shape
@@ -522,17 +532,20 @@ def test_bfloat16_cpu_gemm_without_the_dot_product_extension(tmp_path):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")], ids=str)
-def test_half_types_propagate_non_finite_inputs(value, dtype, device):
-    # Each half-type GEMM path (bf16 pair dot products, F16C/float panels, tensor cores) keeps a
-    # non-finite input element in exactly the output row it belongs to, as torch does.
-    x = torch.randn(37, 65, device=device).to(dtype)
+@pytest.mark.parametrize("rows", [37, 12])
+def test_half_types_propagate_non_finite_inputs(rows, value, dtype, device):
+    # Each half-type GEMM path (bf16 pair dot products, packed or, for few rows, straight from
+    # memory; F16C/float panels; tensor cores) keeps a non-finite input element in exactly the
+    # output row it belongs to, as torch does.
+    x = torch.randn(rows, 65, device=device).to(dtype)
     x[5, 3] = value
-    x[20, 64] = value  # the last k: a padded pair in the bf16 kernel
+    x[rows - 2, 64] = value  # the last k: a padded pair, or a masked tail
     w = torch.randn(33, 65, device=device).to(dtype)
     b = torch.randn(33, device=device).to(dtype)
     ours, ref = F.linear(x, w, b), torch.nn.functional.linear(x, w, b)
     assert torch.equal(ours.isnan(), ref.isnan()) and torch.equal(ours.isinf(), ref.isinf())
-    assert torch.equal(ours.isfinite().all(1), torch.tensor([r not in (5, 20) for r in range(37)], device=device))
+    poisoned = (5, rows - 2)
+    assert torch.equal(ours.isfinite().all(1), torch.tensor([r not in poisoned for r in range(rows)], device=device))
     finite = ref.isfinite()
     _close(ours[finite], ref[finite], dtype)
 
