@@ -15,8 +15,9 @@ import torchext
 
 # (batch, in_features, out_features)
 TUTORIAL = [(64, 1000, 100), (64, 100, 10)]
-# Batch 1 and 4: inference on one sample (a matrix-vector product) and a few.
-CPU_SHAPES = TUTORIAL + [(1, 1024, 1024), (4, 1024, 1024), (256, 1024, 1024), (1024, 1024, 1024)]
+# Batch 1 to 16: inference on one sample (a matrix-vector product) and a few.
+CPU_SHAPES = TUTORIAL + [(1, 1024, 1024), (4, 1024, 1024), (16, 1024, 1024), (8, 4096, 4096), (256, 1024, 1024),
+                         (1024, 1024, 1024)]
 CPU_QUICK = TUTORIAL + [(256, 512, 512)]
 CUDA_SHAPES = TUTORIAL + [(1024, 1024, 1024), (64, 4096, 4096), (4096, 4096, 4096), (8192, 8192, 8192)]
 CUDA_QUICK = TUTORIAL + [(1024, 1024, 1024), (4096, 4096, 4096)]
