@@ -290,3 +290,18 @@ def test_traced_model_matches_torch(device):
     for _ in range(3):
         x = torch.randn(8, 20, device=device)
         torch.testing.assert_close(traced(x), twin(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_frozen_and_inference_optimized_models_match(device):
+    # What TorchScript deployments do to an eval model: freeze it (weights become constants) and
+    # optimize_for_inference; the torchext ops stay in the graph and give the eager results.
+    model = _net(device, torch.float32).eval()
+    x = torch.randn(6, 20, device=device)
+    with torch.no_grad():
+        expected = model(x.clone())
+        for prepared in (torch.jit.freeze(torch.jit.script(model)),
+                         torch.jit.optimize_for_inference(torch.jit.script(model))):
+            _assert_runs_torchext(prepared, "linear", "linear_relu")
+            for _ in range(3):
+                torch.testing.assert_close(prepared(x.clone()), expected, rtol=0, atol=0)
