@@ -7,6 +7,7 @@ are torchext's kernels too:
 The transposes are views: the GEMM's packing reads any strides, so they cost no copy.
 """
 import math
+import warnings
 from typing import List, Optional
 
 import torch
@@ -22,6 +23,7 @@ _linear_relu = _ops.linear_relu.default
 _linear_bias_grad = _ops.linear_bias_grad.default
 _linear_relu_grad = _ops.linear_relu_grad.default
 _linear_batched = _ops.linear_batched.default
+_tracing_state = torch._C._get_tracing_state  # not None while torch.jit.trace records
 
 
 def _fake_linear(input, weight, bias):
@@ -264,11 +266,23 @@ def _scripted(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     return out if weight.dim() == 2 else out.squeeze(-1)
 
 
+def _traced(op, name, input, weight, bias):
+    # Under torch.jit.trace, sizes are traced tensors, and the argument checks' comparisons of
+    # single sizes would each warn that a tensor became a Python bool. The checks do not shape the
+    # graph (the path taken depends on the parameters' shapes, fixed in a traced module), so the
+    # trace stays quiet, as it does for torch's own Linear.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return _apply(op, name, input, weight, bias)
+
+
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Drop-in for torch.nn.functional.linear: input @ weight.T + bias over the last dim."""
     if torch.jit.is_scripting():
         return _scripted(input, weight, bias, False)
     else:
+        if _tracing_state() is not None:
+            return _traced(_linear, "linear", input, weight, bias)
         return _apply(_linear, "linear", input, weight, bias)
 
 
@@ -277,4 +291,6 @@ def linear_relu(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     if torch.jit.is_scripting():
         return _scripted(input, weight, bias, True)
     else:
+        if _tracing_state() is not None:
+            return _traced(_linear_relu, "linear_relu", input, weight, bias)
         return _apply(_linear_relu, "linear_relu", input, weight, bias)
