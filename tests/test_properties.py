@@ -175,6 +175,24 @@ def _run_program(steps, x_leaf, params, linear, linear_relu, relu, relu_):
     return outputs + [h]
 
 
+def _program_shapes(steps, lead):
+    """The input's shape ([*lead, width]), then each weight's and bias's, in the order the steps use them."""
+    width0 = next((opt["k"] for kind, opt in steps if kind in ("linear", "linear_relu")), 3)
+    shapes = [(*lead, width0)]
+    for kind, opt in steps:
+        if kind in ("linear", "linear_relu"):
+            shapes.append((opt["n"], opt["k"]))
+            if opt["bias"]:
+                shapes.append((opt["n"],))
+    return shapes
+
+
+# (linear, linear_relu, relu, in-place relu) of each library.
+_OURS = (F.linear, F.linear_relu, F.relu, lambda t: F.relu(t, inplace=True))
+_THEIRS = (torch.nn.functional.linear, lambda x, w, b: torch.relu(torch.nn.functional.linear(x, w, b)),
+           torch.relu, torch.relu_)
+
+
 @PROFILE
 @given(prog=program(), lead=st.lists(st.integers(1, 4), max_size=2), seed=st.integers(0, 2**31 - 1))
 def test_random_programs_match_torch(prog, lead, seed):
@@ -184,17 +202,10 @@ def test_random_programs_match_torch(prog, lead, seed):
     # in-place write over a tensor a node saved), the same refusal.
     _, steps = prog
     g = torch.Generator().manual_seed(seed)
-    width0 = next((opt["k"] for kind, opt in steps if kind in ("linear", "linear_relu")), 3)
-    x = torch.randn(*lead, width0, generator=g, dtype=torch.float64)
-    params = []
-    for kind, opt in steps:
-        if kind in ("linear", "linear_relu"):
-            params.append(torch.randn(opt["n"], opt["k"], generator=g, dtype=torch.float64))
-            if opt["bias"]:
-                params.append(torch.randn(opt["n"], generator=g, dtype=torch.float64))
+    tensors = [torch.randn(s, generator=g, dtype=torch.float64) for s in _program_shapes(steps, lead)]
 
     def run(linear, linear_relu, relu, relu_):
-        leaves = [t.clone().requires_grad_() for t in [x] + params]
+        leaves = [t.clone().requires_grad_() for t in tensors]
         try:
             outs = _run_program(steps, leaves[0], leaves[1:], linear, linear_relu, relu, relu_)
             gen = torch.Generator().manual_seed(seed + 1)
@@ -203,9 +214,7 @@ def test_random_programs_match_torch(prog, lead, seed):
         except RuntimeError as e:
             return type(e), str(e)
 
-    ours = run(F.linear, F.linear_relu, F.relu, lambda t: F.relu(t, inplace=True))
-    theirs = run(torch.nn.functional.linear,
-                 lambda x, w, b: torch.relu(torch.nn.functional.linear(x, w, b)), torch.relu, torch.relu_)
+    ours, theirs = run(*_OURS), run(*_THEIRS)
     if isinstance(theirs[0], type):  # torch refused
         assert ours[0] is theirs[0] and "modified by an inplace operation" in theirs[1], (ours, theirs)
         assert "modified by an inplace operation" in ours[1], ours[1]
@@ -228,13 +237,7 @@ def test_random_programs_higher_order_match_torch(prog, lead, seed):
 
     _, steps = prog
     g = torch.Generator().manual_seed(seed)
-    width0 = next((opt["k"] for kind, opt in steps if kind in ("linear", "linear_relu")), 3)
-    shapes = [(*lead, width0)]
-    for kind, opt in steps:
-        if kind in ("linear", "linear_relu"):
-            shapes.append((opt["n"], opt["k"]))
-            if opt["bias"]:
-                shapes.append((opt["n"],))
+    shapes = _program_shapes(steps, lead)
     primals = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
     tangents = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
 
@@ -260,11 +263,8 @@ def test_random_programs_higher_order_match_torch(prog, lead, seed):
         except RuntimeError as e:
             return type(e)
 
-    ours = (F.linear, F.linear_relu, F.relu, lambda t: F.relu(t, inplace=True))
-    theirs = (torch.nn.functional.linear, lambda x, w, b: torch.relu(torch.nn.functional.linear(x, w, b)),
-              torch.relu, torch.relu_)
     for run in (forward_mode, double_backward):
-        got, want = run(ours), run(theirs)
+        got, want = run(_OURS), run(_THEIRS)
         if isinstance(want, type):
             assert got is want, (run.__name__, got, want)
             continue
