@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import torch
 
-from ._util import autocast_inputs, batch_first
+from ._util import autocast_inputs, batch_first, register_vmap
 from .relu import relu as _relu
 
 _ops = torch.ops.torchext
@@ -106,7 +106,6 @@ def _column_sums_vmap(op):
     return rule
 
 
-@torch.library.register_vmap("torchext::linear_batched")
 def _linear_batched_vmap(info, in_dims, input, weight, bias, relu):
     # A batch of batches (nested vmap): the two batch dims merged into one list of entries.
     size = info.batch_size
@@ -116,10 +115,11 @@ def _linear_batched_vmap(info, in_dims, input, weight, bias, relu):
     return out.reshape(size, x.shape[1], out.shape[1], out.shape[2]), 0
 
 
-torch.library.register_vmap(_linear, _linear_vmap(_linear, False))
-torch.library.register_vmap(_linear_relu, _linear_vmap(_linear_relu, True))
+register_vmap(_linear_batched, _linear_batched_vmap)
+register_vmap(_linear, _linear_vmap(_linear, False))
+register_vmap(_linear_relu, _linear_vmap(_linear_relu, True))
 for _op in (_linear_bias_grad, _linear_relu_grad):
-    torch.library.register_vmap(_op, _column_sums_vmap(_op))
+    register_vmap(_op, _column_sums_vmap(_op))
 
 
 def _check_args(name, input, weight, bias):

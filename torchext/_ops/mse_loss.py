@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 import torch
 from torch.nn import _reduction as _Reduction
 
-from ._util import autocast_inputs, batch_first, elementwise_vmap, is_non_overlapping_and_dense
+from ._util import autocast_inputs, batch_first, elementwise_vmap, is_non_overlapping_and_dense, register_vmap
 
 _ops = torch.ops.torchext
 
@@ -97,7 +97,7 @@ def _mse_vmap(op):
 
 
 for _op in (_mse_loss, _mse_loss_forward, _mse_loss_backward):
-    torch.library.register_vmap(_op, _mse_vmap(_op))
+    register_vmap(_op, _mse_vmap(_op))
 
 
 class _NotATensorError(TypeError, AttributeError):

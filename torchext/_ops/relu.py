@@ -4,7 +4,7 @@ Every call goes straight to the ops; their autograd (graph nodes and forward-mod
 csrc/autograd/relu.cpp."""
 import torch
 
-from ._util import elementwise_vmap, is_non_overlapping_and_dense, transforms_active
+from ._util import elementwise_vmap, is_non_overlapping_and_dense, register_vmap, transforms_active
 
 _ops = torch.ops.torchext
 # Resolved overloads: calling them skips the packet lookup on every call (small activations are
@@ -34,8 +34,8 @@ def _relu_backward_fake(grad_output, result):
     return torch.empty_like(grad_output, memory_format=torch.contiguous_format)
 
 
-torch.library.register_vmap(_relu, elementwise_vmap(_relu, 1))
-torch.library.register_vmap(_relu_backward, elementwise_vmap(_relu_backward, 2))
+register_vmap(_relu, elementwise_vmap(_relu, 1))
+register_vmap(_relu_backward, elementwise_vmap(_relu_backward, 2))
 
 
 def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
