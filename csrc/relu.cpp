@@ -10,6 +10,7 @@
 #include "checks.h"
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 namespace torchext {
@@ -98,6 +99,31 @@ TORCHEXT_INLINE void relu_backward_impl<double>(const double* __restrict__ g, co
 }
 TORCHEXT_CPU_DISPATCH(relu_backward_kernel, relu_backward_impl)
 
+// The same with the incoming gradient one value broadcast over the tensor (an expanded scalar, as
+// sum().backward() sends it): no copy of the gradient is made.
+template <typename T>
+TORCHEXT_INLINE void relu_backward_fill_impl(T v, const T* __restrict__ r, T* __restrict__ out, int64_t n) {
+  if constexpr (kIsHalf<T>) {
+    bits16 vb;
+    std::memcpy(&vb, &v, sizeof(vb));
+    const bits16* rb = reinterpret_cast<const bits16*>(r);
+    bits16* ob = reinterpret_cast<bits16*>(out);
+    for (int64_t i = 0; i < n; ++i) ob[i] = bits_not_positive<T>(rb[i]) ? uint16_t(0) : vb;
+  } else {
+    for (int64_t i = 0; i < n; ++i) out[i] = r[i] <= T(0) ? T(0) : v;
+  }
+}
+TORCHEXT_CPU_DISPATCH(relu_backward_fill_kernel, relu_backward_fill_impl)
+
+// Whether every element of t is the same memory (all strides 0 where the size is over 1).
+inline bool is_broadcast_scalar(const at::Tensor& t) {
+  if (t.numel() <= 1) return false;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) > 1 && t.stride(d) != 0) return false;
+  }
+  return true;
+}
+
 constexpr int64_t kGrain = 1 << 15;
 
 at::Tensor relu_cpu(const at::Tensor& self) {
@@ -132,15 +158,20 @@ void relu_inplace_cpu(at::Tensor& self) {
 at::Tensor relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& result) {
   check_floating("relu_backward", "grad_output", grad_output);
   check_same_shape_dtype("relu_backward", "grad_output", grad_output, "result", result);
-  const at::Tensor g = grad_output.contiguous();
+  const bool broadcast = is_broadcast_scalar(grad_output);
+  const at::Tensor g = broadcast ? grad_output : grad_output.contiguous();
   const at::Tensor r = result.contiguous();
-  at::Tensor out = at::empty_like(g, at::MemoryFormat::Contiguous);
+  at::Tensor out = at::empty_like(r, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "torchext::relu_backward", [&] {
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     const scalar_t* rp = r.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, g.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      relu_backward_kernel<scalar_t>(gp + begin, rp + begin, op + begin, end - begin);
+    at::parallel_for(0, r.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      if (broadcast) {
+        relu_backward_fill_kernel<scalar_t>(*gp, rp + begin, op + begin, end - begin);
+      } else {
+        relu_backward_kernel<scalar_t>(gp + begin, rp + begin, op + begin, end - begin);
+      }
     });
   });
   return out;

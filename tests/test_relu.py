@@ -191,6 +191,28 @@ def test_inplace_relu_module_after_nd_linear_matches_torch(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_backward_of_broadcast_gradients(dtype, device):
+    # sum() and mean() send one value expanded over the output (every stride 0) as the gradient,
+    # which the CPU kernel reads without copying; a gradient broadcast along one dim only is an
+    # ordinary strided one. Zeros and NaNs in the input check the mask's edge cases.
+    x = _data((33, 70), dtype, device)
+    x[0, :3] = torch.tensor([0.0, float("nan"), -0.0], dtype=dtype)
+    for grad in (torch.tensor(2.5, dtype=dtype, device=device).expand(33, 70),
+                 torch.randn(1, 70, device=device).to(dtype).expand(33, 70),
+                 torch.tensor(-1.0, dtype=dtype, device=device).expand(33, 70)[::2]):
+        r = torch.relu(x[: grad.shape[0]])
+        ours = torch.ops.torchext.relu_backward(grad, r)
+        torch.testing.assert_close(ours, torch.ops.aten.threshold_backward(grad, r, 0), atol=0, rtol=0,
+                                   equal_nan=True)
+    for reduce in (torch.sum, torch.mean):
+        leaf, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+        reduce(F.relu(leaf)).backward()
+        reduce(torch.relu(ref)).backward()
+        torch.testing.assert_close(leaf.grad, ref.grad, atol=0, rtol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_nan_and_inf_propagate_like_torch(device):
     x = torch.tensor([float("nan"), float("inf"), -float("inf"), -1.0, 0.0, 2.5], device=device,
                      requires_grad=True)
