@@ -614,25 +614,52 @@ TORCHEXT_INLINE void small_rows_axpy_impl(const LinearProblem<T>* g, int64_t j0,
 }
 TORCHEXT_CPU_DISPATCH(small_rows_axpy_kernel, small_rows_axpy_impl)
 
-// Few rows in bfloat16 on CPUs with AVX512_BF16, forward layout (input and weight rows contiguous
-// along K): each output a dot product of an input row and a weight row, 32 values (16 pairs) per
-// VDPBF16PS, straight from memory. No packing, so the weight is read once (the packed GEMM would
-// rearrange all of it for a handful of rows). Up to 8 input rows against NJ = 2 weight rows at a
-// time: each weight vector loaded serves every row, each input vector both weight rows. 9 to 16
-// rows go as two groups, one after the other on the same two weight rows, which are then still in
-// L1. The pairs are (k, k + 1) in both operands, so a 32-value load of each lines them up; the
-// last K % 32 values come through masked loads (zeros past the end add nothing). Same arithmetic
-// as the pair GEMM: exact products, float32 sums in another order. (Walking K in L1-sized blocks,
-// with the sums parked in a buffer, was tried: slower at 4096 x 4096, 2 to 8 rows 0.76-0.95x
-// torch against 0.91-1.48x, the weight then being read in short runs.)
-constexpr int64_t kBf16DotRows = 16;
+// Few rows, forward layout (input and weight rows contiguous along K), on AVX-512: each output a
+// dot product of an input row and a weight row, straight from memory. No packing, so the weight
+// is read once (the packed GEMM would rearrange all of it for a handful of rows). Up to 8 input
+// rows against NJ = 2 weight rows at a time: each weight vector loaded serves every row, each
+// input vector both weight rows. 9 to 16 rows go as two groups, one after the other on the same
+// two weight rows, which are then still in L1. The last K % step values come through masked loads
+// (zeros past the end add nothing). (Walking K in L1-sized blocks, with the sums parked in a
+// buffer, was tried for bf16: slower at 4096 x 4096, 2 to 8 rows 0.76-0.95x torch against
+// 0.91-1.48x, the weight then being read in short runs.)
+//
+// Two element policies: bfloat16 on CPUs with AVX512_BF16, 32 values (16 pairs) per VDPBF16PS;
+// the pairs are (k, k + 1) in both operands, so a 32-value load of each lines them up, and the
+// arithmetic is the pair GEMM's (exact products, float32 sums in another order). float32, 16
+// values per FMA.
+constexpr int64_t kDotRows = 16;
 
-// Rows [r0, r0 + MR) x weight rows [j, j + NJ).
-template <int MR, int NJ>
-TORCHEXT_TARGET_AVX512_BF16 inline void bf16_dot_block(const LinearProblem<c10::BFloat16>& g, int64_t r0, int64_t j) {
+struct Bf16Dot {
+  using T = c10::BFloat16;
+  using V = __m512bh;
+  static constexpr int kStep = 32;
+  TORCHEXT_TARGET_AVX512_BF16 static V load(const T* p) { return (V)_mm512_loadu_si512(p); }
+  TORCHEXT_TARGET_AVX512_BF16 static V load_first(const T* p, int64_t n) {
+    return (V)_mm512_maskz_loadu_epi16(static_cast<__mmask32>((uint64_t{1} << n) - 1), p);
+  }
+  TORCHEXT_TARGET_AVX512_BF16 static __m512 madd(__m512 acc, V x, V w) { return _mm512_dpbf16_ps(acc, x, w); }
+};
+
+struct F32Dot {
+  using T = float;
+  using V = __m512;
+  static constexpr int kStep = 16;
+  TORCHEXT_TARGET_AVX512 static V load(const T* p) { return _mm512_loadu_ps(p); }
+  TORCHEXT_TARGET_AVX512 static V load_first(const T* p, int64_t n) {
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
+  }
+  TORCHEXT_TARGET_AVX512 static __m512 madd(__m512 acc, V x, V w) { return _mm512_fmadd_ps(x, w, acc); }
+};
+
+// Rows [r0, r0 + MR) x weight rows [j, j + NJ). (The AVX512_BF16 target is a superset of the
+// AVX-512 one; the float32 policy emits no bf16 instructions.)
+template <class D, int MR, int NJ>
+TORCHEXT_TARGET_AVX512_BF16 inline void dot_block(const LinearProblem<typename D::T>& g, int64_t r0, int64_t j) {
+  using T = typename D::T;
   const int64_t K = g.K;
-  const c10::BFloat16* a = g.a + r0 * g.sam;
-  const c10::BFloat16* w = g.b + j * g.sbn;
+  const T* a = g.a + r0 * g.sam;
+  const T* w = g.b + j * g.sbn;
   __m512 acc[NJ][MR];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
@@ -640,64 +667,81 @@ TORCHEXT_TARGET_AVX512_BF16 inline void bf16_dot_block(const LinearProblem<c10::
     for (int n = 0; n < NJ; ++n) acc[n][r] = _mm512_setzero_ps();
   }
   int64_t k = 0;
-  for (; k + 32 <= K; k += 32) {
-    __m512bh b[NJ];
+  for (; k + D::kStep <= K; k += D::kStep) {
+    typename D::V b[NJ];
 #pragma GCC unroll 2
-    for (int n = 0; n < NJ; ++n) b[n] = (__m512bh)_mm512_loadu_si512(w + n * g.sbn + k);
+    for (int n = 0; n < NJ; ++n) b[n] = D::load(w + n * g.sbn + k);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      const __m512bh x = (__m512bh)_mm512_loadu_si512(a + r * g.sam + k);
+      const typename D::V x = D::load(a + r * g.sam + k);
 #pragma GCC unroll 2
-      for (int n = 0; n < NJ; ++n) acc[n][r] = _mm512_dpbf16_ps(acc[n][r], x, b[n]);
+      for (int n = 0; n < NJ; ++n) acc[n][r] = D::madd(acc[n][r], x, b[n]);
     }
   }
   if (k < K) {
-    const __mmask32 tail = static_cast<__mmask32>((uint64_t{1} << (K - k)) - 1);
-    __m512bh b[NJ];
+    typename D::V b[NJ];
 #pragma GCC unroll 2
-    for (int n = 0; n < NJ; ++n) b[n] = (__m512bh)_mm512_maskz_loadu_epi16(tail, w + n * g.sbn + k);
+    for (int n = 0; n < NJ; ++n) b[n] = D::load_first(w + n * g.sbn + k, K - k);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      const __m512bh x = (__m512bh)_mm512_maskz_loadu_epi16(tail, a + r * g.sam + k);
+      const typename D::V x = D::load_first(a + r * g.sam + k, K - k);
 #pragma GCC unroll 2
-      for (int n = 0; n < NJ; ++n) acc[n][r] = _mm512_dpbf16_ps(acc[n][r], x, b[n]);
+      for (int n = 0; n < NJ; ++n) acc[n][r] = D::madd(acc[n][r], x, b[n]);
     }
   }
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 2
     for (int n = 0; n < NJ; ++n) {
-      g.c[(r0 + r) * g.N + j + n] = finish<c10::BFloat16>(_mm512_reduce_add_ps(acc[n][r]), &g, j + n);
+      g.c[(r0 + r) * g.N + j + n] = finish<T>(_mm512_reduce_add_ps(acc[n][r]), &g, j + n);
     }
   }
 }
 
-template <int NJ>
-TORCHEXT_TARGET_AVX512_BF16 inline void bf16_dot_rows(const LinearProblem<c10::BFloat16>& g, int64_t r0, int64_t rows,
-                                                      int64_t j) {
+template <class D, int NJ>
+TORCHEXT_TARGET_AVX512_BF16 inline void dot_rows(const LinearProblem<typename D::T>& g, int64_t r0, int64_t rows,
+                                                 int64_t j) {
   switch (rows) {
-    case 1: return bf16_dot_block<1, NJ>(g, r0, j);
-    case 2: return bf16_dot_block<2, NJ>(g, r0, j);
-    case 3: return bf16_dot_block<3, NJ>(g, r0, j);
-    case 4: return bf16_dot_block<4, NJ>(g, r0, j);
-    case 5: return bf16_dot_block<5, NJ>(g, r0, j);
-    case 6: return bf16_dot_block<6, NJ>(g, r0, j);
-    case 7: return bf16_dot_block<7, NJ>(g, r0, j);
-    default: return bf16_dot_block<8, NJ>(g, r0, j);
+    case 1: return dot_block<D, 1, NJ>(g, r0, j);
+    case 2: return dot_block<D, 2, NJ>(g, r0, j);
+    case 3: return dot_block<D, 3, NJ>(g, r0, j);
+    case 4: return dot_block<D, 4, NJ>(g, r0, j);
+    case 5: return dot_block<D, 5, NJ>(g, r0, j);
+    case 6: return dot_block<D, 6, NJ>(g, r0, j);
+    case 7: return dot_block<D, 7, NJ>(g, r0, j);
+    default: return dot_block<D, 8, NJ>(g, r0, j);
   }
 }
 
-// Columns [j0, j1) of every row (M <= kBf16DotRows).
-TORCHEXT_TARGET_AVX512_BF16 void bf16_rows_dot(const LinearProblem<c10::BFloat16>* g, int64_t j0, int64_t j1) {
+// Columns [j0, j1) of every row (M <= kDotRows).
+template <class D>
+TORCHEXT_TARGET_AVX512_BF16 void rows_dot(const LinearProblem<typename D::T>* g, int64_t j0, int64_t j1) {
   const int64_t first = g->M <= 8 ? g->M : (g->M + 1) / 2;  // two groups of at most 8 rows
   int64_t j = j0;
   for (; j + 2 <= j1; j += 2) {
-    bf16_dot_rows<2>(*g, 0, first, j);
-    if (first < g->M) bf16_dot_rows<2>(*g, first, g->M - first, j);
+    dot_rows<D, 2>(*g, 0, first, j);
+    if (first < g->M) dot_rows<D, 2>(*g, first, g->M - first, j);
   }
   if (j < j1) {
-    bf16_dot_rows<1>(*g, 0, first, j);
-    if (first < g->M) bf16_dot_rows<1>(*g, first, g->M - first, j);
+    dot_rows<D, 1>(*g, 0, first, j);
+    if (first < g->M) dot_rows<D, 1>(*g, first, g->M - first, j);
+  }
+}
+
+// The policy for T on this CPU, or void when T has none here.
+template <typename T>
+bool run_rows_dot(const LinearProblem<T>& g) {
+  using D = std::conditional_t<std::is_same<T, c10::BFloat16>::value, Bf16Dot,
+                               std::conditional_t<std::is_same<T, float>::value, F32Dot, void>>;
+  if constexpr (std::is_void<D>::value) {
+    return false;
+  } else {
+    const bool available = std::is_same<D, Bf16Dot>::value ? cpu::use_avx512_bf16()
+                                                           : cpu::level() == cpu::Level::AVX512;
+    if (!available) return false;
+    const int64_t grain = std::max<int64_t>(2, 65536 / std::max<int64_t>(1, g.M * g.K));
+    at::parallel_for(0, g.N, grain, [&](int64_t j0, int64_t j1) { rows_dot<D>(&g, j0, j1); });
+    return true;
   }
 }
 
@@ -707,13 +751,7 @@ bool run_small_rows(const LinearProblem<T>& g) {
   // Measured crossover with the packed GEMM: 4 rows in float32; a single row in bfloat16, whose
   // GEMM (VDPBF16PS pairs) wins from two rows on.
   const bool dot = g.sak == 1 && g.sbk == 1;
-  if constexpr (std::is_same<T, c10::BFloat16>::value) {
-    if (dot && g.M <= kBf16DotRows && cpu::use_avx512_bf16()) {
-      const int64_t grain = std::max<int64_t>(2, 65536 / std::max<int64_t>(1, g.M * g.K));
-      at::parallel_for(0, g.N, grain, [&](int64_t j0, int64_t j1) { bf16_rows_dot(&g, j0, j1); });
-      return true;
-    }
-  }
+  if (dot && g.M <= kDotRows && run_rows_dot(g)) return true;
   if (g.M > (sizeof(T) == 2 ? 1 : kSmallRows)) return false;
   if (!dot && g.sbn != 1) return false;
   // Enough columns per task to amortise it: about 64K multiply-adds.
