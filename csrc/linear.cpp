@@ -728,7 +728,8 @@ TORCHEXT_TARGET_AVX512_BF16 void rows_dot(const LinearProblem<typename D::T>* g,
   }
 }
 
-// The policy for T on this CPU, or void when T has none here.
+// Runs g (at most kDotRows rows, forward layout) through dot_block when T has a policy and this
+// CPU runs it; returns false otherwise.
 template <typename T>
 bool run_rows_dot(const LinearProblem<T>& g) {
   using D = std::conditional_t<std::is_same<T, c10::BFloat16>::value, Bf16Dot,
@@ -748,10 +749,10 @@ bool run_rows_dot(const LinearProblem<T>& g) {
 // Runs g through the few-rows kernels and returns true when its layout suits them.
 template <typename T>
 bool run_small_rows(const LinearProblem<T>& g) {
-  // Measured crossover with the packed GEMM: 4 rows in float32; a single row in bfloat16, whose
-  // GEMM (VDPBF16PS pairs) wins from two rows on.
   const bool dot = g.sak == 1 && g.sbk == 1;
   if (dot && g.M <= kDotRows && run_rows_dot(g)) return true;
+  // Otherwise (other dtypes, SIMD levels or layouts), measured crossover with the packed GEMM: 4
+  // rows in float32; a single row in bfloat16, whose GEMM (VDPBF16PS pairs) wins from two rows on.
   if (g.M > (sizeof(T) == 2 ? 1 : kSmallRows)) return false;
   if (!dot && g.sbn != 1) return false;
   // Enough columns per task to amortise it: about 64K multiply-adds.
