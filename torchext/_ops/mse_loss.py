@@ -115,10 +115,9 @@ def _warn_size_mismatch(input: torch.Tensor, target: torch.Tensor):
     )
 
 
-def _promoted(input: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    # Mixed dtypes promote as in torch (float32 with float64 -> float64, int with float -> float),
-    # through differentiable conversions: autograd casts the gradients back to each dtype.
-    dtype = torch.result_type(input, target)
+def _promoted(input: torch.Tensor, target: torch.Tensor, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    # Mixed dtypes promote to torch.result_type (float32 with float64 -> float64, int with float ->
+    # float), through differentiable conversions: autograd casts the gradients back to each dtype.
     return input.to(dtype), target.to(dtype)
 
 
@@ -165,7 +164,7 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, size_average: Optional[b
                 raise NotImplementedError(
                     "torchext.mse_loss: 'input' (%s) and 'target' (%s) promote to %s, which is not supported; "
                     "expected float64, float32, float16 or bfloat16" % (input.dtype, target.dtype, dtype))
-            input, target = _promoted(input, target)
+            input, target = _promoted(input, target, dtype)
         if input.shape != target.shape:
             # Differentiable too: autograd sums each gradient back over the broadcast dimensions.
             input, target = torch.broadcast_tensors(input, target)
@@ -185,7 +184,7 @@ def _scripted(input: torch.Tensor, target: torch.Tensor, size_average: Optional[
         reduction = _Reduction.legacy_get_string(size_average, reduce)
     reduction_enum = _Reduction.get_enum(reduction)
     if input.dtype != target.dtype:
-        input, target = _promoted(input, target)
+        input, target = _promoted(input, target, torch.result_type(input, target))
     if input.shape != target.shape:
         input, target = torch.broadcast_tensors(input, target)
     if weight is not None:
