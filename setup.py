@@ -4,6 +4,8 @@ The CUDA kernels are compiled whenever torch was built with CUDA and a CUDA tool
 whether or not a GPU is visible (CI compiles and links them without one).
 Environment:
   TORCHEXT_CPU_ONLY=1      build the CPU kernels only
+  TORCHEXT_PORTABLE=1      leave out the x86 SIMD kernel variants (AVX2, AVX-512, F16C, AVX512_BF16):
+                           the CPU kernels then build as they do on non-x86 machines (aarch64)
   CUDA_HOME / CUDA_PATH    the toolkit to use (else /usr/local/cuda, else the real nvcc on PATH)
   TORCH_CUDA_ARCH_LIST     target archs; default "8.0;9.0+PTX" when no GPU is visible
   MAX_JOBS                 parallel compile jobs (ninja)
@@ -92,6 +94,9 @@ def main():
               ("TORCHEXT_CUDA_ARCHS", '"%s"' % archs)]
     if with_cuda:
         macros.append(("TORCHEXT_WITH_CUDA", "1"))
+    portable = os.environ.get("TORCHEXT_PORTABLE", "0") not in ("", "0")
+    if portable:
+        macros.append(("TORCHEXT_PORTABLE", "1"))
     cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno"]  # no -march=native: SIMD level is chosen at run time
     # -fno-math-errno lets GCC vectorise std::sqrt (we never read errno).
     nvcc_flags = ["-O3", "-Xptxas=-O3", "--expt-relaxed-constexpr",
@@ -108,8 +113,8 @@ def main():
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags} if with_cuda else {"cxx": cxx_flags},
         extra_link_args=["-fopenmp"],
     )
-    print("torchext: building %s kernels (torch %s%s)" % (
-        "CPU+CUDA" if with_cuda else "CPU-only", torch.__version__,
+    print("torchext: building %s kernels%s (torch %s%s)" % (
+        "CPU+CUDA" if with_cuda else "CPU-only", ", portable CPU kernels" if portable else "", torch.__version__,
         ", CUDA_HOME=%s, archs=%s" % (cuda_home, archs) if with_cuda else ""), file=sys.stderr)
 
     # Recorded for the import-time ABI check and `python -m torchext.info`.
@@ -119,6 +124,7 @@ def main():
         f.write("TORCH_CUDA_VERSION = %r\n" % (torch.version.cuda if with_cuda else None))
         f.write("WITH_CUDA = %r\n" % with_cuda)
         f.write("CUDA_ARCHS = %r\n" % archs)
+        f.write("PORTABLE = %r\n" % portable)
 
     setup(
         name="torchext",

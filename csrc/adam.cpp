@@ -39,7 +39,7 @@ TORCHEXT_INLINE double vsqrt(double x) { return std::sqrt(x); }
 // Compared in the math type: a half-rounded v can flush to 0 and leave only eps in the denominator.
 TORCHEXT_INLINE float vmax_of(float old, float v) { return old > v ? old : v; }
 TORCHEXT_INLINE double vmax_of(double old, double v) { return old > v ? old : v; }
-#if defined(__x86_64__) && defined(__GNUC__)
+#if TORCHEXT_F16C_OPTIM
 TORCHEXT_TARGET_AVX2 inline __m256 vsqrt(__m256 x) { return _mm256_sqrt_ps(x); }
 TORCHEXT_TARGET_AVX2 inline __m256 vmax_of(__m256 old, __m256 v) { return _mm256_max_ps(old, v); }  // old > v ? old : v
 #endif
@@ -96,7 +96,7 @@ TORCHEXT_INLINE void adam_impl(T* p, const T* g, S* m, S* v, S* vmax, float* mas
 }
 TORCHEXT_CPU_DISPATCH(adam_kernel, adam_impl)
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if TORCHEXT_F16C_OPTIM
 
 // float16 with F16C: 8 elements converted in registers per step (GCC does not vectorise scalar
 // half conversions through F16C), the same math as adam_loop. The tail goes through adam_loop.
@@ -128,7 +128,7 @@ void run_adam(T* p, const T* g, S* m, S* v, S* vmax, float* master, int64_t n, c
 template <typename S>
 void run_adam(c10::Half* p, const c10::Half* g, S* m, S* v, S* vmax, float* master, int64_t n,
               const AdamConsts<float>& c) {
-#if defined(__x86_64__) && defined(__GNUC__)
+#if TORCHEXT_F16C_OPTIM
   if (cpu::use_f16c()) {
     if (vmax) return adam_loop_f16c<S, true>(p, g, m, v, vmax, master, n, c);
     return adam_loop_f16c<S, false>(p, g, m, v, vmax, master, n, c);

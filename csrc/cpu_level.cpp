@@ -9,7 +9,7 @@ namespace cpu {
 namespace {
 
 Level detect() {
-#if defined(__x86_64__) && defined(__GNUC__)
+#if TORCHEXT_X86_SIMD
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
@@ -43,7 +43,7 @@ Level level() {
 bool use_avx512_bf16() {
   static const bool use = [] {
     if (level() != Level::AVX512 || std::getenv("TORCHEXT_CPU_CAPABILITY") != nullptr) return false;
-#if defined(__x86_64__) && defined(__GNUC__)
+#if TORCHEXT_X86_SIMD
     return __builtin_cpu_supports("avx512bf16") != 0;
 #else
     return false;

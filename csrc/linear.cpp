@@ -14,8 +14,6 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -54,32 +52,42 @@ struct Blocking {
 
 constexpr int64_t kPackBlock = 16;  // k extent of one transpose block while packing
 
+// Two-source shuffle of 8-lane vectors with constant lane indices (0-7 from a, 8-15 from b), in
+// the spelling of each compiler: GCC's __builtin_shuffle takes an index vector, Clang's
+// __builtin_shufflevector the indices themselves.
+#if defined(__clang__)
+#define TORCHEXT_SHUFFLE8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define TORCHEXT_SHUFFLE8(a, b, ...) __builtin_shuffle(a, b, i8{__VA_ARGS__})
+#endif
+
 // Transposes an 8 x 8 float block: rows src[r * ld .. + 8) for r < 8 become dst[k * ldd .. + 8).
 // Three rounds of pairwise shuffles (1-, 2-, 4-element interleaves) instead of 64 scalar moves.
 TORCHEXT_INLINE void transpose8x8(const float* src, int64_t ld, float* dst, int64_t ldd) {
   typedef float v8 __attribute__((vector_size(32)));
-  typedef int i8 __attribute__((vector_size(32)));
+#if !defined(__clang__)
+  typedef int i8 __attribute__((vector_size(32)));  // TORCHEXT_SHUFFLE8's index vectors
+#endif
   v8 v[8], t[8], u[8];
   for (int r = 0; r < 8; ++r) std::memcpy(&v[r], src + r * ld, 32);
-  const i8 lo1 = {0, 8, 1, 9, 4, 12, 5, 13}, hi1 = {2, 10, 3, 11, 6, 14, 7, 15};
-  const i8 lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
-  const i8 lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
   for (int r = 0; r < 8; r += 2) {
-    t[r] = __builtin_shuffle(v[r], v[r + 1], lo1);
-    t[r + 1] = __builtin_shuffle(v[r], v[r + 1], hi1);
+    t[r] = TORCHEXT_SHUFFLE8(v[r], v[r + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[r + 1] = TORCHEXT_SHUFFLE8(v[r], v[r + 1], 2, 10, 3, 11, 6, 14, 7, 15);
   }
   for (int h = 0; h < 8; h += 4) {
-    u[h] = __builtin_shuffle(t[h], t[h + 2], lo2);
-    u[h + 1] = __builtin_shuffle(t[h], t[h + 2], hi2);
-    u[h + 2] = __builtin_shuffle(t[h + 1], t[h + 3], lo2);
-    u[h + 3] = __builtin_shuffle(t[h + 1], t[h + 3], hi2);
+    u[h] = TORCHEXT_SHUFFLE8(t[h], t[h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[h + 1] = TORCHEXT_SHUFFLE8(t[h], t[h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    u[h + 2] = TORCHEXT_SHUFFLE8(t[h + 1], t[h + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[h + 3] = TORCHEXT_SHUFFLE8(t[h + 1], t[h + 3], 2, 3, 10, 11, 6, 7, 14, 15);
   }
   for (int q = 0; q < 4; ++q) {
-    const v8 a = __builtin_shuffle(u[q], u[q + 4], lo4), b = __builtin_shuffle(u[q], u[q + 4], hi4);
+    const v8 a = TORCHEXT_SHUFFLE8(u[q], u[q + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    const v8 b = TORCHEXT_SHUFFLE8(u[q], u[q + 4], 4, 5, 6, 7, 12, 13, 14, 15);
     std::memcpy(dst + q * ldd, &a, 32);
     std::memcpy(dst + (q + 4) * ldd, &b, 32);
   }
 }
+#undef TORCHEXT_SHUFFLE8
 
 // Packs kc lines (line k at base + k * stride, `count` consecutive values each: a column-major A
 // or a transposed weight) into W-wide panels, panel p at dst + p * kc holding value (k, c) at
@@ -376,6 +384,7 @@ TORCHEXT_INLINE void gemm_tasks_impl(const LinearProblem<T>* gp, const Blocking*
 // The register tile depends on the register file, so the GEMM has its own three-way dispatch
 // rather than TORCHEXT_CPU_DISPATCH (which instantiates one body per level): AVX-512 has 32
 // 64-byte registers (12 x 2 accumulators), AVX2 and SSE have 16 (6 x 2 accumulators).
+#if TORCHEXT_X86_SIMD
 template <typename T, typename... Args>
 TORCHEXT_TARGET_AVX512 void gemm_tasks_avx512(Args... args) {
   gemm_tasks_impl<T, 64, 12>(args...);
@@ -384,11 +393,13 @@ template <typename T, typename... Args>
 TORCHEXT_TARGET_AVX2 void gemm_tasks_avx2(Args... args) {
   gemm_tasks_impl<T, 32, 6>(args...);
 }
+#endif
 template <typename T, typename... Args>
 void gemm_tasks_default(Args... args) {
   gemm_tasks_impl<T, 16, 6>(args...);
 }
 
+#if TORCHEXT_X86_SIMD
 // bfloat16 on CPUs with AVX512_BF16: VDPBF16PS multiplies pairs of bf16 values and adds both
 // products to a float32 lane, twice the multiply rate of converting to float first. Both operands
 // are packed as k pairs: for each pair, MR (A) or NR (B) 32-bit words, each holding the values at
@@ -536,6 +547,7 @@ TORCHEXT_TARGET_AVX512_BF16 void gemm_tasks_bf16(const LinearProblem<c10::BFloat
     }
   }
 }
+#endif  // TORCHEXT_X86_SIMD
 
 struct Tile {
   int vb, mr;
@@ -630,6 +642,7 @@ TORCHEXT_CPU_DISPATCH(small_rows_axpy_kernel, small_rows_axpy_impl)
 // values per FMA.
 constexpr int64_t kDotRows = 16;
 
+#if TORCHEXT_X86_SIMD
 struct Bf16Dot {
   using T = c10::BFloat16;
   using V = __m512bh;
@@ -727,11 +740,13 @@ TORCHEXT_TARGET_AVX512_BF16 void rows_dot(const LinearProblem<typename D::T>* g,
     if (first < g->M) dot_rows<D, 1>(*g, first, g->M - first, j);
   }
 }
+#endif  // TORCHEXT_X86_SIMD
 
 // Runs g (at most kDotRows rows, forward layout) through dot_block when T has a policy and this
 // CPU runs it; returns false otherwise.
 template <typename T>
 bool run_rows_dot(const LinearProblem<T>& g) {
+#if TORCHEXT_X86_SIMD
   using D = std::conditional_t<std::is_same<T, c10::BFloat16>::value, Bf16Dot,
                                std::conditional_t<std::is_same<T, float>::value, F32Dot, void>>;
   if constexpr (std::is_void<D>::value) {
@@ -744,6 +759,10 @@ bool run_rows_dot(const LinearProblem<T>& g) {
     at::parallel_for(0, g.N, grain, [&](int64_t j0, int64_t j1) { rows_dot<D>(&g, j0, j1); });
     return true;
   }
+#else
+  (void)g;
+  return false;
+#endif
 }
 
 // Runs g through the few-rows kernels and returns true when its layout suits them.
@@ -779,7 +798,7 @@ void run_gemm(const LinearProblem<T>& g) {
   const Tile tile = tile_for_level();
   // The bf16 pair kernel uses the AVX-512 tile (MR 12, NR 32 floats); kc (512) is even, so every
   // slice but the last holds whole pairs.
-  const bool bf16_pairs = std::is_same<T, c10::BFloat16>::value && cpu::use_avx512_bf16();
+  const bool bf16_pairs = TORCHEXT_X86_SIMD && std::is_same<T, c10::BFloat16>::value && cpu::use_avx512_bf16();
   const int64_t mr = tile.mr;
   const int64_t nr = 2 * tile.vb / static_cast<int64_t>(sizeof(Acc));
   Blocking bl;
@@ -818,6 +837,7 @@ void run_gemm(const LinearProblem<T>& g) {
     auto pb = alloc(bl.nc * kc_alloc);
     auto pc = alloc(need_partial ? bl.mc * bl.nc : 1);
     TORCH_CHECK(pa && pb && pc, "torchext.linear: out of memory for packing buffers");
+#if TORCHEXT_X86_SIMD
     if constexpr (std::is_same<T, c10::BFloat16>::value) {
       if (bf16_pairs) {  // (kc + 1) / 2 pair words per lane fit where kc floats do
         gemm_tasks_bf16(&g, &bl, begin, end, reinterpret_cast<uint32_t*>(pa.get()),
@@ -826,10 +846,12 @@ void run_gemm(const LinearProblem<T>& g) {
       }
     }
     switch (cpu::level()) {
-      case cpu::Level::AVX512: gemm_tasks_avx512<T>(&g, &bl, begin, end, pa.get(), pb.get(), pc.get()); break;
-      case cpu::Level::AVX2: gemm_tasks_avx2<T>(&g, &bl, begin, end, pa.get(), pb.get(), pc.get()); break;
-      default: gemm_tasks_default<T>(&g, &bl, begin, end, pa.get(), pb.get(), pc.get()); break;
+      case cpu::Level::AVX512: gemm_tasks_avx512<T>(&g, &bl, begin, end, pa.get(), pb.get(), pc.get()); return;
+      case cpu::Level::AVX2: gemm_tasks_avx2<T>(&g, &bl, begin, end, pa.get(), pb.get(), pc.get()); return;
+      default: break;
     }
+#endif
+    gemm_tasks_default<T>(&g, &bl, begin, end, pa.get(), pb.get(), pc.get());
   });
 }
 

@@ -12,8 +12,6 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -102,6 +100,7 @@ TORCHEXT_INLINE void scale_mul_impl(const T* __restrict__ g, const T* __restrict
 }
 TORCHEXT_CPU_DISPATCH(scale_mul_kernel, scale_mul_impl)
 
+#if TORCHEXT_X86_SIMD
 // float16 on AVX2 / AVX-512 machines: GCC does not vectorise the software conversions, so these
 // loops convert 8 elements at a time with F16C in registers and do the math in float (the same
 // math as the software path, and the hardware also rounds to nearest even); tails take the
@@ -167,8 +166,9 @@ TORCHEXT_TARGET_AVX2 void scale_mul_f16c(const c10::Half* g, const c10::Half* di
   for (; i + 8 <= n; i += 8) store8(out + i, _mm256_mul_ps(_mm256_mul_ps(two, load8(diff + i)), load8(g + i)));
   for (; i < n; ++i) store(out, i, 2.f * load(diff, i) * load(g, i));
 }
+#endif  // TORCHEXT_X86_SIMD
 
-// The kernels as called by the drivers below: generic, with a float16 overload using F16C.
+// The kernels as called by the drivers below: generic, with a float16 overload using F16C on x86.
 template <typename T>
 void run_sum(const T* x, const T* t, T* diff, int64_t n, sum_t<T>* out) {
   if (diff == nullptr) {
@@ -177,38 +177,46 @@ void run_sum(const T* x, const T* t, T* diff, int64_t n, sum_t<T>* out) {
     sq_diff_sum_save_kernel<T>(x, t, diff, n, out);
   }
 }
+#if TORCHEXT_X86_SIMD
 void run_sum(const c10::Half* x, const c10::Half* t, c10::Half* diff, int64_t n, float* out) {
   if (!use_f16c()) return run_sum<c10::Half>(x, t, diff, n, out);
   if (diff == nullptr) return sum_f16c<false>(x, t, diff, n, out);
   sum_f16c<true>(x, t, diff, n, out);
 }
+#endif
 
 template <typename T>
 void run_elementwise(const T* x, const T* t, T* loss, T* diff, int64_t n) {
   sq_diff_kernel<T>(x, t, loss, diff, n);
 }
+#if TORCHEXT_X86_SIMD
 void run_elementwise(const c10::Half* x, const c10::Half* t, c10::Half* loss, c10::Half* diff, int64_t n) {
   if (!use_f16c()) return run_elementwise<c10::Half>(x, t, loss, diff, n);
   elementwise_f16c(x, t, loss, diff, n);
 }
+#endif
 
 template <typename T>
 void run_scale(const T* diff, T* out, int64_t n, math_t<T> scale) {
   scale_kernel<T>(diff, out, n, scale);
 }
+#if TORCHEXT_X86_SIMD
 void run_scale(const c10::Half* diff, c10::Half* out, int64_t n, float scale) {
   if (!use_f16c()) return run_scale<c10::Half>(diff, out, n, scale);
   scale_f16c(diff, out, n, scale);
 }
+#endif
 
 template <typename T>
 void run_scale_mul(const T* g, const T* diff, T* out, int64_t n) {
   scale_mul_kernel<T>(g, diff, out, n);
 }
+#if TORCHEXT_X86_SIMD
 void run_scale_mul(const c10::Half* g, const c10::Half* diff, c10::Half* out, int64_t n) {
   if (!use_f16c()) return run_scale_mul<c10::Half>(g, diff, out, n);
   scale_mul_f16c(g, diff, out, n);
 }
+#endif
 
 constexpr int64_t kGrain = 1 << 15;       // elementwise work per task
 constexpr int64_t kChunk = 1 << 13;       // elements per partial sum (fixed: makes sums reproducible)

@@ -143,6 +143,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("adam_step_eager", &adam_step_eager, "torchext::adam_step_ called from C++, below the autograd keys");
   m.def("cpu_capability", [] { return std::string(torchext::cpu::level_name()); },
         "SIMD level the CPU kernels dispatch to on this machine");
+  m.def("cpu_x86_kernels", [] { return TORCHEXT_X86_SIMD != 0; },
+        "whether the AVX2 / AVX-512 kernel variants were compiled in (not on other CPUs or in a "
+        "TORCHEXT_PORTABLE build)");
   m.def("cpu_bf16_dot", &torchext::cpu::use_avx512_bf16,
         "whether bfloat16 Linear uses AVX512_BF16 dot products on this machine");
 }

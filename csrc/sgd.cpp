@@ -74,7 +74,7 @@ TORCHEXT_INLINE void sgd_impl(T* p, const T* g, S* buf, float* master, int64_t n
 }
 TORCHEXT_CPU_DISPATCH(sgd_kernel, sgd_impl)
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if TORCHEXT_F16C_OPTIM
 // float16 with F16C: 8 elements converted in registers per step (GCC does not vectorise scalar
 // half conversions through F16C), the same math as sgd_loop. The tail goes through sgd_loop.
 template <typename S, bool kMomentum>
@@ -101,7 +101,7 @@ void run_sgd(T* p, const T* g, S* buf, float* master, int64_t n, const SgdConsts
 }
 template <typename S>
 void run_sgd(c10::Half* p, const c10::Half* g, S* buf, float* master, int64_t n, const SgdConsts<float>& c) {
-#if defined(__x86_64__) && defined(__GNUC__)
+#if TORCHEXT_F16C_OPTIM
   if (cpu::use_f16c()) {
     if (buf) return sgd_loop_f16c<S, true>(p, g, buf, master, n, c);
     return sgd_loop_f16c<S, false>(p, g, buf, master, n, c);

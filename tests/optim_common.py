@@ -82,9 +82,12 @@ def spoil_grad(p, case):
     if case == "shape":
         p.grad.data = torch.randn(p.numel() + 1, dtype=p.dtype, device=p.device)
     elif case == "dtype":
-        p.grad_dtype = None
-        p.grad = torch.randn(p.shape, dtype=torch.float64 if p.dtype != torch.float64 else torch.float32,
-                             device=p.device)
+        # Through .data: the grad setter refuses another dtype (torch >= 2.10 lets p.grad_dtype = None
+        # lift that, older releases have no way round it but this one).
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        p.grad.data = torch.randn(p.shape, dtype=torch.float64 if p.dtype != torch.float64 else torch.float32,
+                                  device=p.device)
     elif case == "sparse":
         p.grad = torch.randn(p.shape, dtype=p.dtype, device=p.device).to_sparse()
     else:

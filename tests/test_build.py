@@ -1,5 +1,6 @@
 """The package, its build record and the import-time ABI guard."""
 import os
+import platform
 import subprocess
 import sys
 
@@ -37,6 +38,15 @@ def test_cpu_kernels_registered():
 
 def test_cpu_capability_is_known():
     assert _C.cpu_capability() in ("avx512", "avx2", "default")
+
+
+def test_x86_kernel_variants_only_where_built():
+    # The AVX2 / AVX-512 variants exist on x86-64 unless the build asked for the portable kernels
+    # (TORCHEXT_PORTABLE=1, what other CPUs compile); without them everything runs the baseline code.
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    assert _C.cpu_x86_kernels() == (x86 and not getattr(_build_info, "PORTABLE", False))
+    if not _C.cpu_x86_kernels():
+        assert _C.cpu_capability() == "default" and not _C.cpu_bf16_dot()
 
 
 def test_mismatch_message_names_both_versions():

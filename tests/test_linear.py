@@ -628,7 +628,9 @@ def test_cpu_gemm_edge_tiles_at_lower_simd_levels(level, tmp_path):
               " sys.argv[1])\n")
     run_at_cpu_level(level, "-c", script, tmp_path / "out.pt")
     capability, outputs = torch.load(tmp_path / "out.pt")
-    assert capability == level
+    if capability != level:
+        assert level != "default"  # the baseline is always available
+        pytest.skip("this CPU (or a portable build) has no %s kernels" % level)
     for name in EDGE_DTYPES:
         _check_edge_outputs(getattr(torch, name), outputs[name])
 

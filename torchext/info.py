@@ -17,7 +17,7 @@ def collect():
         "torch CUDA": torch.version.cuda or "none",
         "CUDA kernels compiled": "yes (archs: %s)" % cuda_archs if _C.with_cuda() else "no (CPU-only build)",
         "CUDA device": torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible",
-        "CPU SIMD level": _C.cpu_capability(),
+        "CPU SIMD level": _C.cpu_capability() if _C.cpu_x86_kernels() else "%s (portable build: no x86 kernel variants)" % _C.cpu_capability(),
         "CPU bf16 GEMM": "AVX512_BF16 dot products" if _C.cpu_bf16_dot() else "via float32",
         "CPU threads": torch.get_num_threads(),
         "python": "%s (%s)" % (platform.python_version(), sys.platform),

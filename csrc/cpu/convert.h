@@ -7,11 +7,11 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__x86_64__)
+#include "cpu/dispatch.h"
+
+#if TORCHEXT_X86_SIMD
 #include <immintrin.h>
 #endif
-
-#include "cpu/dispatch.h"
 
 namespace torchext {
 namespace cpu {
@@ -74,6 +74,7 @@ TORCHEXT_INLINE void store(c10::BFloat16* p, int64_t i, float v) {
 // cheaper than the software path above, but GCC will not vectorise it from scalar code, so
 // kernels call these explicitly, 8 elements at a time in registers. Both directions give the same
 // values as the software path (round to nearest even).
+#if TORCHEXT_X86_SIMD
 inline bool use_f16c() { return level() != Level::Default; }
 
 // 8 float16 (or float32) elements to and from a float vector, for kernels that convert in registers.
@@ -85,6 +86,7 @@ TORCHEXT_TARGET_AVX2 inline void store8(c10::Half* p, __m256 v) {
 }
 TORCHEXT_TARGET_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 TORCHEXT_TARGET_AVX2 inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+#endif
 
 }  // namespace cpu
 }  // namespace torchext
