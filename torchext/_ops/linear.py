@@ -266,7 +266,9 @@ def _scripted(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     return out if weight.dim() == 2 else out.squeeze(-1)
 
 
-def _traced(op, name, input, weight, bias):
+def _eager(op, name, input, weight, bias):
+    if _tracing_state() is None:
+        return _apply(op, name, input, weight, bias)
     # Under torch.jit.trace, sizes are traced tensors, and the argument checks' comparisons of
     # single sizes would each warn that a tensor became a Python bool. The checks do not shape the
     # graph (the path taken depends on the parameters' shapes, fixed in a traced module), so the
@@ -281,9 +283,7 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     if torch.jit.is_scripting():
         return _scripted(input, weight, bias, False)
     else:
-        if _tracing_state() is not None:
-            return _traced(_linear, "linear", input, weight, bias)
-        return _apply(_linear, "linear", input, weight, bias)
+        return _eager(_linear, "linear", input, weight, bias)
 
 
 def linear_relu(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -291,6 +291,4 @@ def linear_relu(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     if torch.jit.is_scripting():
         return _scripted(input, weight, bias, True)
     else:
-        if _tracing_state() is not None:
-            return _traced(_linear_relu, "linear_relu", input, weight, bias)
-        return _apply(_linear_relu, "linear_relu", input, weight, bias)
+        return _eager(_linear_relu, "linear_relu", input, weight, bias)
