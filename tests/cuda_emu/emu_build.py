@@ -1,0 +1,211 @@
+"""Builds torchext's CUDA sources (csrc/cuda) for the CPU emulation in emu_runtime.h.
+
+The .cu/.cuh files are copied with three mechanical edits: each `kernel<<<grid, block, smem,
+stream>>>(args)` launch becomes a call of the emulated launcher, the CUDA kernel registrations
+become CPU ones, and the tensor-core kernel's `__CUDA_ARCH__ >= 800` guard is taken as true. The
+C++ namespace and the op library are renamed `torchext_emu` (so the ops are
+`torch.ops.torchext_emu.*` and nothing clashes with the real extension), with the schemas taken
+from csrc/ops.cpp. Everything else is the kernels' own code, compiled by the host compiler.
+"""
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CSRC = os.path.join(ROOT, "csrc")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _match_back(text, end, open_ch, close_ch):
+    """Index of the `open_ch` matching the `close_ch` at text[end]."""
+    depth = 0
+    for i in range(end, -1, -1):
+        if text[i] == close_ch:
+            depth += 1
+        elif text[i] == open_ch:
+            depth -= 1
+            if depth == 0:
+                return i
+    raise ValueError("unbalanced " + close_ch)
+
+
+def _match_forward(text, start, open_ch, close_ch):
+    """Index just past the `close_ch` matching the `open_ch` at text[start]."""
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] == open_ch:
+            depth += 1
+        elif text[i] == close_ch:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    raise ValueError("unbalanced " + open_ch)
+
+
+def _split_top(text):
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur.strip())
+    return parts
+
+
+def rewrite_launches(src):
+    out = src
+    while True:
+        at = out.find("<<<")
+        if at < 0:
+            return out
+        # The kernel expression: an identifier path, optionally with template arguments.
+        k_end = at
+        while out[k_end - 1].isspace():
+            k_end -= 1
+        k_start = k_end
+        if out[k_start - 1] == ">":
+            k_start = _match_back(out, k_start - 1, "<", ">")
+        while k_start > 0 and (out[k_start - 1].isalnum() or out[k_start - 1] in "_:"):
+            k_start -= 1
+        kernel = out[k_start:k_end]
+        cfg_end = out.index(">>>", at)
+        cfg = _split_top(out[at + 3:cfg_end])
+        if len(cfg) != 4:
+            raise ValueError("launch without four configuration arguments: " + out[at:cfg_end])
+        a_start = cfg_end + 3
+        while out[a_start].isspace():
+            a_start += 1
+        a_end = _match_forward(out, a_start, "(", ")")
+        args = out[a_start + 1:a_end - 1].strip()
+        call = "::torchext_emu_rt::launch(dim3({}), dim3({}), {}, {}, {}{})".format(
+            cfg[0], cfg[1], cfg[2], cfg[3], kernel, (", " + args) if args else "")
+        out = out[:k_start] + call + out[a_end:]
+
+
+def translate(src):
+    src = rewrite_launches(src)
+    src = re.sub(r"TORCH_LIBRARY_IMPL\(\s*torchext\s*,\s*CUDA\s*,", "TORCH_LIBRARY_IMPL(torchext, CPU,", src)
+    src = src.replace("#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800", "#if 1")
+    src = src.replace(".pinned_memory(true)", ".pinned_memory(false)")
+    return src
+
+
+def schema_block():
+    text = open(os.path.join(CSRC, "ops.cpp")).read()
+    start = text.index("TORCH_LIBRARY(torchext, m)")
+    brace = text.index("{", start)
+    return text[start:_match_forward(text, brace, "{", "}")]
+
+
+EMU_OPS = """// Generated: the op schemas of csrc/ops.cpp, and the emulation's own controls.
+#include <torch/library.h>
+
+{schemas}
+
+#include <mma.h>
+
+namespace {{
+void set_capturing(bool on) {{ ::torchext_emu_rt::capturing() = on; }}
+std::vector<int64_t> launch_stats() {{
+  return {{::torchext_emu_rt::stats().launches, ::torchext_emu_rt::stats().blocks}};
+}}
+
+// Kernels that break the rules, to show that the emulation reports each break.
+__global__ void barrier_in_half_the_block(int* out) {{
+  if (threadIdx.x < 16) __syncthreads();
+  out[threadIdx.x] = 1;
+}}
+__global__ void shuffle_in_half_a_warp(int* out) {{
+  if (threadIdx.x < 16) out[threadIdx.x] = __shfl_down_sync(0xffffffffu, 1, 1);
+}}
+__global__ void misaligned_wmma_load(const c10::Half* p) {{
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, c10::Half, nvcuda::wmma::row_major> f;
+  nvcuda::wmma::load_matrix_sync(f, p + 1, 16);
+}}
+__global__ void trapping(int*) {{ __trap(); }}
+
+void broken_kernel(int64_t which) {{
+  std::vector<int> out(64);
+  std::vector<c10::Half> halves(16 * 16 + 32);
+  switch (which) {{
+    case 0: ::torchext_emu_rt::launch(dim3(1), dim3(32), 0, nullptr, barrier_in_half_the_block, out.data()); break;
+    case 1: ::torchext_emu_rt::launch(dim3(1), dim3(32), 0, nullptr, shuffle_in_half_a_warp, out.data()); break;
+    case 2: ::torchext_emu_rt::launch(dim3(1), dim3(32), 0, nullptr, misaligned_wmma_load,
+                                      static_cast<const c10::Half*>(halves.data())); break;
+    case 3: ::torchext_emu_rt::launch(dim3(1), dim3(1025), 0, nullptr, trapping, out.data()); break;
+    case 4: ::torchext_emu_rt::launch(dim3(1, 65536), dim3(32), 0, nullptr, trapping, out.data()); break;
+    default: ::torchext_emu_rt::launch(dim3(2), dim3(32), 0, nullptr, trapping, out.data()); break;
+  }}
+}}
+}}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(torchext, m) {{
+  m.def("emu_set_capturing(bool on) -> ()", &set_capturing);
+  m.def("emu_launch_stats() -> int[]", &launch_stats);
+  m.def("emu_broken_kernel(int which) -> ()", &broken_kernel);
+}}
+"""
+
+
+def generate(out_dir):
+    """Writes the translated sources under out_dir; returns the .cpp files to compile."""
+    os.makedirs(os.path.join(out_dir, "cuda"), exist_ok=True)
+    sources = []
+    for name in sorted(os.listdir(os.path.join(CSRC, "cuda"))):
+        src = open(os.path.join(CSRC, "cuda", name)).read()
+        dst_name = name[:-3] + ".cpp" if name.endswith(".cu") else name
+        dst = os.path.join(out_dir, "cuda", dst_name)
+        _write_if_changed(dst, translate(src))
+        if name.endswith(".cu"):
+            sources.append(dst)
+    ops = os.path.join(out_dir, "emu_ops.cpp")
+    _write_if_changed(ops, EMU_OPS.format(schemas=schema_block()))
+    return [ops] + sources
+
+
+def _write_if_changed(path, text):
+    if os.path.exists(path) and open(path).read() == text:
+        return
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def load(verbose=False):
+    """Builds (or reuses) the emulated extension and loads it; its ops are torch.ops.torchext_emu.*
+
+    With TORCHEXT_EMU_ASAN=1 the kernels are built with AddressSanitizer, which then reports any
+    read or write outside a tensor's allocation (the emulation's counterpart of compute-sanitizer's
+    memcheck); Python must then run with the ASan runtime preloaded, as tests/cuda_emu/asan.sh does.
+    """
+    import torch
+    from torch.utils import cpp_extension
+
+    asan = os.environ.get("TORCHEXT_EMU_ASAN") == "1"
+    build = os.path.join(ROOT, "build", "cuda_emu_asan" if asan else "cuda_emu")
+    src_dir = os.path.join(build, "src")
+    sources = generate(src_dir)
+    obj_dir = os.path.join(build, "obj")
+    os.makedirs(obj_dir, exist_ok=True)
+    sanitize = ["-fsanitize=address", "-fno-omit-frame-pointer"] if asan else []
+    cpp_extension.load(
+        name="torchext_cuda_emu_asan" if asan else "torchext_cuda_emu",
+        sources=sources,
+        extra_include_paths=[os.path.join(HERE, "include"), src_dir, CSRC],
+        extra_cflags=["-O1", "-include", os.path.join(HERE, "emu_runtime.h"), "-Dtorchext=torchext_emu",
+                      "-fno-math-errno", "-w"] + sanitize,
+        extra_ldflags=sanitize,
+        build_directory=obj_dir,
+        is_python_module=False,
+        verbose=verbose,
+    )
+    return torch.ops.torchext_emu
+
+
+if __name__ == "__main__":
+    load(verbose=True)
+    print("built")

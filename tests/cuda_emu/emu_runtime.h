@@ -1,0 +1,283 @@
+// A CPU stand-in for the parts of the CUDA execution model torchext's kernels use, so that the
+// .cu files can be compiled by a host C++ compiler and their kernels executed on CPU tensors.
+//
+// Each CUDA thread of a block is a fiber (ucontext) with its own stack; the blocks of a grid run
+// one after another, and a block's fibers are switched cooperatively at __syncthreads() and at
+// warp shuffles, so shared memory (a function-local static) is shared by the threads of the
+// running block exactly as on the device. A block barrier that some thread of the block never
+// reaches (or has exited before), or a shuffle that part of a warp skips, is reported as an error
+// instead of hanging.
+//
+// Launches are checked against the device's limits (threads per block, grid dimensions,
+// parameter bytes), which is where a kernel that is correct on paper can still fail to launch.
+//
+// What this cannot show: timing, the memory model (stores become visible at once here), bank
+// conflicts, register pressure, or anything about streams and graphs beyond their ordering.
+#pragma once
+
+#include <ucontext.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline __attribute__((always_inline))
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+
+struct uint3 {
+  unsigned int x, y, z;
+};
+struct dim3 {
+  unsigned int x, y, z;
+  constexpr dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+struct CUstream_st;
+using cudaStream_t = CUstream_st*;
+enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidConfiguration = 9 };
+
+namespace torchext_emu_rt {
+
+// Per-thread coordinates of the fiber that is running (one OS thread runs every fiber).
+inline uint3 g_thread_idx{0, 0, 0};
+inline uint3 g_block_idx{0, 0, 0};
+inline dim3 g_block_dim;
+inline dim3 g_grid_dim;
+
+enum class State { kRun, kBlockWait, kWarpWait, kDone };
+
+struct Fiber {
+  ucontext_t ctx;
+  std::unique_ptr<unsigned char[]> stack;  // not zero-filled: pages are touched only as used
+  State state = State::kRun;
+  uint3 idx{0, 0, 0};
+  unsigned long long shfl_slot = 0;  // the value a lane offers to a shuffle
+};
+
+struct Block {
+  ucontext_t sched;
+  std::vector<Fiber> fibers;
+  int current = -1;  // the fiber running, -1 in the launching (host) code
+  void (*body)(void*) = nullptr;
+  void* arg = nullptr;
+  std::string error;  // set by a failing thread; the launch then throws it
+};
+
+inline Block& block() {
+  static Block b;
+  return b;
+}
+
+inline std::mutex& launch_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+inline int linear_tid() {
+  return static_cast<int>(g_thread_idx.x + g_block_dim.x * (g_thread_idx.y + g_block_dim.y * g_thread_idx.z));
+}
+
+inline void yield(State s) {
+  Block& b = block();
+  Fiber& f = b.fibers[b.current];
+  f.state = s;
+  swapcontext(&f.ctx, &b.sched);
+}
+
+// Reports a failed check. In host code it throws; in a kernel thread (whose stack cannot be
+// unwound through the context switch) it records the message and leaves the thread for good, and
+// the launch throws once back on the host stack.
+[[noreturn]] inline void fail(const std::string& what) {
+  Block& b = block();
+  if (b.current < 0) throw std::runtime_error("CUDA emulation: " + what);
+  b.error = what + " (thread " + std::to_string(b.current) + " of block " + std::to_string(g_block_idx.x) + "," +
+            std::to_string(g_block_idx.y) + ")";
+  Fiber& f = b.fibers[b.current];
+  f.state = State::kDone;
+  swapcontext(&f.ctx, &b.sched);  // never resumed
+  std::abort();
+}
+
+inline void fiber_entry() {
+  Block& b = block();
+  b.body(b.arg);
+  b.fibers[b.current].state = State::kDone;
+  // returning goes to uc_link, the scheduler
+}
+
+
+// Runs one block: every fiber until it finishes, releasing barriers when the whole block (or
+// warp) has arrived.
+inline void run_block(int threads) {
+  Block& b = block();
+  constexpr size_t kStack = 256 * 1024;
+  if (b.fibers.size() < static_cast<size_t>(threads)) b.fibers.resize(threads);
+  for (int t = 0; t < threads; ++t) {
+    Fiber& f = b.fibers[t];
+    if (!f.stack) f.stack.reset(new unsigned char[kStack]);
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = f.stack.get();
+    f.ctx.uc_stack.ss_size = kStack;
+    f.ctx.uc_link = &b.sched;
+    makecontext(&f.ctx, &fiber_entry, 0);
+    f.state = State::kRun;
+    f.idx = uint3{t % g_block_dim.x, (t / g_block_dim.x) % g_block_dim.y, t / (g_block_dim.x * g_block_dim.y)};
+  }
+  const int warps = (threads + 31) / 32;
+  for (;;) {
+    for (int t = 0; t < threads; ++t) {
+      if (b.fibers[t].state != State::kRun) continue;
+      b.current = t;
+      g_thread_idx = b.fibers[t].idx;
+      swapcontext(&b.sched, &b.fibers[t].ctx);
+      b.current = -1;
+      if (!b.error.empty()) {
+        const std::string error = std::move(b.error);
+        b.error.clear();
+        fail(error);
+      }
+    }
+    bool released = false;
+    int done = 0, at_block = 0, at_warp = 0;
+    for (int t = 0; t < threads; ++t) {
+      done += b.fibers[t].state == State::kDone;
+      at_block += b.fibers[t].state == State::kBlockWait;
+      at_warp += b.fibers[t].state == State::kWarpWait;
+    }
+    if (done == threads) break;
+    for (int w = 0; w < warps; ++w) {
+      const int lo = w * 32, hi = std::min(threads, lo + 32);
+      bool all = true, any = false;
+      for (int t = lo; t < hi; ++t) {
+        all = all && b.fibers[t].state == State::kWarpWait;
+        any = any || b.fibers[t].state == State::kWarpWait;
+      }
+      if (any && all) {
+        for (int t = lo; t < hi; ++t) b.fibers[t].state = State::kRun;
+        released = true;
+      }
+    }
+    if (!released && at_block == threads) {
+      // Strict: every thread of the block, none exited (CUDA allows __syncthreads() in conditional
+      // code only where the condition is the same across the block).
+      for (int t = 0; t < threads; ++t) b.fibers[t].state = State::kRun;
+      released = true;
+    }
+    if (!released) {
+      fail("deadlock in block (" + std::to_string(g_block_idx.x) + "," + std::to_string(g_block_idx.y) +
+           "): " + std::to_string(at_block) + " threads at __syncthreads, " + std::to_string(at_warp) +
+           " in a warp shuffle that part of their warp did not reach, " + std::to_string(done) + " exited");
+    }
+  }
+}
+
+template <typename... P>
+constexpr size_t param_bytes() {
+  return (size_t(0) + ... + sizeof(P));
+}
+
+struct Stats {
+  long long launches = 0;
+  long long blocks = 0;
+};
+inline Stats& stats() {
+  static Stats s;
+  return s;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...): checked against sm_90's limits, then every block.
+template <typename... P, typename... A>
+void launch(dim3 grid, dim3 blk, size_t dynamic_smem, cudaStream_t, void (*kernel)(P...), A&&... args) {
+  static_assert(sizeof...(P) == sizeof...(A), "kernel argument count");
+  const unsigned long long threads = 1ull * blk.x * blk.y * blk.z;
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0) fail("launch with an empty grid or block");
+  if (threads > 1024 || blk.z > 64) fail("more than 1024 threads (or z > 64) in a block");
+  if (grid.x > 2147483647u || grid.y > 65535u || grid.z > 65535u) fail("grid dimension over the limit");
+  if (param_bytes<P...>() > 4096) fail("kernel parameters over 4 KiB (the limit before CUDA 12.1)");
+  if (dynamic_smem > 0) fail("dynamic shared memory is not emulated");
+  std::lock_guard<std::mutex> lock(launch_mutex());
+  std::tuple<std::decay_t<P>...> params(static_cast<P>(std::forward<A>(args))...);
+  struct Call {
+    void (*k)(P...);
+    std::tuple<std::decay_t<P>...>* params;
+  } call{kernel, &params};
+  Block& b = block();
+  b.body = [](void* c) {
+    auto* call = static_cast<Call*>(c);
+    std::apply(call->k, *call->params);  // by-value parameters: each thread gets its own copy
+  };
+  b.arg = &call;
+  g_block_dim = blk;
+  g_grid_dim = grid;
+  ++stats().launches;
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        g_block_idx = uint3{x, y, z};
+        ++stats().blocks;
+        run_block(static_cast<int>(threads));
+      }
+}
+
+// Optional simulated stream-capture state, so tests can reach the capture-only code paths.
+inline bool& capturing() {
+  static bool c = false;
+  return c;
+}
+
+}  // namespace torchext_emu_rt
+
+#define threadIdx (::torchext_emu_rt::g_thread_idx)
+#define blockIdx (::torchext_emu_rt::g_block_idx)
+#define blockDim (::torchext_emu_rt::g_block_dim)
+#define gridDim (::torchext_emu_rt::g_grid_dim)
+
+inline void __syncthreads() { torchext_emu_rt::yield(torchext_emu_rt::State::kBlockWait); }
+
+// Every lane of the warp must call it with the full mask, as the kernels here do.
+template <typename T>
+inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  static_assert(sizeof(T) <= sizeof(unsigned long long), "shuffle of a wide type");
+  using namespace torchext_emu_rt;
+  if (mask != 0xffffffffu) fail("__shfl_down_sync with a partial mask is not emulated");
+  Block& b = block();
+  const int t = b.current;
+  std::memcpy(&b.fibers[t].shfl_slot, &v, sizeof(T));
+  yield(State::kWarpWait);  // every lane has offered its value
+  const int lane = t % 32, seg = lane / width * width;
+  T out = v;
+  if (lane - seg + static_cast<int>(delta) < width) {
+    std::memcpy(&out, &b.fibers[t + static_cast<int>(delta)].shfl_slot, sizeof(T));
+  }
+  yield(State::kWarpWait);  // every lane has read before the next shuffle overwrites the slots
+  return out;
+}
+
+inline float atomicAdd(float* p, float v) {
+  return std::atomic_ref<float>(*p).fetch_add(v);
+}
+inline double atomicAdd(double* p, double v) {
+  return std::atomic_ref<double>(*p).fetch_add(v);
+}
+
+[[noreturn]] inline void __trap() { torchext_emu_rt::fail("__trap() in a kernel"); }
+
+#define TORCHEXT_EMU_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  ::torchext_emu_rt::launch(dim3(grid), dim3(block), smem, stream, kernel, ##__VA_ARGS__)
