@@ -341,7 +341,18 @@ SGD_CASES = {  # momentum, dampening, weight_decay, nesterov, maximize
 }
 
 
-@pytest.mark.parametrize("extras", ["none", "lr_tensor", "grad_scale"])
+@pytest.fixture
+def device_lr(emu, request):
+    """For extras == 'device_lr': the op treats its (CPU) lr tensor as a device one, so the kernel
+    reads lr through a pointer, as in capturable steps."""
+    on = request.node.callspec.params.get("extras") == "device_lr"
+    emu.emu_set_lr_as_device(on)
+    yield
+    emu.emu_set_lr_as_device(False)
+
+
+@pytest.mark.usefixtures("device_lr")
+@pytest.mark.parametrize("extras", ["none", "lr_tensor", "device_lr", "grad_scale"])
 @pytest.mark.parametrize("case", SGD_CASES)
 @pytest.mark.parametrize("how", ["contiguous", "offset"])
 @pytest.mark.parametrize("dtype", FLOATS + ["float16_master"])
@@ -352,7 +363,7 @@ def test_sgd_step(emu, dtype, how, case, extras):
     params, grads, buffers, masters = opt_lists(dtype, how, master=master)
     bufs = buffers() if momentum else []
     counts = [torch.tensor([float(i % 2)]) for i in range(len(params))] if momentum else []
-    lr_tensor = torch.tensor(0.05, dtype=torch.float64) if extras == "lr_tensor" else None
+    lr_tensor = torch.tensor(0.05, dtype=torch.float64) if extras in ("lr_tensor", "device_lr") else None
     grad_scale = torch.tensor([4.0]) if extras == "grad_scale" else None
     found_inf = torch.tensor([0.0]) if extras == "grad_scale" else None
     state = [params, bufs, counts, masters]
@@ -375,7 +386,8 @@ ADAM_CASES = {  # weight_decay, amsgrad, maximize, decoupled
 }
 
 
-@pytest.mark.parametrize("extras", ["none", "lr_tensor", "grad_scale"])
+@pytest.mark.usefixtures("device_lr")
+@pytest.mark.parametrize("extras", ["none", "lr_tensor", "device_lr", "grad_scale"])
 @pytest.mark.parametrize("case", ADAM_CASES)
 @pytest.mark.parametrize("how", ["contiguous", "offset"])
 @pytest.mark.parametrize("dtype", FLOATS + ["bfloat16_master"])
@@ -385,7 +397,7 @@ def test_adam_step(emu, dtype, how, case, extras):
     wd, amsgrad, maximize, decoupled = ADAM_CASES[case]
     params, grads, buffers, masters = opt_lists(dtype, how, master=master)
     steps = [torch.tensor([float(i)]) for i in range(len(params))]
-    lr_tensor = torch.tensor(1e-2, dtype=torch.float64) if extras == "lr_tensor" else None
+    lr_tensor = torch.tensor(1e-2, dtype=torch.float32) if extras in ("lr_tensor", "device_lr") else None
     grad_scale = torch.tensor([0.5]) if extras == "grad_scale" else None
     found_inf = torch.tensor([0.0]) if extras == "grad_scale" else None
     state = [params, buffers(), buffers(positive=True), buffers(positive=True) if amsgrad else [], steps, masters]

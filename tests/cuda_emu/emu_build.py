@@ -1,8 +1,9 @@
 """Builds torchext's CUDA sources (csrc/cuda) for the CPU emulation in emu_runtime.h.
 
-The .cu/.cuh files are copied with three mechanical edits: each `kernel<<<grid, block, smem,
+The .cu/.cuh files are copied with a few mechanical edits: each `kernel<<<grid, block, smem,
 stream>>>(args)` launch becomes a call of the emulated launcher, the CUDA kernel registrations
-become CPU ones, and the tensor-core kernel's `__CUDA_ARCH__ >= 800` guard is taken as true. The
+become CPU ones, the tensor-core kernel's `__CUDA_ARCH__ >= 800` guard is taken as true, and the
+rest of EDITS below. The
 C++ namespace and the op library are renamed `torchext_emu` (so the ops are
 `torch.ops.torchext_emu.*` and nothing clashes with the real extension), with the schemas taken
 from csrc/ops.cpp. Everything else is the kernels' own code, compiled by the host compiler.
@@ -87,11 +88,27 @@ def rewrite_launches(src):
         out = out[:k_start] + call + out[a_end:]
 
 
-def translate(src):
+# Plain text edits besides the launches: (what, replacement). Each must apply somewhere, so that a
+# change to the sources cannot silently turn one off.
+EDITS = [
+    ("TORCH_LIBRARY_IMPL(torchext, CUDA,", "TORCH_LIBRARY_IMPL(torchext, CPU,"),
+    ("#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800", "#if 1"),
+    # No pinned memory without a GPU; the staging copy is an ordinary one.
+    (".pinned_memory(true)", ".pinned_memory(false)"),
+    # The GEMMs cap gridDim.y (column tiles) at CUDA's 65535 and loop over the rest; a cap of 2 makes
+    # that loop run at test sizes (N > 128).
+    ("constexpr int64_t kMaxGridY = 65535;", "constexpr int64_t kMaxGridY = 2;"),
+    # Every tensor here is a CPU tensor: a test switch makes a CPU lr tensor take the device-lr path.
+    ("if (lr_tensor->is_cpu()) {", "if (lr_tensor->is_cpu() && !::torchext_emu_rt::lr_as_device()) {"),
+]
+
+
+def translate(src, used):
     src = rewrite_launches(src)
-    src = re.sub(r"TORCH_LIBRARY_IMPL\(\s*torchext\s*,\s*CUDA\s*,", "TORCH_LIBRARY_IMPL(torchext, CPU,", src)
-    src = src.replace("#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800", "#if 1")
-    src = src.replace(".pinned_memory(true)", ".pinned_memory(false)")
+    for i, (old, new) in enumerate(EDITS):
+        if old in src:
+            used.add(i)
+            src = src.replace(old, new)
     return src
 
 
@@ -111,6 +128,7 @@ EMU_OPS = """// Generated: the op schemas of csrc/ops.cpp, and the emulation's o
 
 namespace {{
 void set_capturing(bool on) {{ ::torchext_emu_rt::capturing() = on; }}
+void set_lr_as_device(bool on) {{ ::torchext_emu_rt::lr_as_device() = on; }}
 std::vector<int64_t> launch_stats() {{
   return {{::torchext_emu_rt::stats().launches, ::torchext_emu_rt::stats().blocks}};
 }}
@@ -146,6 +164,7 @@ void broken_kernel(int64_t which) {{
 
 TORCH_LIBRARY_FRAGMENT(torchext, m) {{
   m.def("emu_set_capturing(bool on) -> ()", &set_capturing);
+  m.def("emu_set_lr_as_device(bool on) -> ()", &set_lr_as_device);
   m.def("emu_launch_stats() -> int[]", &launch_stats);
   m.def("emu_broken_kernel(int which) -> ()", &broken_kernel);
 }}
@@ -155,14 +174,18 @@ TORCH_LIBRARY_FRAGMENT(torchext, m) {{
 def generate(out_dir):
     """Writes the translated sources under out_dir; returns the .cpp files to compile."""
     os.makedirs(os.path.join(out_dir, "cuda"), exist_ok=True)
-    sources = []
+    sources, used = [], set()
     for name in sorted(os.listdir(os.path.join(CSRC, "cuda"))):
         src = open(os.path.join(CSRC, "cuda", name)).read()
         dst_name = name[:-3] + ".cpp" if name.endswith(".cu") else name
         dst = os.path.join(out_dir, "cuda", dst_name)
-        _write_if_changed(dst, translate(src))
+        _write_if_changed(dst, translate(src, used))
         if name.endswith(".cu"):
             sources.append(dst)
+    unused = [EDITS[i][0] for i in range(len(EDITS)) if i not in used]
+    if unused:
+        raise RuntimeError("CUDA emulation: csrc/cuda no longer contains " + ", ".join(map(repr, unused)) +
+                           "; update EDITS in tests/cuda_emu/emu_build.py")
     ops = os.path.join(out_dir, "emu_ops.cpp")
     _write_if_changed(ops, EMU_OPS.format(schemas=schema_block()))
     return [ops] + sources

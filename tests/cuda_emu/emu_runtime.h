@@ -242,6 +242,12 @@ inline bool& capturing() {
   return c;
 }
 
+// Whether an optimizer's lr tensor counts as one on the device (all tensors here are CPU ones).
+inline bool& lr_as_device() {
+  static bool d = false;
+  return d;
+}
+
 }  // namespace torchext_emu_rt
 
 #define threadIdx (::torchext_emu_rt::g_thread_idx)
