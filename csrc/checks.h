@@ -62,4 +62,14 @@ inline void check_no_internal_overlap(const char* op, const char* name, const at
               "' refers to the same memory location (e.g. an expanded tensor); clone it before an in-place op");
 }
 
+// Whether every element of t is the same memory (all strides 0 where the size is over 1): the
+// gradient sum() and mean() send back, which kernels read as one value instead of copying it.
+inline bool is_broadcast_scalar(const at::Tensor& t) {
+  if (t.numel() <= 1) return false;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) > 1 && t.stride(d) != 0) return false;
+  }
+  return true;
+}
+
 }  // namespace torchext

@@ -115,15 +115,6 @@ TORCHEXT_INLINE void relu_backward_fill_impl(T v, const T* __restrict__ r, T* __
 }
 TORCHEXT_CPU_DISPATCH(relu_backward_fill_kernel, relu_backward_fill_impl)
 
-// Whether every element of t is the same memory (all strides 0 where the size is over 1).
-inline bool is_broadcast_scalar(const at::Tensor& t) {
-  if (t.numel() <= 1) return false;
-  for (int64_t d = 0; d < t.dim(); ++d) {
-    if (t.size(d) > 1 && t.stride(d) != 0) return false;
-  }
-  return true;
-}
-
 constexpr int64_t kGrain = 1 << 15;
 
 at::Tensor relu_cpu(const at::Tensor& self) {

@@ -1,6 +1,6 @@
-// ReLU on CUDA. Memory bound: forward moves 2 elements, backward 3; 16-byte vector accesses. The
-// forward takes integer tensors too, as torch's does (they have no gradient, so the backward is
-// floating-point only).
+// ReLU on CUDA. Memory bound: forward moves 2 elements, backward 3 (2 when the gradient is one
+// broadcast value); 16-byte vector accesses. The forward takes integer tensors too, as torch's
+// does (they have no gradient, so the backward is floating-point only).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
@@ -53,17 +53,26 @@ template <typename T>
 __device__ __forceinline__ bool not_positive(T r) { return static_cast<float>(r) <= 0.f; }
 __device__ __forceinline__ bool not_positive(double r) { return r <= 0.0; }
 
-template <typename T>
+// kScalarGrad: the gradient is one value broadcast over the tensor (g points at it), read once
+// instead of being made contiguous first.
+template <typename T, bool kScalarGrad>
 __global__ void relu_backward_kernel(const T* __restrict__ g, const T* __restrict__ r, T* __restrict__ out,
                                      int64_t n, bool vectorized) {
   constexpr int V = Vec16<T>::kSize;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const T g0 = kScalarGrad ? g[0] : T(0.f);
   int64_t done = 0;
   if (vectorized) {
     const int64_t nvec = n / V;
     for (int64_t i = tid; i < nvec; i += stride) {
-      Vec16<T> gv = load16(g + i * V);
+      Vec16<T> gv;
+      if constexpr (kScalarGrad) {
+#pragma unroll
+        for (int k = 0; k < V; ++k) gv.v[k] = g0;
+      } else {
+        gv = load16(g + i * V);
+      }
       const Vec16<T> rv = load16(r + i * V);
 #pragma unroll
       for (int k = 0; k < V; ++k) {
@@ -73,7 +82,9 @@ __global__ void relu_backward_kernel(const T* __restrict__ g, const T* __restric
     }
     done = nvec * V;
   }
-  for (int64_t i = done + tid; i < n; i += stride) out[i] = not_positive(r[i]) ? T(0.f) : g[i];
+  for (int64_t i = done + tid; i < n; i += stride) {
+    out[i] = not_positive(r[i]) ? T(0.f) : (kScalarGrad ? g0 : g[i]);
+  }
 }
 
 void launch_relu(const at::Tensor& x, const at::Tensor& y) {
@@ -111,19 +122,24 @@ at::Tensor relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& r
   check_floating("relu_backward", "grad_output", grad_output);
   check_same_shape_dtype("relu_backward", "grad_output", grad_output, "result", result);
   const c10::cuda::CUDAGuard guard(grad_output.device());
-  const at::Tensor g = grad_output.contiguous();
+  const bool scalar_grad = is_broadcast_scalar(grad_output);
+  const at::Tensor g = scalar_grad ? grad_output : grad_output.contiguous();
   const at::Tensor r = result.contiguous();
-  at::Tensor out = at::empty_like(g, at::MemoryFormat::Contiguous);
-  const int64_t n = g.numel();
+  at::Tensor out = at::empty_like(r, at::MemoryFormat::Contiguous);
+  const int64_t n = r.numel();
   if (n == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "torchext::relu_backward_cuda", [&] {
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     const scalar_t* rp = r.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    const bool vec = aligned16(gp) && aligned16(rp) && aligned16(op);
+    const bool vec = (scalar_grad || aligned16(gp)) && aligned16(rp) && aligned16(op);
     const int64_t items = vec ? n / Vec16<scalar_t>::kSize + 1 : n;
-    relu_backward_kernel<scalar_t>
-        <<<grid_for(items), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(gp, rp, op, n, vec);
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    if (scalar_grad) {
+      relu_backward_kernel<scalar_t, true><<<grid_for(items), kThreads, 0, stream>>>(gp, rp, op, n, vec);
+    } else {
+      relu_backward_kernel<scalar_t, false><<<grid_for(items), kThreads, 0, stream>>>(gp, rp, op, n, vec);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
