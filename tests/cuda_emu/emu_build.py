@@ -2,8 +2,8 @@
 
 The .cu/.cuh files are copied with a few mechanical edits: each `kernel<<<grid, block, smem,
 stream>>>(args)` launch becomes a call of the emulated launcher, the CUDA kernel registrations
-become CPU ones, the tensor-core kernel's `__CUDA_ARCH__ >= 800` guard is taken as true, and the
-rest of EDITS below. The
+become CPU ones, the tensor-core kernel's `__CUDA_ARCH__ >= 800` guard is taken as true, shared
+arrays are filled with NaN bytes at the start of each block, and the rest of EDITS below. The
 C++ namespace and the op library are renamed `torchext_emu` (so the ops are
 `torch.ops.torchext_emu.*` and nothing clashes with the real extension), with the schemas taken
 from csrc/ops.cpp. Everything else is the kernels' own code, compiled by the host compiler.
@@ -103,8 +103,23 @@ EDITS = [
 ]
 
 
+# A static __shared__ array declaration: its name is group 1.
+SHARED_DECL = re.compile(r"__shared__[^;{}]*?\b(\w+)\s*(?:\[[^\]]*\])+\s*;")
+
+
+def poison_shared(src):
+    """Appends to each __shared__ declaration a call that fills the array with 0xff bytes (NaN in
+    every floating type) when the block's first thread reaches it, so a kernel that reads shared
+    memory it did not write in this block sees NaN, not zeros or the previous block's values."""
+    out, count = SHARED_DECL.subn(lambda m: m.group(0) + " TORCHEXT_EMU_POISON_SHARED(" + m.group(1) + ");", src)
+    if count != src.count("__shared__"):
+        raise RuntimeError("CUDA emulation: a __shared__ declaration the build does not recognise; extend "
+                           "SHARED_DECL in tests/cuda_emu/emu_build.py")
+    return out
+
+
 def translate(src, used):
-    src = rewrite_launches(src)
+    src = poison_shared(rewrite_launches(src))
     for i, (old, new) in enumerate(EDITS):
         if old in src:
             used.add(i)

@@ -255,6 +255,14 @@ inline bool& lr_as_device() {
 #define blockDim (::torchext_emu_rt::g_block_dim)
 #define gridDim (::torchext_emu_rt::g_grid_dim)
 
+// Filled when the block's first thread declares the array: every thread of a block starts after
+// thread 0 has run up to its first barrier or shuffle, and the kernels declare shared arrays before
+// either.
+#define TORCHEXT_EMU_POISON_SHARED(array)                                                      \
+  do {                                                                                         \
+    if (::torchext_emu_rt::block().current == 0) std::memset(&(array), 0xff, sizeof(array)); \
+  } while (0)
+
 inline void __syncthreads() { torchext_emu_rt::yield(torchext_emu_rt::State::kBlockWait); }
 
 // Every lane of the warp must call it with the full mask, as the kernels here do.
