@@ -458,6 +458,7 @@ def test_many_tensors_metadata(emu, capturing):
     (3, "more than 1024 threads"),
     (4, "grid dimension"),  # gridDim.y over 65535
     (5, "__trap"),
+    (6, "missing barrier"),  # a shared value read by another thread with no barrier after the write
 ])
 def test_emulation_reports_broken_kernels(emu, which, message):
     # The checks the kernel tests rely on: a kernel breaking one of these rules must not pass. Last
@@ -465,3 +466,20 @@ def test_emulation_reports_broken_kernels(emu, which, message):
     with pytest.raises(RuntimeError, match=message):
         emu.emu_broken_kernel(which)
     emu.relu(torch.randn(100))  # and the emulation is usable afterwards
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_emulation_thread_orders(emu, reverse):
+    # Both orders of running a block's threads (CI runs the suite in one, the ASan run in the other)
+    # give the kernels' results and catch the missing barrier.
+    previous = emu.emu_reverse_order()
+    emu.emu_set_reverse_order(reverse)
+    try:
+        with pytest.raises(RuntimeError, match="missing barrier"):
+            emu.emu_broken_kernel(6)
+        x, t = torch.randn(3000, dtype=torch.float64), torch.randn(3000, dtype=torch.float64)
+        torch.testing.assert_close(emu.mse_loss(x, t, 2), ((x - t) ** 2).sum())
+        w = torch.randn(70, 3000, dtype=torch.float64)
+        torch.testing.assert_close(emu.linear_relu(x.view(1, -1), w, None), torch.relu(x.view(1, -1) @ w.T))
+    finally:
+        emu.emu_set_reverse_order(previous)

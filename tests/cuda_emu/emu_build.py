@@ -144,6 +144,8 @@ EMU_OPS = """// Generated: the op schemas of csrc/ops.cpp, and the emulation's o
 namespace {{
 void set_capturing(bool on) {{ ::torchext_emu_rt::capturing() = on; }}
 void set_lr_as_device(bool on) {{ ::torchext_emu_rt::lr_as_device() = on; }}
+void set_reverse_order(bool on) {{ ::torchext_emu_rt::reverse_order() = on; }}
+bool reverse_order() {{ return ::torchext_emu_rt::reverse_order(); }}
 std::vector<int64_t> launch_stats() {{
   return {{::torchext_emu_rt::stats().launches, ::torchext_emu_rt::stats().blocks}};
 }}
@@ -161,6 +163,12 @@ __global__ void misaligned_wmma_load(const c10::Half* p) {{
   nvcuda::wmma::load_matrix_sync(f, p + 1, 16);
 }}
 __global__ void trapping(int*) {{ __trap(); }}
+// Reads a neighbour's shared value with no barrier after the write.
+__global__ void racing(float* out) {{
+  __shared__ float s[32];
+  s[threadIdx.x] = static_cast<float>(threadIdx.x);
+  out[threadIdx.x] = s[(threadIdx.x + 1) % 32];
+}}
 
 void broken_kernel(int64_t which) {{
   std::vector<int> out(64);
@@ -172,7 +180,15 @@ void broken_kernel(int64_t which) {{
                                       static_cast<const c10::Half*>(halves.data())); break;
     case 3: ::torchext_emu_rt::launch(dim3(1), dim3(1025), 0, nullptr, trapping, out.data()); break;
     case 4: ::torchext_emu_rt::launch(dim3(1, 65536), dim3(32), 0, nullptr, trapping, out.data()); break;
-    default: ::torchext_emu_rt::launch(dim3(2), dim3(32), 0, nullptr, trapping, out.data()); break;
+    case 5: ::torchext_emu_rt::launch(dim3(2), dim3(32), 0, nullptr, trapping, out.data()); break;
+    default: {{
+      std::vector<float> got(32);
+      ::torchext_emu_rt::launch(dim3(1), dim3(32), 0, nullptr, racing, got.data());
+      for (int i = 0; i < 32; ++i) {{
+        TORCH_CHECK(got[i] == static_cast<float>((i + 1) % 32), "CUDA emulation: thread ", i,
+                    " read shared memory before it was written (a missing barrier)");
+      }}
+    }}
   }}
 }}
 }}  // namespace
@@ -180,6 +196,8 @@ void broken_kernel(int64_t which) {{
 TORCH_LIBRARY_FRAGMENT(torchext, m) {{
   m.def("emu_set_capturing(bool on) -> ()", &set_capturing);
   m.def("emu_set_lr_as_device(bool on) -> ()", &set_lr_as_device);
+  m.def("emu_set_reverse_order(bool on) -> ()", &set_reverse_order);
+  m.def("emu_reverse_order() -> bool", &reverse_order);
   m.def("emu_launch_stats() -> int[]", &launch_stats);
   m.def("emu_broken_kernel(int which) -> ()", &broken_kernel);
 }}
@@ -202,7 +220,7 @@ def generate(out_dir):
         raise RuntimeError("CUDA emulation: csrc/cuda no longer contains " + ", ".join(map(repr, unused)) +
                            "; update EDITS in tests/cuda_emu/emu_build.py")
     ops = os.path.join(out_dir, "emu_ops.cpp")
-    _write_if_changed(ops, EMU_OPS.format(schemas=schema_block()))
+    _write_if_changed(ops, poison_shared(EMU_OPS.format(schemas=schema_block())))
     return [ops] + sources
 
 

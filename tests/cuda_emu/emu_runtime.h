@@ -78,7 +78,21 @@ struct Block {
   void (*body)(void*) = nullptr;
   void* arg = nullptr;
   std::string error;  // set by a failing thread; the launch then throws it
+  bool reverse = false;  // threads run last to first between barriers
+  int first = 0;         // the thread that runs first in the block
 };
+
+// Threads of a block run in index order between barriers, or in reverse order with
+// TORCHEXT_EMU_REVERSE=1 (or the test switch). A missing barrier between a write by one thread and
+// a read by another shows in one of the two orders: the reader then runs first and sees the
+// poisoned (NaN) shared memory or stale global memory.
+inline bool& reverse_order() {
+  static bool r = [] {
+    const char* v = std::getenv("TORCHEXT_EMU_REVERSE");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  return r;
+}
 
 inline Block& block() {
   static Block b;
@@ -140,9 +154,12 @@ inline void run_block(int threads) {
     f.state = State::kRun;
     f.idx = uint3{t % g_block_dim.x, (t / g_block_dim.x) % g_block_dim.y, t / (g_block_dim.x * g_block_dim.y)};
   }
+  b.reverse = reverse_order();
+  b.first = b.reverse ? threads - 1 : 0;
   const int warps = (threads + 31) / 32;
   for (;;) {
-    for (int t = 0; t < threads; ++t) {
+    for (int i = 0; i < threads; ++i) {
+      const int t = b.reverse ? threads - 1 - i : i;
       if (b.fibers[t].state != State::kRun) continue;
       b.current = t;
       g_thread_idx = b.fibers[t].idx;
@@ -255,12 +272,13 @@ inline bool& lr_as_device() {
 #define blockDim (::torchext_emu_rt::g_block_dim)
 #define gridDim (::torchext_emu_rt::g_grid_dim)
 
-// Filled when the block's first thread declares the array: every thread of a block starts after
-// thread 0 has run up to its first barrier or shuffle, and the kernels declare shared arrays before
-// either.
-#define TORCHEXT_EMU_POISON_SHARED(array)                                                      \
-  do {                                                                                         \
-    if (::torchext_emu_rt::block().current == 0) std::memset(&(array), 0xff, sizeof(array)); \
+// Filled when the block's first-running thread declares the array: every other thread of the block
+// starts after that one has run up to its first barrier or shuffle, and the kernels declare shared
+// arrays before either.
+#define TORCHEXT_EMU_POISON_SHARED(array)                                                   \
+  do {                                                                                      \
+    const ::torchext_emu_rt::Block& emu_b = ::torchext_emu_rt::block();                     \
+    if (emu_b.current == emu_b.first) std::memset(&(array), 0xff, sizeof(array));            \
   } while (0)
 
 inline void __syncthreads() { torchext_emu_rt::yield(torchext_emu_rt::State::kBlockWait); }
