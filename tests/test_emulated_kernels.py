@@ -15,6 +15,8 @@ import sys
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import TESTS_DIR
 
@@ -46,6 +48,8 @@ def layout(t, how):
         return t
     if how == "padded":
         assert t.dim() == 2
+        if t.shape[0] == 0:
+            return t
         per_row = 64 // t.element_size()
         wide = torch.empty(t.shape[0], (t.shape[1] // per_row + 1) * per_row, dtype=t.dtype)
         out = wide[:, :t.shape[1]]
@@ -261,6 +265,28 @@ def test_tf32_setting_changes_float32_results(emu):
         torch.backends.cuda.matmul.allow_tf32 = previous
     assert not torch.equal(exact, rounded)
     torch.testing.assert_close(rounded, linear_reference(x, w, None, False, True).float(), atol=2e-5, rtol=1e-5)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(m=st.integers(0, 150), n=st.integers(0, 150), k=st.integers(0, 150),
+       dtype=st.sampled_from(FLOATS + ["tf32"]), relu=st.booleans(), bias=st.booleans(),
+       x_how=st.sampled_from(["contiguous", "transposed", "offset", "padded"]),
+       w_how=st.sampled_from(["contiguous", "transposed", "offset", "padded"]), seed=st.integers(0, 2**31 - 1))
+def test_linear_drawn(emu, m, n, k, dtype, relu, bias, x_how, w_how, seed):
+    # Any shape up to 150 in each dimension, each operand in its own layout.
+    use_tf32 = dtype == "tf32"
+    dtype = torch.float32 if use_tf32 else dtype
+    g = torch.Generator().manual_seed(seed)
+    x = layout(torch.randn(m, k, generator=g, dtype=torch.float64).to(dtype), x_how)
+    w = layout(torch.randn(n, k, generator=g, dtype=torch.float64).to(dtype), w_how)
+    b = torch.randn(n, generator=g, dtype=torch.float64).to(dtype) if bias else None
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = use_tf32
+    try:
+        out = (emu.linear_relu if relu else emu.linear)(x, w, b)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    torch.testing.assert_close(out, linear_reference(x, w, b, relu, use_tf32).to(dtype), **LINEAR_TOL[dtype])
 
 
 @pytest.mark.parametrize("relu", [False, True])
