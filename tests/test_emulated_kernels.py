@@ -42,8 +42,8 @@ def emu():
 def layout(t, how):
     """t itself, or a copy of it laid out as asked: 'offset' starts one element into its storage
     (not 16-byte aligned, so the kernels take their scalar loops), 'transposed' is a non-contiguous
-    view, 'padded' a view of the leading columns of a wider tensor whose rows are 64 bytes apart
-    (16-byte aligned rows with a partial vector at their end; both 2-D only)."""
+    view, 'padded' a view of the leading columns of a wider tensor whose rows start a multiple of
+    64 bytes apart (16-byte aligned rows with a partial vector at their end; both 2-D only)."""
     if how == "contiguous":
         return t
     if how == "padded":
