@@ -591,6 +591,80 @@ TORCHEXT_INLINE void small_rows_dot_impl(const LinearProblem<T>* g, int64_t j0, 
 }
 TORCHEXT_CPU_DISPATCH(small_rows_dot_kernel, small_rows_dot_impl)
 
+// The same for float32 and float64 with up to kDotRows rows, on every CPU without the AVX-512
+// kernel below: AVX2 with 32-byte GCC vectors, the baseline ISA (SSE2 on x86, NEON on aarch64)
+// with 16-byte ones, its register width (32-byte vectors there were split and spilled, about 3x
+// slower at one row). Groups of up to 4 input rows against 2 weight rows at a time: 8
+// accumulators, each loaded weight vector serving every row of the group and each input vector
+// both weight rows, so the sums are not one add-latency chain and the weight rows are read from
+// memory once (later groups find them in L1). The last K % width values are added in scalar code.
+template <typename T, int VB, int MR, int NJ>
+TORCHEXT_INLINE void rows_dot_block(const LinearProblem<T>* g, int64_t r0, int64_t j) {
+  constexpr int W = VB / sizeof(T);
+  using V = typename VecOf<T, VB>::type;
+  const int64_t K = g->K;
+  const T* a = g->a + r0 * g->sam;
+  const T* w = g->b + j * g->sbn;
+  V acc[NJ][MR];
+#pragma GCC unroll 2
+  for (int n = 0; n < NJ; ++n)
+#pragma GCC unroll 4
+    for (int r = 0; r < MR; ++r) acc[n][r] = V{};
+  int64_t k = 0;
+  for (; k + W <= K; k += W) {
+    V b[NJ];
+#pragma GCC unroll 2
+    for (int n = 0; n < NJ; ++n) std::memcpy(&b[n], w + n * g->sbn + k, sizeof(V));
+#pragma GCC unroll 4
+    for (int r = 0; r < MR; ++r) {
+      V x;
+      std::memcpy(&x, a + r * g->sam + k, sizeof(V));
+#pragma GCC unroll 2
+      for (int n = 0; n < NJ; ++n) acc[n][r] += x * b[n];
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    for (int n = 0; n < NJ; ++n) {
+      T sum = 0;
+      for (int e = 0; e < W; ++e) sum += acc[n][r][e];
+      for (int64_t t = k; t < K; ++t) sum += a[r * g->sam + t] * w[n * g->sbn + t];
+      g->c[(r0 + r) * g->N + j + n] = finish<T>(sum, g, j + n);
+    }
+  }
+}
+
+template <typename T, int VB, int NJ>
+TORCHEXT_INLINE void rows_dot_group(const LinearProblem<T>* g, int64_t r0, int64_t rows, int64_t j) {
+  switch (rows) {
+    case 1: return rows_dot_block<T, VB, 1, NJ>(g, r0, j);
+    case 2: return rows_dot_block<T, VB, 2, NJ>(g, r0, j);
+    case 3: return rows_dot_block<T, VB, 3, NJ>(g, r0, j);
+    default: return rows_dot_block<T, VB, 4, NJ>(g, r0, j);
+  }
+}
+
+// Columns [j0, j1) of every row (M <= kDotRows), float or double.
+template <typename T, int VB>
+TORCHEXT_INLINE void rows_dot_vec(const LinearProblem<T>* g, int64_t j0, int64_t j1) {
+  int64_t j = j0;
+  for (; j + 2 <= j1; j += 2) {
+    for (int64_t r = 0; r < g->M; r += 4) rows_dot_group<T, VB, 2>(g, r, std::min<int64_t>(4, g->M - r), j);
+  }
+  if (j < j1) {
+    for (int64_t r = 0; r < g->M; r += 4) rows_dot_group<T, VB, 1>(g, r, std::min<int64_t>(4, g->M - r), j);
+  }
+}
+template <typename T>
+TORCHEXT_INLINE void rows_dot32_impl(const LinearProblem<T>* g, int64_t j0, int64_t j1) {
+  rows_dot_vec<T, 32>(g, j0, j1);
+}
+template <typename T>
+TORCHEXT_INLINE void rows_dot16_impl(const LinearProblem<T>* g, int64_t j0, int64_t j1) {
+  rows_dot_vec<T, 16>(g, j0, j1);
+}
+TORCHEXT_CPU_DISPATCH(rows_dot32_kernel, rows_dot32_impl)
+TORCHEXT_CPU_DISPATCH(rows_dot16_kernel, rows_dot16_impl)
+
 // B contiguous along N (dX = dY W reads W^T so): each row a sum over K of B's rows, scaled.
 template <typename T>
 TORCHEXT_INLINE void small_rows_axpy_impl(const LinearProblem<T>* g, int64_t j0, int64_t j1, math_t<T>* acc) {
@@ -770,8 +844,23 @@ template <typename T>
 bool run_small_rows(const LinearProblem<T>& g) {
   const bool dot = g.sak == 1 && g.sbk == 1;
   if (dot && g.M <= kDotRows && run_rows_dot(g)) return true;
-  // Otherwise (other dtypes, SIMD levels or layouts), measured crossover with the packed GEMM: 4
-  // rows in float32; a single row in bfloat16, whose GEMM (VDPBF16PS pairs) wins from two rows on.
+  if constexpr (std::is_same<T, float>::value || std::is_same<T, double>::value) {
+    if (dot && g.M <= kDotRows) {
+      const int64_t grain = std::max<int64_t>(2, 65536 / std::max<int64_t>(1, g.M * g.K));
+      const bool wide = cpu::level() != cpu::Level::Default;  // AVX2 here (AVX-512 took run_rows_dot)
+      at::parallel_for(0, g.N, grain, [&](int64_t j0, int64_t j1) {
+        if (wide) {
+          rows_dot32_kernel<T>(&g, j0, j1);
+        } else {
+          rows_dot16_kernel<T>(&g, j0, j1);
+        }
+      });
+      return true;
+    }
+  }
+  // Otherwise (half and integer types, or the dX layout with W^T's rows along N), measured crossover
+  // with the packed GEMM: 4 rows in float32; a single row in bfloat16, whose GEMM (VDPBF16PS pairs)
+  // wins from two rows on.
   if (g.M > (sizeof(T) == 2 ? 1 : kSmallRows)) return false;
   if (!dot && g.sbn != 1) return false;
   // Enough columns per task to amortise it: about 64K multiply-adds.
