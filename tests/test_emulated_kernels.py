@@ -367,6 +367,15 @@ SGD_CASES = {  # momentum, dampening, weight_decay, nesterov, maximize
 }
 
 
+def step_extras(extras, lr, lr_dtype, scale):
+    """(lr_tensor, grad_scale, found_inf) for a step test's `extras`: an lr tensor (read on the host,
+    or through a pointer as a device one), or a grad scale with found_inf = 0."""
+    lr_tensor = torch.tensor(lr, dtype=lr_dtype) if extras in ("lr_tensor", "device_lr") else None
+    if extras != "grad_scale":
+        return lr_tensor, None, None
+    return lr_tensor, torch.tensor([scale]), torch.tensor([0.0])
+
+
 @pytest.fixture
 def device_lr(emu, request):
     """For extras == 'device_lr': the op treats its (CPU) lr tensor as a device one, so the kernel
@@ -389,9 +398,7 @@ def test_sgd_step(emu, dtype, how, case, extras):
     params, grads, buffers, masters = opt_lists(dtype, how, master=master)
     bufs = buffers() if momentum else []
     counts = [torch.tensor([float(i % 2)]) for i in range(len(params))] if momentum else []
-    lr_tensor = torch.tensor(0.05, dtype=torch.float64) if extras in ("lr_tensor", "device_lr") else None
-    grad_scale = torch.tensor([4.0]) if extras == "grad_scale" else None
-    found_inf = torch.tensor([0.0]) if extras == "grad_scale" else None
+    lr_tensor, grad_scale, found_inf = step_extras(extras, 0.05, torch.float64, 4.0)
     state = [params, bufs, counts, masters]
     cpu_state = clone_all(state)
     for _ in range(3):
@@ -423,9 +430,7 @@ def test_adam_step(emu, dtype, how, case, extras):
     wd, amsgrad, maximize, decoupled = ADAM_CASES[case]
     params, grads, buffers, masters = opt_lists(dtype, how, master=master)
     steps = [torch.tensor([float(i)]) for i in range(len(params))]
-    lr_tensor = torch.tensor(1e-2, dtype=torch.float32) if extras in ("lr_tensor", "device_lr") else None
-    grad_scale = torch.tensor([0.5]) if extras == "grad_scale" else None
-    found_inf = torch.tensor([0.0]) if extras == "grad_scale" else None
+    lr_tensor, grad_scale, found_inf = step_extras(extras, 1e-2, torch.float32, 0.5)
     state = [params, buffers(), buffers(positive=True), buffers(positive=True) if amsgrad else [], steps, masters]
     cpu_state = clone_all(state)
     for _ in range(3):
