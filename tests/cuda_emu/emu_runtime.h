@@ -6,7 +6,9 @@
 // warp shuffles, so shared memory (a function-local static) is shared by the threads of the
 // running block exactly as on the device. A block barrier that some thread of the block never
 // reaches (or has exited before), or a shuffle that part of a warp skips, is reported as an error
-// instead of hanging.
+// instead of hanging. Shared arrays are filled with NaN bytes at the start of each block (the
+// build adds the call after each declaration), and between switches the threads run first to last,
+// or last to first with TORCHEXT_EMU_REVERSE=1, so a missing barrier shows in one of the orders.
 //
 // Launches are checked against the device's limits (threads per block, grid dimensions,
 // parameter bytes), which is where a kernel that is correct on paper can still fail to launch.
