@@ -591,13 +591,14 @@ TORCHEXT_INLINE void small_rows_dot_impl(const LinearProblem<T>* g, int64_t j0, 
 }
 TORCHEXT_CPU_DISPATCH(small_rows_dot_kernel, small_rows_dot_impl)
 
-// The same for float32 and float64 with up to kDotRows rows, on every CPU without the AVX-512
-// kernel below: AVX2 with 32-byte GCC vectors, the baseline ISA (SSE2 on x86, NEON on aarch64)
-// with 16-byte ones, its register width (32-byte vectors there were split and spilled, about 3x
-// slower at one row). Groups of up to 4 input rows against 2 weight rows at a time: 8
-// accumulators, each loaded weight vector serving every row of the group and each input vector
-// both weight rows, so the sums are not one add-latency chain and the weight rows are read from
-// memory once (later groups find them in L1). The last K % width values are added in scalar code.
+// The same for float32 and float64 with up to kDotRows rows, wherever the AVX-512 kernel below does
+// not run (float32 below AVX-512, float64 everywhere): 32-byte GCC vectors from AVX2 up, 16-byte
+// ones at the baseline ISA (SSE2 on x86, NEON on aarch64), its register width (32-byte vectors
+// there were split and spilled, about 3x slower at one row). Groups of up to 4 input rows against
+// 2 weight rows at a time: 8 accumulators, each loaded weight vector serving every row of the group
+// and each input vector both weight rows, so the sums are not one add-latency chain and the weight
+// rows are read from memory once (later groups find them in L1). The last K % width values are
+// added in scalar code.
 template <typename T, int VB, int MR, int NJ>
 TORCHEXT_INLINE void rows_dot_block(const LinearProblem<T>* g, int64_t r0, int64_t j) {
   constexpr int W = VB / sizeof(T);
@@ -816,6 +817,13 @@ TORCHEXT_TARGET_AVX512_BF16 void rows_dot(const LinearProblem<typename D::T>* g,
 }
 #endif  // TORCHEXT_X86_SIMD
 
+// Columns per parallel task for the few-rows kernels: enough to amortise a task, about 64K
+// multiply-adds, and at least `at_least` (the dot kernels take columns in pairs).
+template <typename T>
+int64_t columns_per_task(const LinearProblem<T>& g, int64_t at_least) {
+  return std::max<int64_t>(at_least, 65536 / std::max<int64_t>(1, g.M * g.K));
+}
+
 // Runs g (at most kDotRows rows, forward layout) through dot_block when T has a policy and this
 // CPU runs it; returns false otherwise.
 template <typename T>
@@ -829,8 +837,7 @@ bool run_rows_dot(const LinearProblem<T>& g) {
     const bool available = std::is_same<D, Bf16Dot>::value ? cpu::use_avx512_bf16()
                                                            : cpu::level() == cpu::Level::AVX512;
     if (!available) return false;
-    const int64_t grain = std::max<int64_t>(2, 65536 / std::max<int64_t>(1, g.M * g.K));
-    at::parallel_for(0, g.N, grain, [&](int64_t j0, int64_t j1) { rows_dot<D>(&g, j0, j1); });
+    at::parallel_for(0, g.N, columns_per_task(g, 2), [&](int64_t j0, int64_t j1) { rows_dot<D>(&g, j0, j1); });
     return true;
   }
 #else
@@ -846,9 +853,9 @@ bool run_small_rows(const LinearProblem<T>& g) {
   if (dot && g.M <= kDotRows && run_rows_dot(g)) return true;
   if constexpr (std::is_same<T, float>::value || std::is_same<T, double>::value) {
     if (dot && g.M <= kDotRows) {
-      const int64_t grain = std::max<int64_t>(2, 65536 / std::max<int64_t>(1, g.M * g.K));
-      const bool wide = cpu::level() != cpu::Level::Default;  // AVX2 here (AVX-512 took run_rows_dot)
-      at::parallel_for(0, g.N, grain, [&](int64_t j0, int64_t j1) {
+      // 32-byte vectors from AVX2 up (float64 on AVX-512 too), 16-byte ones at the baseline.
+      const bool wide = cpu::level() != cpu::Level::Default;
+      at::parallel_for(0, g.N, columns_per_task(g, 2), [&](int64_t j0, int64_t j1) {
         if (wide) {
           rows_dot32_kernel<T>(&g, j0, j1);
         } else {
@@ -863,8 +870,7 @@ bool run_small_rows(const LinearProblem<T>& g) {
   // wins from two rows on.
   if (g.M > (sizeof(T) == 2 ? 1 : kSmallRows)) return false;
   if (!dot && g.sbn != 1) return false;
-  // Enough columns per task to amortise it: about 64K multiply-adds.
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, g.M * g.K));
+  const int64_t grain = columns_per_task(g, 1);
   if (dot) {
     at::parallel_for(0, g.N, grain, [&](int64_t j0, int64_t j1) { small_rows_dot_kernel<T>(&g, j0, j1); });
   } else {
