@@ -6,7 +6,8 @@ become CPU ones, the tensor-core kernel's `__CUDA_ARCH__ >= 800` guard is taken 
 arrays are filled with NaN bytes at the start of each block, and the rest of EDITS below. The
 C++ namespace and the op library are renamed `torchext_emu` (so the ops are
 `torch.ops.torchext_emu.*` and nothing clashes with the real extension), with the schemas taken
-from csrc/ops.cpp. Everything else is the kernels' own code, compiled by the host compiler.
+from csrc/ops.cpp into emu_schemas.h, which emu_ops.cpp (the emulation's controls and its test
+kernels) includes. Everything else is the kernels' own code, compiled by the host compiler.
 """
 import os
 import re
@@ -134,76 +135,6 @@ def schema_block():
     return text[start:_match_forward(text, brace, "{", "}")]
 
 
-EMU_OPS = """// Generated: the op schemas of csrc/ops.cpp, and the emulation's own controls.
-#include <torch/library.h>
-
-{schemas}
-
-#include <mma.h>
-
-namespace {{
-void set_capturing(bool on) {{ ::torchext_emu_rt::capturing() = on; }}
-void set_lr_as_device(bool on) {{ ::torchext_emu_rt::lr_as_device() = on; }}
-void set_reverse_order(bool on) {{ ::torchext_emu_rt::reverse_order() = on; }}
-bool reverse_order() {{ return ::torchext_emu_rt::reverse_order(); }}
-std::vector<int64_t> launch_stats() {{
-  return {{::torchext_emu_rt::stats().launches, ::torchext_emu_rt::stats().blocks}};
-}}
-
-// Kernels that break the rules, to show that the emulation reports each break.
-__global__ void barrier_in_half_the_block(int* out) {{
-  if (threadIdx.x < 16) __syncthreads();
-  out[threadIdx.x] = 1;
-}}
-__global__ void shuffle_in_half_a_warp(int* out) {{
-  if (threadIdx.x < 16) out[threadIdx.x] = __shfl_down_sync(0xffffffffu, 1, 1);
-}}
-__global__ void misaligned_wmma_load(const c10::Half* p) {{
-  nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, c10::Half, nvcuda::wmma::row_major> f;
-  nvcuda::wmma::load_matrix_sync(f, p + 1, 16);
-}}
-__global__ void trapping(int*) {{ __trap(); }}
-// Reads a neighbour's shared value with no barrier after the write.
-__global__ void racing(float* out) {{
-  __shared__ float s[32];
-  s[threadIdx.x] = static_cast<float>(threadIdx.x);
-  out[threadIdx.x] = s[(threadIdx.x + 1) % 32];
-}}
-
-void broken_kernel(int64_t which) {{
-  std::vector<int> out(64);
-  std::vector<c10::Half> halves(16 * 16 + 32);
-  switch (which) {{
-    case 0: ::torchext_emu_rt::launch(dim3(1), dim3(32), 0, nullptr, barrier_in_half_the_block, out.data()); break;
-    case 1: ::torchext_emu_rt::launch(dim3(1), dim3(32), 0, nullptr, shuffle_in_half_a_warp, out.data()); break;
-    case 2: ::torchext_emu_rt::launch(dim3(1), dim3(32), 0, nullptr, misaligned_wmma_load,
-                                      static_cast<const c10::Half*>(halves.data())); break;
-    case 3: ::torchext_emu_rt::launch(dim3(1), dim3(1025), 0, nullptr, trapping, out.data()); break;
-    case 4: ::torchext_emu_rt::launch(dim3(1, 65536), dim3(32), 0, nullptr, trapping, out.data()); break;
-    case 5: ::torchext_emu_rt::launch(dim3(2), dim3(32), 0, nullptr, trapping, out.data()); break;
-    default: {{
-      std::vector<float> got(32);
-      ::torchext_emu_rt::launch(dim3(1), dim3(32), 0, nullptr, racing, got.data());
-      for (int i = 0; i < 32; ++i) {{
-        TORCH_CHECK(got[i] == static_cast<float>((i + 1) % 32), "CUDA emulation: thread ", i,
-                    " read shared memory before it was written (a missing barrier)");
-      }}
-    }}
-  }}
-}}
-}}  // namespace
-
-TORCH_LIBRARY_FRAGMENT(torchext, m) {{
-  m.def("emu_set_capturing(bool on) -> ()", &set_capturing);
-  m.def("emu_set_lr_as_device(bool on) -> ()", &set_lr_as_device);
-  m.def("emu_set_reverse_order(bool on) -> ()", &set_reverse_order);
-  m.def("emu_reverse_order() -> bool", &reverse_order);
-  m.def("emu_launch_stats() -> int[]", &launch_stats);
-  m.def("emu_broken_kernel(int which) -> ()", &broken_kernel);
-}}
-"""
-
-
 def generate(out_dir):
     """Writes the translated sources under out_dir; returns the .cpp files to compile."""
     os.makedirs(os.path.join(out_dir, "cuda"), exist_ok=True)
@@ -219,8 +150,10 @@ def generate(out_dir):
     if unused:
         raise RuntimeError("CUDA emulation: csrc/cuda no longer contains " + ", ".join(map(repr, unused)) +
                            "; update EDITS in tests/cuda_emu/emu_build.py")
+    schemas = "// Generated from csrc/ops.cpp.\n#pragma once\n#include <torch/library.h>\n\n" + schema_block() + "\n"
+    _write_if_changed(os.path.join(out_dir, "emu_schemas.h"), schemas)
     ops = os.path.join(out_dir, "emu_ops.cpp")
-    _write_if_changed(ops, poison_shared(EMU_OPS.format(schemas=schema_block())))
+    _write_if_changed(ops, poison_shared(open(os.path.join(HERE, "emu_ops.cpp")).read()))
     return [ops] + sources
 
 

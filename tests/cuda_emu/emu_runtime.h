@@ -23,7 +23,6 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -104,10 +103,6 @@ inline Block& block() {
 inline std::mutex& launch_mutex() {
   static std::mutex m;
   return m;
-}
-
-inline int linear_tid() {
-  return static_cast<int>(g_thread_idx.x + g_block_dim.x * (g_thread_idx.y + g_block_dim.y * g_thread_idx.z));
 }
 
 inline void yield(State s) {

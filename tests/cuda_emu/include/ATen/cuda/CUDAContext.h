@@ -17,7 +17,6 @@ struct cudaDevicePropEmu {
   int multiProcessorCount = 3;  // small, so grid-stride loops take several turns in the tests
   int major = 9;
   int minor = 0;
-  int warpSize = 32;
 };
 inline cudaDevicePropEmu* getCurrentDeviceProperties() {
   static cudaDevicePropEmu props;
