@@ -7,7 +7,9 @@ arrays are filled with NaN bytes at the start of each block, and the rest of EDI
 C++ namespace and the op library are renamed `torchext_emu` (so the ops are
 `torch.ops.torchext_emu.*` and nothing clashes with the real extension), with the schemas taken
 from csrc/ops.cpp into emu_schemas.h, which emu_ops.cpp (the emulation's controls and its test
-kernels) includes. Everything else is the kernels' own code, compiled by the host compiler.
+kernels) includes. The PTX instructions of csrc/cuda/ptx.cuh come from the CPU models in
+include/emu_ptx.h (TORCHEXT_EMU is defined), which emu_ptx_tests.cpp tests. Everything else is the
+kernels' own code, compiled by the host compiler.
 """
 import os
 import re
@@ -111,9 +113,13 @@ SHARED_DECL = re.compile(r"__shared__[^;{}]*?\b(\w+)\s*(?:\[[^\]]*\])+\s*;")
 def poison_shared(src):
     """Appends to each __shared__ declaration a call that fills the array with 0xff bytes (NaN in
     every floating type) when the block's first thread reaches it, so a kernel that reads shared
-    memory it did not write in this block sees NaN, not zeros or the previous block's values."""
-    out, count = SHARED_DECL.subn(lambda m: m.group(0) + " TORCHEXT_EMU_POISON_SHARED(" + m.group(1) + ");", src)
-    if count != src.count("__shared__"):
+    memory it did not write in this block sees NaN, not zeros or the previous block's values.
+    Mentions in // comments and `extern __shared__` (dynamic shared memory, which the launch fills
+    instead; ptx.cuh's TORCHEXT_DYNAMIC_SMEM) need no call."""
+    out = SHARED_DECL.sub(lambda m: m.group(0) + " TORCHEXT_EMU_POISON_SHARED(" + m.group(1) + ");", src)
+    code = re.sub(r"//[^\n]*", "", src)
+    expected = code.count("__shared__") - len(re.findall(r"\bextern\s+__shared__", code))
+    if len(SHARED_DECL.findall(code)) != expected:
         raise RuntimeError("CUDA emulation: a __shared__ declaration the build does not recognise; extend "
                            "SHARED_DECL in tests/cuda_emu/emu_build.py")
     return out
@@ -152,9 +158,11 @@ def generate(out_dir):
                            "; update EDITS in tests/cuda_emu/emu_build.py")
     schemas = "// Generated from csrc/ops.cpp.\n#pragma once\n#include <torch/library.h>\n\n" + schema_block() + "\n"
     _write_if_changed(os.path.join(out_dir, "emu_schemas.h"), schemas)
-    ops = os.path.join(out_dir, "emu_ops.cpp")
-    _write_if_changed(ops, poison_shared(open(os.path.join(HERE, "emu_ops.cpp")).read()))
-    return [ops] + sources
+    own = []
+    for name in ["emu_ops.cpp", "emu_ptx_tests.cpp"]:  # the emulation's controls, the PTX models' tests
+        own.append(os.path.join(out_dir, name))
+        _write_if_changed(own[-1], poison_shared(open(os.path.join(HERE, name)).read()))
+    return own + sources
 
 
 def _write_if_changed(path, text):
@@ -185,8 +193,9 @@ def load(verbose=False):
         name="torchext_cuda_emu_asan" if asan else "torchext_cuda_emu",
         sources=sources,
         extra_include_paths=[os.path.join(HERE, "include"), src_dir, CSRC],
+        # TORCHEXT_EMU: csrc/cuda/ptx.cuh takes the PTX models of include/emu_ptx.h.
         extra_cflags=["-O1", "-include", os.path.join(HERE, "emu_runtime.h"), "-Dtorchext=torchext_emu",
-                      "-fno-math-errno", "-w"] + sanitize,
+                      "-DTORCHEXT_EMU", "-fno-math-errno", "-w"] + sanitize,
         extra_ldflags=sanitize,
         build_directory=obj_dir,
         is_python_module=False,

@@ -11,7 +11,13 @@
 // or last to first with TORCHEXT_EMU_REVERSE=1, so a missing barrier shows in one of the orders.
 //
 // Launches are checked against the device's limits (threads per block, grid dimensions,
-// parameter bytes), which is where a kernel that is correct on paper can still fail to launch.
+// parameter bytes, dynamic shared memory and its opt-in attribute), which is where a kernel that is
+// correct on paper can still fail to launch. A launch's dynamic shared memory is a per-block buffer
+// (TORCHEXT_DYNAMIC_SMEM in csrc/cuda/ptx.cuh), NaN bytes at the start of every block.
+//
+// The PTX instructions the kernels reach through csrc/cuda/ptx.cuh are modelled in
+// include/emu_ptx.h; the per-thread queues of cp.async copies live here, in Fiber, since a thread's
+// pending copies complete when it exits.
 //
 // What this cannot show: timing, the memory model (stores become visible at once here), bank
 // conflicts, register pressure, or anything about streams and graphs beyond their ordering.
@@ -19,14 +25,18 @@
 
 #include <ucontext.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -52,7 +62,7 @@ struct dim3 {
 
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
-enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidConfiguration = 9 };
+enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9 };
 
 namespace torchext_emu_rt {
 
@@ -64,13 +74,45 @@ inline dim3 g_grid_dim;
 
 enum class State { kRun, kBlockWait, kWarpWait, kDone };
 
+// One cp.async of 16 bytes (include/emu_ptx.h): issued, then completed (the bytes move) only when a
+// wait of its thread covers its group or the thread exits.
+struct AsyncCopy {
+  void* dst;
+  const void* src;  // not read when zero_fill
+  bool zero_fill;
+};
+
+inline void perform(const AsyncCopy& c) {
+  if (c.zero_fill) {
+    std::memset(c.dst, 0, 16);
+  } else {
+    std::memcpy(c.dst, c.src, 16);
+  }
+}
+
 struct Fiber {
   ucontext_t ctx;
   std::unique_ptr<unsigned char[]> stack;  // not zero-filled: pages are touched only as used
   State state = State::kRun;
   uint3 idx{0, 0, 0};
   unsigned long long shfl_slot = 0;  // the value a lane offers to a shuffle
+  // What a lane offers to a warp-collective op: its name (lanes at different ones are an error),
+  // an address (ldmatrix) and registers (mma).
+  const char* warp_op = nullptr;
+  const void* warp_addr = nullptr;
+  uint32_t warp_regs[8] = {};
+  // cp.async: copies issued since the last commit, and the committed groups, oldest first.
+  std::vector<AsyncCopy> async_uncommitted;
+  std::deque<std::vector<AsyncCopy>> async_groups;
 };
+
+// Completes the thread's committed groups but the `keep` most recent (cp.async.wait_group keep).
+inline void complete_async_groups(Fiber& f, size_t keep) {
+  while (f.async_groups.size() > keep) {
+    for (const AsyncCopy& c : f.async_groups.front()) perform(c);
+    f.async_groups.pop_front();
+  }
+}
 
 struct Block {
   ucontext_t sched;
@@ -129,7 +171,13 @@ inline void yield(State s) {
 inline void fiber_entry() {
   Block& b = block();
   b.body(b.arg);
-  b.fibers[b.current].state = State::kDone;
+  // A thread's copies still in flight when it exits land all the same (on the device they complete
+  // at some point; here at the exit, groups oldest first, then the uncommitted ones).
+  Fiber& f = b.fibers[b.current];
+  complete_async_groups(f, 0);
+  for (const AsyncCopy& c : f.async_uncommitted) perform(c);
+  f.async_uncommitted.clear();
+  f.state = State::kDone;
   // returning goes to uc_link, the scheduler
 }
 
@@ -149,6 +197,9 @@ inline void run_block(int threads) {
     f.ctx.uc_link = &b.sched;
     makecontext(&f.ctx, &fiber_entry, 0);
     f.state = State::kRun;
+    f.warp_op = nullptr;
+    f.async_uncommitted.clear();  // left by a thread that failed in an earlier launch
+    f.async_groups.clear();
     f.idx = uint3{t % g_block_dim.x, (t / g_block_dim.x) % g_block_dim.y, t / (g_block_dim.x * g_block_dim.y)};
   }
   b.reverse = reverse_order();
@@ -197,7 +248,8 @@ inline void run_block(int threads) {
     if (!released) {
       fail("deadlock in block (" + std::to_string(g_block_idx.x) + "," + std::to_string(g_block_idx.y) +
            "): " + std::to_string(at_block) + " threads at __syncthreads, " + std::to_string(at_warp) +
-           " in a warp shuffle that part of their warp did not reach, " + std::to_string(done) + " exited");
+           " in a warp shuffle (or ldmatrix / mma) that part of their warp did not reach, " + std::to_string(done) +
+           " exited");
     }
   }
 }
@@ -216,17 +268,77 @@ inline Stats& stats() {
   return s;
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...): checked against sm_90's limits, then every block.
+// Dynamic shared memory: without the opt-in attribute a block gets at most 48 KiB; with it, up to
+// sm_80's opt-in maximum of 163 KiB, the smallest of the GPUs the kernels target (sm_86/89 allow
+// less, 99 KiB, but are not targets; sm_90 allows 227 KiB). Static shared memory is not counted.
+constexpr size_t kDefaultDynamicSmem = 48 * 1024;  // 49152
+constexpr size_t kMaxDynamicSmemOptin = 166912;    // 163 KiB, sm_80's cudaDevAttrMaxSharedMemoryPerBlockOptin
+
+// The launch's dynamic shared memory: one buffer per launch, refilled with 0xff bytes (NaN in every
+// floating type) at the start of each block, so a block sees neither zeros nor its predecessor's data.
+struct DynamicSmem {
+  unsigned char* data = nullptr;
+  size_t bytes = 0;
+};
+inline DynamicSmem& dynamic_smem() {
+  static DynamicSmem d;
+  return d;
+}
+inline unsigned char* dynamic_smem_ptr() {
+  if (dynamic_smem().data == nullptr) fail("TORCHEXT_DYNAMIC_SMEM outside a kernel launch");
+  return dynamic_smem().data;
+}
+
+// cudaFuncAttributeMaxDynamicSharedMemorySize of each kernel (by its address), as
+// cudaFuncSetAttribute left it; a kernel not in the map has the default, 48 KiB.
+inline std::mutex& attribute_mutex() {
+  static std::mutex m;
+  return m;
+}
+inline std::map<const void*, size_t>& max_dynamic_smem_attribute() {
+  static std::map<const void*, size_t> m;
+  return m;
+}
+inline size_t max_dynamic_smem_of(const void* kernel) {
+  std::lock_guard<std::mutex> lock(attribute_mutex());
+  auto it = max_dynamic_smem_attribute().find(kernel);
+  return it == max_dynamic_smem_attribute().end() ? kDefaultDynamicSmem : it->second;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...): checked against sm_90's limits (dynamic shared
+// memory against sm_80's), then every block.
 template <typename... P, typename... A>
-void launch(dim3 grid, dim3 blk, size_t dynamic_smem, cudaStream_t, void (*kernel)(P...), A&&... args) {
+void launch(dim3 grid, dim3 blk, size_t dynamic_smem_bytes, cudaStream_t, void (*kernel)(P...), A&&... args) {
   static_assert(sizeof...(P) == sizeof...(A), "kernel argument count");
   const unsigned long long threads = 1ull * blk.x * blk.y * blk.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0) fail("launch with an empty grid or block");
   if (threads > 1024 || blk.z > 64) fail("more than 1024 threads (or z > 64) in a block");
   if (grid.x > 2147483647u || grid.y > 65535u || grid.z > 65535u) fail("grid dimension over the limit");
   if (param_bytes<P...>() > 4096) fail("kernel parameters over 4 KiB (the limit before CUDA 12.1)");
-  if (dynamic_smem > 0) fail("dynamic shared memory is not emulated");
+  if (dynamic_smem_bytes > kMaxDynamicSmemOptin) {
+    fail("dynamic shared memory of " + std::to_string(dynamic_smem_bytes) + " bytes is over " +
+         std::to_string(kMaxDynamicSmemOptin) + " bytes, sm_80's opt-in maximum per block");
+  }
+  if (dynamic_smem_bytes > kDefaultDynamicSmem) {
+    const size_t allowed = max_dynamic_smem_of(reinterpret_cast<const void*>(kernel));
+    if (dynamic_smem_bytes > allowed) {
+      fail("dynamic shared memory of " + std::to_string(dynamic_smem_bytes) + " bytes is over the kernel's " +
+           "cudaFuncAttributeMaxDynamicSharedMemorySize (" + std::to_string(allowed) + " bytes): above 48 KiB a " +
+           "launch needs cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) first");
+    }
+  }
   std::lock_guard<std::mutex> lock(launch_mutex());
+  // 128-byte aligned, of exactly the launch's size (so AddressSanitizer reports an access past its
+  // end); a 0-byte launch still gets a distinct pointer, any access through which ASan reports.
+  struct SmemBuffer {
+    unsigned char* p;
+    explicit SmemBuffer(size_t n) : p(static_cast<unsigned char*>(::operator new(n, std::align_val_t(128)))) {}
+    ~SmemBuffer() {
+      ::operator delete(p, std::align_val_t(128));
+      dynamic_smem() = DynamicSmem{};
+    }
+  } smem_buffer(dynamic_smem_bytes);
+  dynamic_smem() = DynamicSmem{smem_buffer.p, dynamic_smem_bytes};
   std::tuple<std::decay_t<P>...> params(static_cast<P>(std::forward<A>(args))...);
   struct Call {
     void (*k)(P...);
@@ -246,6 +358,7 @@ void launch(dim3 grid, dim3 blk, size_t dynamic_smem, cudaStream_t, void (*kerne
       for (unsigned x = 0; x < grid.x; ++x) {
         g_block_idx = uint3{x, y, z};
         ++stats().blocks;
+        std::memset(smem_buffer.p, 0xff, dynamic_smem_bytes);
         run_block(static_cast<int>(threads));
       }
 }
@@ -289,6 +402,7 @@ inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
   Block& b = block();
   const int t = b.current;
   std::memcpy(&b.fibers[t].shfl_slot, &v, sizeof(T));
+  b.fibers[t].warp_op = "__shfl_down_sync";  // lanes of the warp at an ldmatrix or mma report it
   yield(State::kWarpWait);  // every lane has offered its value
   const int lane = t % 32, seg = lane / width * width;
   T out = v;
@@ -307,6 +421,54 @@ inline double atomicAdd(double* p, double v) {
 }
 
 [[noreturn]] inline void __trap() { torchext_emu_rt::fail("__trap() in a kernel"); }
+
+// CUDA runtime stand-ins for the kernel attributes and occupancy queries the GEMM launchers use.
+enum cudaFuncAttribute {
+  cudaFuncAttributeMaxDynamicSharedMemorySize = 8,
+  cudaFuncAttributePreferredSharedMemoryCarveout = 9,
+};
+enum cudaSharedCarveout {
+  cudaSharedmemCarveoutDefault = -1,
+  cudaSharedmemCarveoutMaxL1 = 0,
+  cudaSharedmemCarveoutMaxShared = 100,
+};
+
+// The dynamic shared memory limit is recorded per kernel and checked at its launches (above); the
+// carveout preference is validated and ignored (it affects only performance). Values outside
+// what the device allows return cudaErrorInvalidValue, as the runtime does.
+template <typename F>
+inline cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute attr, int value) {
+  using namespace torchext_emu_rt;
+  if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+    if (value < 0 || static_cast<size_t>(value) > kMaxDynamicSmemOptin) return cudaErrorInvalidValue;
+    std::lock_guard<std::mutex> lock(attribute_mutex());
+    max_dynamic_smem_attribute()[reinterpret_cast<const void*>(kernel)] = static_cast<size_t>(value);
+    return cudaSuccess;
+  }
+  if (attr == cudaFuncAttributePreferredSharedMemoryCarveout) {
+    return value < -1 || value > 100 ? cudaErrorInvalidValue : cudaSuccess;
+  }
+  return cudaErrorInvalidValue;
+}
+
+// Blocks of `block_size` threads with `smem` bytes of dynamic shared memory that fit on one SM of an
+// sm_80/sm_90-like device: 2048 threads, 32 blocks and 228 KiB of shared memory per SM, 1 KiB of it
+// reserved per block (registers and static shared memory are not counted). At least 1 where the
+// block can launch at all, 0 over the opt-in maximum.
+template <typename F>
+inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, F, int block_size, size_t smem) {
+  using namespace torchext_emu_rt;
+  if (n == nullptr || block_size <= 0 || block_size > 1024) return cudaErrorInvalidValue;
+  if (smem > kMaxDynamicSmemOptin) {
+    *n = 0;
+    return cudaSuccess;
+  }
+  const int warps = (block_size + 31) / 32;
+  const long long by_threads = 64 / warps;  // 2048 threads = 64 warps
+  const long long by_smem = static_cast<long long>((228 * 1024) / (smem + 1024));
+  *n = static_cast<int>(std::max(1ll, std::min({by_threads, by_smem, 32ll})));
+  return cudaSuccess;
+}
 
 #define TORCHEXT_EMU_LAUNCH(kernel, grid, block, smem, stream, ...) \
   ::torchext_emu_rt::launch(dim3(grid), dim3(block), smem, stream, kernel, ##__VA_ARGS__)
