@@ -149,6 +149,8 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
                   grad_scale, found_inf, lr_tensor);
   if (lr_tensor.has_value()) lr = lr_tensor->item<double>();
   if (found_inf.has_value() && found_inf->item<float>() != 0.f) return;  // skipped step: touch nothing
+  DenseParams dense;  // params with gaps are stepped through dense copies
+  params = dense.gather(params);
   std::vector<at::Tensor> grad_copies;
   grads = grads_in_param_layout(params, grads, grad_copies);
   const double inv_scale = grad_scale.has_value() ? 1.0 / static_cast<double>(grad_scale->item<float>()) : 1.0;
@@ -189,6 +191,7 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
     });
   });
   cpu::bump_counters(state_steps);
+  dense.scatter();
 }
 
 }  // namespace

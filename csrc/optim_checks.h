@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <ATen/MemoryOverlap.h>
 #include <c10/util/Optional.h>
 
 #include <algorithm>
@@ -29,15 +30,26 @@ inline void check_amp_scalar(const char* op, const char* name, const c10::option
               t->device());
 }
 
+// The bytes a tensor's elements span, from its first element to just past its last (for a dense
+// tensor, its nbytes; a view with gaps spans more than it holds).
+inline uintptr_t span_bytes(const at::Tensor& t) {
+  int64_t last = 0;
+  for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+  return static_cast<uintptr_t>(last + 1) * t.element_size();
+}
+
 // One launch updates its params concurrently (threads or blocks per chunk): memory shared by two
 // params (one listed twice, or overlapping views of one storage) would be read and written by two
-// workers at once. Params are dense, so each covers [data_ptr, data_ptr + nbytes); sorted by start
-// (a few microseconds for thousands of params), none may begin before the ones before it end.
+// workers at once. Each param covers [data_ptr, data_ptr + its span); sorted by start (a few
+// microseconds for thousands of params), none may begin before the ones before it end. Two params
+// with gaps (stepped through dense copies, see DenseParams) may interleave in one storage, as
+// x[:, ::2] and x[:, 1::2] do: neither writes the other's elements.
 inline void check_distinct_params(const char* op, const at::TensorList& params) {
   if (params.size() < 2) return;
   struct Span {
     uintptr_t begin, end;
     size_t index;
+    bool gaps;
     bool operator<(const Span& other) const { return begin < other.begin; }
   };
   std::vector<Span> spans;
@@ -45,12 +57,12 @@ inline void check_distinct_params(const char* op, const at::TensorList& params) 
   for (size_t i = 0; i < params.size(); ++i) {
     if (params[i].numel() == 0) continue;
     const auto begin = reinterpret_cast<uintptr_t>(params[i].const_data_ptr());
-    spans.push_back({begin, begin + params[i].nbytes(), i});
+    spans.push_back({begin, begin + span_bytes(params[i]), i, !params[i].is_non_overlapping_and_dense()});
   }
   std::sort(spans.begin(), spans.end());
   size_t reach = 0;  // the span reaching furthest so far
   for (size_t k = 1; k < spans.size(); ++k) {
-    if (spans[k].begin < spans[reach].end) {
+    if (spans[k].begin < spans[reach].end && !(spans[k].gaps && spans[reach].gaps)) {
       TORCH_CHECK(false, "torchext.", op, ": params[", std::min(spans[k].index, spans[reach].index),
                   "] and params[", std::max(spans[k].index, spans[reach].index),
                   "] share memory (the same tensor, or overlapping views of one); each param may appear once");
@@ -58,6 +70,35 @@ inline void check_distinct_params(const char* op, const at::TensorList& params) 
     if (spans[k].end > spans[reach].end) reach = k;
   }
 }
+
+// Params with gaps in memory (views such as w[:, :5] or t[..., 0], which torch's optimizers step)
+// are stepped through dense copies: gather() copies them into contiguous tensors that the kernels
+// update in place of the params, and scatter() copies the results back. Dense params pass through
+// untouched. A kernel that writes nothing (a skipped step) leaves the copies, and so the params,
+// bit-for-bit unchanged. Their state tensors and master weights are contiguous (torch.zeros_like of
+// such a param is), as the copies are.
+class DenseParams {
+ public:
+  at::TensorList gather(const at::TensorList& params) {
+    size_t i = 0;
+    while (i < params.size() && params[i].is_non_overlapping_and_dense()) ++i;
+    if (i == params.size()) return params;
+    dense_.assign(params.begin(), params.end());
+    for (; i < dense_.size(); ++i) {
+      if (dense_[i].is_non_overlapping_and_dense()) continue;
+      originals_.push_back(params[i]);
+      dense_[i] = params[i].contiguous();
+      copies_.push_back(dense_[i]);
+    }
+    return dense_;
+  }
+  void scatter() {
+    for (size_t i = 0; i < originals_.size(); ++i) originals_[i].copy_(copies_[i]);
+  }
+
+ private:
+  std::vector<at::Tensor> dense_, originals_, copies_;
+};
 
 // The checks every optimizer step makes before touching memory: if any fails, nothing was written.
 // `lists` are the per-parameter state lists, each empty or holding one tensor per param.
@@ -81,23 +122,24 @@ inline void check_optimizer_lists(const char* op, const at::TensorList& params, 
     TORCH_CHECK(p.device() == params[0].device() && p.scalar_type() == params[0].scalar_type(), "torchext.", op,
                 ": all 'params' must share one device and dtype; params[", i, "] is ", p.scalar_type(), " on ",
                 p.device(), " but params[0] is ", params[0].scalar_type(), " on ", params[0].device());
-    TORCH_CHECK(p.is_non_overlapping_and_dense(), "torchext.", op, ": params[", i,
-                "] must be dense and non-overlapping");
+    TORCH_CHECK(p.is_non_overlapping_and_dense() || at::has_internal_overlap(p) != at::MemOverlap::Yes, "torchext.",
+                op, ": params[", i, "] has elements that share memory (an expanded view); it cannot be updated in place");
     const at::Tensor& g = grads[i];
     TORCH_CHECK(g.layout() == at::kStrided, "torchext.", op, ": grads[", i, "] is sparse; sparse gradients are not supported");
     TORCH_CHECK(g.scalar_type() == p.scalar_type() && g.sizes() == p.sizes() && g.device() == p.device(),
                 "torchext.", op, ": grads[", i, "] must match params[", i, "] in dtype, shape and device (",
                 p.scalar_type(), " ", p.sizes(), " on ", p.device(), "), but got ", g.scalar_type(), " ", g.sizes(),
                 " on ", g.device());
+    const bool dense = p.is_non_overlapping_and_dense();
     for (const auto& l : lists) {
       if (l.tensors->empty()) continue;
       const at::Tensor& s = (*l.tensors)[i];
       const auto dtype = l.float32 ? at::kFloat : p.scalar_type();
-      TORCH_CHECK(s.scalar_type() == dtype && s.sizes() == p.sizes() && s.strides() == p.strides() &&
-                      s.device() == p.device(),
-                  "torchext.", op, ": ", l.name, "[", i, "] must be ", dtype, " with the shape, strides and device of params[",
-                  i, "] (", p.sizes(), " on ", p.device(), "), but got ", s.scalar_type(), " ", s.sizes(), " on ",
-                  s.device());
+      TORCH_CHECK(s.scalar_type() == dtype && s.sizes() == p.sizes() &&
+                      (dense ? s.strides() == p.strides() : s.is_contiguous()) && s.device() == p.device(),
+                  "torchext.", op, ": ", l.name, "[", i, "] must be ", dtype, " with the shape and device of params[",
+                  i, "] (", p.sizes(), " on ", p.device(), ") and ", dense ? "its strides" : "contiguous",
+                  ", but got ", s.scalar_type(), " ", s.sizes(), " with strides ", s.strides(), " on ", s.device());
     }
   }
   check_distinct_params(op, params);
@@ -119,7 +161,8 @@ void with_buffer_type(bool has_master, const F& f) {
 }
 
 // The kernels walk a grad in its param's memory order: grads laid out differently (strides) are
-// copied into the param's layout, after the checks. `owned` keeps the copies alive.
+// copied into the param's layout, after the checks. `params` are the dense ones the kernels update
+// (DenseParams::gather). `owned` keeps the copies alive.
 inline at::TensorList grads_in_param_layout(const at::TensorList& params, const at::TensorList& grads,
                                             std::vector<at::Tensor>& owned) {
   size_t i = 0;

@@ -123,6 +123,8 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
                  found_inf, lr_tensor);
   if (lr_tensor.has_value()) lr = lr_tensor->item<double>();
   if (found_inf.has_value() && found_inf->item<float>() != 0.f) return;  // skipped step: touch nothing
+  DenseParams dense;  // params with gaps are stepped through dense copies
+  params = dense.gather(params);
   std::vector<at::Tensor> grad_copies;
   grads = grads_in_param_layout(params, grads, grad_copies);
   const double inv_scale = grad_scale.has_value() ? 1.0 / static_cast<double>(grad_scale->item<float>()) : 1.0;
@@ -156,6 +158,7 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList mo
     });
   });
   cpu::bump_counters(momentum_counts);
+  dense.scatter();
 }
 
 }  // namespace

@@ -145,6 +145,8 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
                   grad_scale, found_inf, lr_tensor);
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
+  DenseParams dense;  // params with gaps are stepped through dense copies
+  params = dense.gather(params);
   std::vector<at::Tensor> grad_copies;
   grads = grads_in_param_layout(params, grads, grad_copies);
   const at::Tensor lr_dev = device_lr("adam_step_", lr_tensor, device, lr);  // alive until the launch is queued
@@ -167,6 +169,7 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
       multi_tensor_apply<6>(std::move(metas), args.found_inf, device, AdamOp<scalar_t, decltype(buffer_type)>{args});
     });
   });
+  dense.scatter();
 }
 
 }  // namespace
