@@ -1,5 +1,6 @@
 """What SGD and Adam share: gathering a step's work, validating it before anything is written,
 GradScaler plumbing, fp32 master weights and torch-compatible state_dict handling."""
+from collections import OrderedDict
 from itertools import chain
 
 import torch
@@ -24,13 +25,25 @@ class FusedOptimizer(Optimizer):
     _name = "Optimizer"
     _buffer_keys = ()
 
+    # The groups live in `_groups`, and `param_groups` is a property over it, so that torchext's own
+    # zero_grad() and step() can reach them without dynamo's special handling of an optimizer's
+    # `param_groups`: under torch.compile, reaching params through `optimizer.param_groups` marks
+    # them as static graph attributes, and a Tensor.backward traced after that (dynamo's
+    # trace_autograd_ops) no longer counts them as leaves. It accumulates no grads, and the step that
+    # follows does nothing, silently. torch.optim's own zero_grad() avoids this by breaking the graph.
+    @property
+    def param_groups(self):
+        return self._groups
+
+    @param_groups.setter
+    def param_groups(self, groups):
+        self._groups = groups
+
     def __init__(self, params, defaults, *, differentiable, fused, foreach, master_weights):
         if differentiable:
             raise NotImplementedError(
                 "torchext.optim.%s does not support differentiable=True; use torch.optim.%s for "
                 "differentiating through the optimizer step" % (self._name, self._name))
-        if fused and foreach:
-            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         defaults["master_weights"] = bool(master_weights)
         super().__init__(params, defaults)
         # GradScaler hands us grad_scale / found_inf instead of unscaling and syncing on the host.
@@ -55,6 +68,9 @@ class FusedOptimizer(Optimizer):
 
     def __setstate__(self, state):
         super().__setstate__(state)
+        # torch's __setstate__ writes param_groups into the instance dict, under the property.
+        if "param_groups" in self.__dict__:
+            self._groups = self.__dict__.pop("param_groups")
         for group in self.param_groups:
             group.setdefault("master_weights", False)
 
@@ -89,7 +105,7 @@ class FusedOptimizer(Optimizer):
         sparse = []  # (group, param, grad) with a sparse grad, for an optimizer that takes them
         try:
             calls = []
-            for gi, group in enumerate(self.param_groups):
+            for gi, group in enumerate(self._groups):  # not param_groups: see there
                 buckets = {}
                 for p in group["params"]:
                     g = p.grad
@@ -197,25 +213,40 @@ class FusedOptimizer(Optimizer):
         return super().__repr__().replace("    master_weights: False\n", "")
 
     def zero_grad(self, set_to_none=True):
-        """torch.optim.Optimizer.zero_grad's semantics, written so dynamo can trace it (torch's is
-        excluded from tracing), which keeps a compiled training step a single graph."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                g = p.grad
-                if g is None:
-                    continue
-                if set_to_none:
-                    p.grad = None
-                    continue
-                if g.grad_fn is not None:
-                    g.detach_()
-                else:
-                    g.requires_grad_(False)
-                g.zero_()
+        """torch.optim.Optimizer.zero_grad's semantics and profiler label, written so dynamo can trace
+        it (torch's is excluded from tracing), which keeps a compiled training step a single graph.
+        It reaches the params through `_groups`, not `param_groups` (see there): called before the
+        forward pass of a compiled step, the latter would leave that step's backward without leaves."""
+        if not hasattr(self, "_zero_grad_profile_name"):
+            self._patch_step_function()
+        with torch.autograd.profiler.record_function(self._zero_grad_profile_name):
+            for group in self._groups:
+                for p in group["params"]:
+                    g = p.grad
+                    if g is None:
+                        continue
+                    if set_to_none:
+                        p.grad = None
+                        continue
+                    if g.grad_fn is not None:
+                        g.detach_()
+                    else:
+                        g.requires_grad_(False)
+                    g.zero_()
 
     # ---------------------------------------------------------------- state_dict
+    # torch.optim.Optimizer's state_dict() and load_state_dict() with torchext's conversions in the
+    # places torch's hooks expect them: state_dict's post-hooks see (and may replace) the final,
+    # torch-layout dict, and load_state_dict's pre-hooks run on the dict as given, before anything
+    # is checked, and its post-hooks after everything is in place.
+    @torch._disable_dynamo
     def state_dict(self):
-        sd = super().state_dict()
+        post_hooks = self._optimizer_state_dict_post_hooks
+        self._optimizer_state_dict_post_hooks = OrderedDict()
+        try:
+            sd = super().state_dict()  # runs the pre-hooks
+        finally:
+            self._optimizer_state_dict_post_hooks = post_hooks
         groups = {i: g for g in sd["param_groups"] for i in g["params"]}
         state = {}
         for idx, entry in sd["state"].items():
@@ -226,12 +257,22 @@ class FusedOptimizer(Optimizer):
             if entry:
                 state[idx] = entry
         sd["state"] = state
+        for hook in post_hooks.values():
+            result = hook(self, sd)
+            if result is not None:
+                sd = result
         return sd
 
     def _export_entry(self, entry, group):
         pass
 
+    @torch._disable_dynamo
     def load_state_dict(self, state_dict):
+        state_dict = state_dict.copy()  # shallow, as torch's
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
@@ -254,7 +295,12 @@ class FusedOptimizer(Optimizer):
                                                                      tuple(p.shape)))
             float32_state[idx] = {k: v for k, v in entry.items()
                                   if k in ("master_param",) + self._buffer_keys and isinstance(v, torch.Tensor)}
-        super().load_state_dict(state_dict)
+        pre_hooks, post_hooks = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
+        self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = OrderedDict(), OrderedDict()
+        try:
+            super().load_state_dict(state_dict)  # the hooks have run (pre) or run below (post)
+        finally:
+            self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = pre_hooks, post_hooks
         # torch casts every state tensor to the param dtype. Master weights stay float32, and so do
         # the buffers of a group that keeps master weights (from the saved values, not the cast).
         groups = {p: g for g in self.param_groups for p in g["params"]}
@@ -266,10 +312,32 @@ class FusedOptimizer(Optimizer):
                     state[k] = v.to(device=p.device, dtype=torch.float32, copy=True)
         for p in id_map.values():
             if p in self.state:
+                self._match_layout(p, self.state[p])
                 self._after_load(p, self.state[p])
+        for hook in post_hooks.values():
+            hook(self)
+
+    def _match_layout(self, p, state):
+        """Loaded buffers and master weights in the layout the kernels expect beside p, whatever layout
+        they were saved in: that of torch.empty_like(p), p's strides when p is dense, else contiguous."""
+        for k in ("master_param",) + self._buffer_keys:
+            v = state.get(k)
+            if not isinstance(v, torch.Tensor) or v.is_sparse or v.numel() <= 1:
+                continue
+            like = torch.empty_like(p, dtype=v.dtype, device=v.device)
+            if v.stride() != like.stride():
+                state[k] = like.copy_(v)
 
     def _after_load(self, p, state):
         pass
+
+
+def validate_like_torch(torch_cls, *args, **kwargs):
+    """Runs torch_cls's constructor (torch.optim.SGD, Adam) on a stand-in param with the arguments a
+    torchext optimizer was given, so that every value or flag combination torch refuses (foreach
+    with a tensor lr, fused with foreach, a negative eps, ...) is refused with torch's exception and
+    message, in the release installed."""
+    torch_cls([torch.empty(0, requires_grad=True)], *args, **kwargs)
 
 
 def _on(t, device):

@@ -2,7 +2,7 @@
 import torch
 
 from .. import _C
-from ._base import FusedOptimizer
+from ._base import FusedOptimizer, validate_like_torch
 
 _ops = torch.ops.torchext
 
@@ -32,25 +32,10 @@ class Adam(FusedOptimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
                  decoupled_weight_decay=False, master_weights=False):
-        if isinstance(lr, torch.Tensor):
-            if lr.numel() != 1:
-                raise ValueError("Tensor lr must be 1-element")
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if not ((isinstance(betas[0], float) and isinstance(betas[1], float))
-                or (isinstance(betas[0], torch.Tensor) and isinstance(betas[1], torch.Tensor))):
-            raise ValueError("betas must be either both floats or both Tensors")
-        for i in (0, 1):
-            if isinstance(betas[i], torch.Tensor) and betas[i].numel() != 1:
-                raise ValueError(f"Tensor betas[{i}] must be 1-element")
+        # Whatever torch.optim.Adam refuses is refused here, with its exception and message.
+        validate_like_torch(torch.optim.Adam, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
+                            maximize=maximize, capturable=capturable, differentiable=differentiable, fused=fused,
+                            decoupled_weight_decay=decoupled_weight_decay)
         betas = (_to_scalar(betas[0]), _to_scalar(betas[1]))
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "amsgrad": amsgrad,
                     "maximize": maximize, "foreach": foreach, "capturable": capturable,

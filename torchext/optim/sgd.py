@@ -3,7 +3,7 @@ import torch
 from torch.optim.sgd import sgd as _torch_sgd
 
 from .. import _C
-from ._base import FusedOptimizer
+from ._base import FusedOptimizer, validate_like_torch
 
 _ops = torch.ops.torchext
 
@@ -28,19 +28,12 @@ class SGD(FusedOptimizer):
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
                  maximize=False, foreach=None, differentiable=False, fused=None, master_weights=False):
-        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if momentum < 0.0:
-            raise ValueError(f"Invalid momentum value: {momentum}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        # Whatever torch.optim.SGD refuses is refused here, with its exception and message.
+        validate_like_torch(torch.optim.SGD, lr, momentum, dampening, weight_decay, nesterov, maximize=maximize,
+                            foreach=foreach, differentiable=differentiable, fused=fused)
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
                     "nesterov": nesterov, "maximize": maximize, "foreach": foreach,
                     "differentiable": differentiable, "fused": fused}
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         super().__init__(params, defaults, differentiable=differentiable, fused=fused, foreach=foreach,
                          master_weights=master_weights)
 
