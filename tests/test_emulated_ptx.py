@@ -373,6 +373,16 @@ def test_cp_async_groups(emu, thread_order):
                                        msg=lambda m, s=s, t=t: f"thread {t}, snapshot {s}: {m}")
 
 
+def test_cp_async_partial_source_size_zero_fills_the_rest(emu):
+    # PTX ISA "cp.async": with src-size below cp-size, src-size bytes are copied and the remaining
+    # cp-size - src-size bytes of the destination are zero-filled.
+    src = torch.randint(1, 256, (17 * 16,), dtype=torch.uint8)
+    out = emu.emu_ptx_cp_async_partial(src).view(17, 16)
+    for n in range(17):
+        assert out[n, :n].tolist() == src.view(17, 16)[n, :n].tolist()
+        assert out[n, n:].tolist() == [0] * (16 - n)
+
+
 @pytest.mark.parametrize("commit", [True, False], ids=["committed", "uncommitted"])
 def test_cp_async_completes_at_thread_exit(emu, commit):
     src = torch.randn(128)

@@ -25,13 +25,13 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// cp.async.cg.shared.global, 16 bytes (PTX ISA "Data Movement: cp.async"): copies 16 bytes from
-// global `src` to shared `dst` (both 16-byte aligned) without going through registers; with
-// `pred` false nothing is read and the 16 bytes are zero-filled (src-size 0). The copy completes
-// only at a cp_async_wait that covers its group.
-__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool pred) {
+// cp.async.cg.shared.global, 16 bytes (PTX ISA "Data Movement: cp.async"): fills 16 bytes of
+// shared `dst` from global `src` (both 16-byte aligned) without going through registers: the first
+// `src_bytes` (0 to 16, the ISA's src-size) are read from src, the rest are zero-filled; with 0,
+// nothing is read. The copy completes only at a cp_async_wait that covers its group.
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(pred ? 16 : 0));
+               "r"(src_bytes));
 }
 
 // cp.async.commit_group: the copies this thread issued since the last commit form one group.

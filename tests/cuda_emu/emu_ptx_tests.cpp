@@ -260,7 +260,7 @@ __global__ void pipeline_kernel(const float* src, float* out, int tiles, int mod
   const float* bsrc = src + static_cast<int64_t>(blockIdx.x) * tiles * 256;
   float* bout = out + static_cast<int64_t>(blockIdx.x) * tiles * 256;
   auto issue = [&](int tile) {
-    if (tile < tiles) ptx::cp_async_16(stage + (tile % S) * 256 + tid * 4, bsrc + tile * 256 + tid * 4, true);
+    if (tile < tiles) ptx::cp_async_16(stage + (tile % S) * 256 + tid * 4, bsrc + tile * 256 + tid * 4, 16);
     if (mode != 5) ptx::cp_async_commit();  // empty groups at the tail keep the count uniform
   };
   auto consume = [&](int tile) {
@@ -322,12 +322,12 @@ __global__ void groups_kernel(const float* src, float* out) {
   auto snapshot = [&](int k) {
     for (int e = 0; e < 20; ++e) o[k * 20 + e] = dst[e];
   };
-  ptx::cp_async_16(dst, s, true);
+  ptx::cp_async_16(dst, s, 16);
   ptx::cp_async_commit();
-  ptx::cp_async_16(dst + 4, s + 4, true);
+  ptx::cp_async_16(dst + 4, s + 4, 16);
   ptx::cp_async_commit();
   ptx::cp_async_commit();
-  ptx::cp_async_16(dst + 8, s + 8, true);
+  ptx::cp_async_16(dst + 8, s + 8, 16);
   ptx::cp_async_wait<2>();
   snapshot(0);
   ptx::cp_async_wait<1>();
@@ -338,8 +338,8 @@ __global__ void groups_kernel(const float* src, float* out) {
   ptx::cp_async_wait<0>();
   snapshot(3);
   // src of a zero-filling copy: one past the end of the source tensor (never read).
-  ptx::cp_async_16(dst + 12, src + 32 * 20, false);
-  ptx::cp_async_16(dst + 16, s + 16, true);
+  ptx::cp_async_16(dst + 12, src + 32 * 20, 0);
+  ptx::cp_async_16(dst + 16, s + 16, 16);
   ptx::cp_async_commit();
   __syncthreads();
   snapshot(4);
@@ -356,6 +356,26 @@ at::Tensor cp_async_groups(at::Tensor src) {
   return out;
 }
 
+// Partial copies (the ISA's src-size below cp-size): thread t fills 16 bytes of shared memory from
+// a 16-byte aligned source with src-size t (0..16), and writes them out after the wait.
+__global__ void partial_kernel(const unsigned char* src, unsigned char* out) {
+  __shared__ __align__(16) unsigned char smem[17 * 16];
+  const int tid = threadIdx.x;
+  if (tid <= 16) ptx::cp_async_16(smem + tid * 16, src + tid * 16, tid);
+  ptx::cp_async_commit();
+  ptx::cp_async_wait<0>();
+  if (tid <= 16)
+    for (int e = 0; e < 16; ++e) out[tid * 16 + e] = smem[tid * 16 + e];
+}
+
+at::Tensor cp_async_partial(at::Tensor src) {
+  TORCH_CHECK(src.scalar_type() == at::kByte && src.numel() == 17 * 16 && src.is_contiguous(), "272 bytes");
+  at::Tensor out = at::empty_like(src);
+  ::torchext_emu_rt::launch(dim3(1), dim3(32), 0, nullptr, partial_kernel,
+                            static_cast<const unsigned char*>(src.data_ptr<uint8_t>()), out.data_ptr<uint8_t>());
+  return out;
+}
+
 // Copies still pending when their thread exits: each of 32 threads issues one copy (committed in
 // mode 0, not in mode 1), records its destination before any wait (out[0]) and exits; the block's
 // shared array (a static here, so it outlives the launch) is read after the launch (out[1]).
@@ -364,7 +384,7 @@ __global__ void exit_kernel(const float* src, float* before, int commit) {
   __shared__ __align__(16) float smem[32 * 4];
   const int tid = threadIdx.x;
   if (tid == 0) g_exit_smem = smem;
-  ptx::cp_async_16(smem + tid * 4, src + tid * 4, true);
+  ptx::cp_async_16(smem + tid * 4, src + tid * 4, 16);
   if (commit) ptx::cp_async_commit();
   for (int e = 0; e < 4; ++e) before[tid * 4 + e] = smem[tid * 4 + e];
 }
@@ -462,11 +482,11 @@ __global__ void mma_and_shuffle(const uint16_t*) {
 }
 __global__ void cp_async_misaligned_dst(const uint16_t* src) {
   __shared__ __align__(16) uint16_t smem[64];
-  ptx::cp_async_16(smem + 4, src, true);
+  ptx::cp_async_16(smem + 4, src, 16);
 }
 __global__ void cp_async_misaligned_src(const uint16_t* src) {
   __shared__ __align__(16) uint16_t smem[64];
-  ptx::cp_async_16(smem, src + 2, true);
+  ptx::cp_async_16(smem, src + 2, 16);
 }
 __global__ void ldmatrix_misaligned(const uint16_t*) {
   __shared__ __align__(16) uint16_t smem[512];
@@ -493,6 +513,7 @@ TORCH_LIBRARY_FRAGMENT(torchext, m) {
   m.def("emu_ptx_cp_async_pipeline(Tensor src, int stages, int mode) -> Tensor", &cp_async_pipeline);
   m.def("emu_ptx_cp_async_groups(Tensor src) -> Tensor", &cp_async_groups);
   m.def("emu_ptx_cp_async_exit(Tensor src, int commit) -> Tensor", &cp_async_exit);
+  m.def("emu_ptx_cp_async_partial(Tensor src) -> Tensor", &cp_async_partial);
   m.def("emu_ptx_dynamic_smem(int bytes, int attribute, int blocks) -> Tensor", &dynamic_smem);
   m.def("emu_ptx_set_max_dynamic_smem(int bytes) -> int", &set_max_dynamic_smem);
   m.def("emu_ptx_occupancy(int block_size, int smem) -> int", &occupancy);

@@ -78,16 +78,13 @@ enum class State { kRun, kBlockWait, kWarpWait, kDone };
 // wait of its thread covers its group or the thread exits.
 struct AsyncCopy {
   void* dst;
-  const void* src;  // not read when zero_fill
-  bool zero_fill;
+  const void* src;  // its first src_bytes are read (none when 0)
+  int src_bytes;    // 0..16; the rest of the 16 bytes is zero-filled
 };
 
 inline void perform(const AsyncCopy& c) {
-  if (c.zero_fill) {
-    std::memset(c.dst, 0, 16);
-  } else {
-    std::memcpy(c.dst, c.src, 16);
-  }
+  if (c.src_bytes > 0) std::memcpy(c.dst, c.src, c.src_bytes);
+  std::memset(static_cast<unsigned char*>(c.dst) + c.src_bytes, 0, 16 - c.src_bytes);
 }
 
 struct Fiber {

@@ -240,7 +240,8 @@ inline uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(reinterp
 //  - issue: both addresses must be 16-byte aligned (the ISA's natural alignment for 16 bytes); the
 //    16 destination bytes are set to 0xff (NaN) at once, since their contents are undefined until
 //    completion, so a read that comes too early sees NaN even where the stage held older data; the
-//    source is not read yet (with pred false, src-size 0, it is never read and 16 zero bytes land).
+//    source is not read yet; at completion its first src-size bytes land and the rest of the 16
+//    are zero (with src-size 0 the source is never read).
 //  - commit: this thread's uncommitted copies become its newest group.
 //  - wait<N>: completes (reads global, writes shared, in issue order) this thread's committed groups
 //    but the N newest, positionally: an empty group counts as one of the N (the ISA calls it
@@ -249,12 +250,15 @@ inline uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(reinterp
 //    wait 0), so a copy whose commit was forgotten stays pending.
 //  - thread exit: every pending copy of the thread completes (groups in order, then the uncommitted).
 // Copies read global memory when they complete, not when issued.
-inline void cp_async_16(void* dst, const void* src, bool pred) {
+inline void cp_async_16(void* dst, const void* src, int src_bytes) {
   emu::Fiber& f = emu::this_thread("cp.async");
+  if (src_bytes < 0 || src_bytes > 16) {
+    ::torchext_emu_rt::fail("cp.async: src-size " + std::to_string(src_bytes) + " outside 0..16 (cp-size 16)");
+  }
   emu::check_aligned_16(dst, "cp.async", "shared destination");
   emu::check_aligned_16(src, "cp.async", "global source");
   std::memset(dst, 0xff, 16);
-  f.async_uncommitted.push_back(::torchext_emu_rt::AsyncCopy{dst, pred ? src : nullptr, !pred});
+  f.async_uncommitted.push_back(::torchext_emu_rt::AsyncCopy{dst, src_bytes > 0 ? src : nullptr, src_bytes});
 }
 
 inline void cp_async_commit() {
