@@ -24,6 +24,10 @@ class FusedOptimizer(Optimizer):
 
     _name = "Optimizer"
     _buffer_keys = ()
+    # GradScaler hands us grad_scale / found_inf instead of unscaling and syncing on the host. A
+    # class attribute, so that a deepcopied or unpickled optimizer keeps it (torch's fused
+    # optimizers set it on the instance, and their copies lose it: __getstate__ leaves it out).
+    _step_supports_amp_scaling = True
 
     # The groups live in `_groups`, and `param_groups` is a property over it, so that torchext's own
     # zero_grad() and step() can reach them without dynamo's special handling of an optimizer's
@@ -46,8 +50,6 @@ class FusedOptimizer(Optimizer):
                 "differentiating through the optimizer step" % (self._name, self._name))
         defaults["master_weights"] = bool(master_weights)
         super().__init__(params, defaults)
-        # GradScaler hands us grad_scale / found_inf instead of unscaling and syncing on the host.
-        self._step_supports_amp_scaling = True
 
     def add_param_group(self, param_group):
         """torch.optim.Optimizer.add_param_group (same checks, defaults and duplicate warning). A
@@ -73,6 +75,13 @@ class FusedOptimizer(Optimizer):
             self._groups = self.__dict__.pop("param_groups")
         for group in self.param_groups:
             group.setdefault("master_weights", False)
+        # A pickle from an older torch or torchext may hold state the kernels cannot take as it is
+        # (Adam's `step` as a number): bring it to their layout, as load_state_dict does.
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state:
+                    self._after_load(p, state)
 
     # ---------------------------------------------------------------- step
     @staticmethod
