@@ -18,7 +18,7 @@ valid_env() {
 import importlib, sys
 import torch
 assert torch.__version__.split("+")[0] == "2.14.1", torch.__version__
-for mod in ("pytest", "hypothesis", "numpy", "ninja", "setuptools", "wheel"):
+for mod in ("pytest", "hypothesis", "expecttest", "numpy", "ninja", "setuptools", "wheel"):
     importlib.import_module(mod)
 PY
 }
@@ -37,7 +37,7 @@ else
   "$PY" -m venv "$VENV"
   # (pip's notes about index locations are noise here; real errors still fail the install)
   "$VENV/bin/python" -m pip install -q --no-cache-dir --upgrade pip 2>&1 | { grep -v "^WARNING: Location" || true; }
-  "$VENV/bin/python" -m pip install -q --no-cache-dir "$TORCH_PIN" numpy pytest hypothesis ninja setuptools wheel 2>&1 \
+  "$VENV/bin/python" -m pip install -q --no-cache-dir "$TORCH_PIN" numpy pytest hypothesis expecttest ninja setuptools wheel 2>&1 \
     | { grep -v "^WARNING: Location" || true; }
   valid_env || { echo "environment $VENV failed validation after install" >&2; exit 1; }
 fi
