@@ -289,6 +289,69 @@ def test_linear_drawn(emu, m, n, k, dtype, relu, bias, x_how, w_how, seed):
     torch.testing.assert_close(out, linear_reference(x, w, b, relu, use_tf32).to(dtype), **LINEAR_TOL[dtype])
 
 
+# Each tile of the tensor-core GEMM table (csrc/cuda/gemm.h) with and without split-K, on the three
+# GEMMs of a Linear: Y = relu(X W^T + b) reads both operands K-major, dX = dZ W reads W N-major,
+# dW = dZ^T X reads both M/N-major (16-bit types; TF32 copies transposed operands K-major first).
+# Aligned shapes read the operands where they lie; the odd one takes the padded copies.
+GEMM_SHAPES = [(37, 72, 104), (16, 136, 64), (129, 264, 40), (33, 70, 100)]
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("tile", [0, 1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, "tf32"])
+def test_gemm_tiles_forward_and_backward(emu, monkeypatch, dtype, tile, splits):
+    use_tf32 = dtype == "tf32"
+    dtype = torch.float32 if use_tf32 else dtype
+    monkeypatch.setenv("TORCHEXT_GEMM_TILE", str(tile))
+    monkeypatch.setenv("TORCHEXT_GEMM_SPLITS", str(splits))
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = use_tf32
+    try:
+        _gemm_three_ways(emu, dtype, use_tf32)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def _gemm_three_ways(emu, dtype, use_tf32):
+    for M, N, K in GEMM_SHAPES:
+        x = torch.randn(M, K, dtype=torch.float64).to(dtype)
+        w = torch.randn(N, K, dtype=torch.float64).to(dtype)
+        b = torch.randn(N, dtype=torch.float64).to(dtype)
+        dz = torch.randn(M, N, dtype=torch.float64).to(dtype)
+        y = emu.linear_relu(x, w, b)
+        torch.testing.assert_close(y, linear_reference(x, w, b, True, use_tf32).to(dtype), **LINEAR_TOL[dtype])
+        dx = emu.linear(dz, w.t(), None)
+        torch.testing.assert_close(dx, linear_reference(dz, w.t(), None, False, use_tf32).to(dtype),
+                                   **LINEAR_TOL[dtype])
+        dw = emu.linear(dz.t(), x.t(), None)
+        torch.testing.assert_close(dw, linear_reference(dz.t(), x.t(), None, False, use_tf32).to(dtype),
+                                   **LINEAR_TOL[dtype])
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_simt_gemm_forward_and_backward(emu, monkeypatch, dtype, splits):
+    # The SIMT GEMM (float without TF32, double) on the three GEMMs of a Linear, and on a transposed
+    # input (M-major A with a K-major B); float splits K when asked, double keeps one split.
+    monkeypatch.setenv("TORCHEXT_GEMM_SPLITS", str(splits))
+    _gemm_three_ways(emu, dtype, False)
+    x, w = torch.randn(100, 37, dtype=dtype).t(), torch.randn(50, 100, dtype=dtype)
+    torch.testing.assert_close(emu.linear(x, w, None), linear_reference(x, w, None, False, False).to(dtype),
+                               **LINEAR_TOL[dtype])
+
+
+def test_gemm_split_k_is_deterministic_and_matches_one_split(emu, monkeypatch):
+    # The split sums are added in split order: the same bits on every call; and within the rounding
+    # of a different order of the one-split result.
+    x, w = torch.randn(24, 1000).to(torch.bfloat16), torch.randn(40, 1000).to(torch.bfloat16)
+    monkeypatch.setenv("TORCHEXT_GEMM_SPLITS", "5")
+    first, second = emu.linear(x, w, None), emu.linear(x, w, None)
+    monkeypatch.setenv("TORCHEXT_GEMM_SPLITS", "1")
+    single = emu.linear(x, w, None)
+    assert torch.equal(first, second)
+    torch.testing.assert_close(first, single, atol=8e-3, rtol=8e-3)
+
+
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_linear_batched(emu, dtype, relu):

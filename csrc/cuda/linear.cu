@@ -1,10 +1,10 @@
-// Linear on CUDA: host wrappers, the SIMT GEMM and the grad helpers.
+// Linear on CUDA: host wrappers, the strided SIMT GEMM and the grad helpers.
 //
-// SIMT GEMM (float64, and float32 unless TF32 is allowed; half types on pre-sm_80 devices):
-// 2*M*N*K FLOPs; a 64 x 64 output tile per 256-thread block, 4 x 4 outputs per thread held in
-// registers, K walked in slices of 16 through shared memory, so each global element is read
-// M/64 (weight) or N/64 (input) times. Bias and ReLU are applied while storing.
-// half / bfloat16 / TF32 go to the tensor-core kernel in linear_tc.cu.
+// The GEMMs proper live in gemm_tc.cuh (tensor cores: half, bfloat16, TF32) and gemm_simt.cuh
+// (float, double), dispatched from linear_gemm.cu. What is left here for the GEMM is the strided
+// SIMT kernel for half types on GPUs older than sm_80: 2*M*N*K FLOPs; a 64 x 64 output tile per
+// 256-thread block, 4 x 4 outputs per thread held in registers, K walked in slices of 16 through
+// shared memory, reading the operands through any strides. Bias and ReLU are applied while storing.
 //
 // Grad helpers (memory bound): linear_bias_grad reads M*N elements and writes N; linear_relu_grad
 // reads 2*M*N and writes M*N + N. Each column is reduced by one block in a fixed order, so the
@@ -168,8 +168,9 @@ void linear_cuda_into(const char* op, const at::Tensor& input, const at::Tensor&
   const int64_t M = input.size(0), N = weight.size(0);
   const at::Tensor* bias = bias_opt.has_value() && bias_opt->defined() ? &*bias_opt : nullptr;
   if (linear_without_gemm(input, bias, out, relu)) return;
-  // The kernels read input and weight through their strides (no copies for transposed views).
+  // The GEMMs read input and weight through their strides (no copies for transposed views).
   if (launch_linear_tensor_core(input, weight, bias, out, relu)) return;
+  if (launch_linear_simt(input, weight, bias, out, relu)) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "torchext::linear_cuda", [&] {
     const LinearProblem<scalar_t> p = linear_problem<scalar_t>(input, weight, bias, out, relu);
     const dim3 grid(static_cast<unsigned>((M + kTile - 1) / kTile),

@@ -1,6 +1,5 @@
-// Shared pieces of the CUDA Linear kernels (the problem itself is linear_problem.h): the strided tile loader and
-// the fused bias/ReLU epilogue. The SIMT GEMM and the grad helpers live in linear.cu, the
-// tensor-core GEMM in linear_tc.cu (its own file so nvcc builds the heavy templates separately).
+// Pieces of the strided CUDA Linear kernel in linear.cu (the problem itself is linear_problem.h): the
+// strided tile loader and the fused bias/ReLU epilogue; and the GEMM launchers of linear_gemm.cu.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -69,10 +68,13 @@ __device__ __forceinline__ void store_output(const LinearProblem<T>& p, int64_t 
   }
 }
 
-// Tensor-core GEMM (linear_tc.cu): half/bfloat16 with float accumulation, and float through TF32.
-// Returns false when the dtype has no tensor-core path (the caller then uses the SIMT kernel).
+// The GEMMs of linear_gemm.cu. Tensor cores (sm_80+): half/bfloat16 with float accumulation, and
+// float through TF32 when allowed; the SIMT GEMM: float and double. Each returns false when the
+// dtype (or device) is not its own, and the caller tries the next.
 bool launch_linear_tensor_core(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
                                at::Tensor& out, bool relu);
+bool launch_linear_simt(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& out,
+                        bool relu);
 
 }  // namespace cuda
 }  // namespace torchext

@@ -1,148 +1,80 @@
-// Tensor-core GEMM for Linear: 2*M*N*K FLOPs; each 64 x 64 output tile reads (64 + 64) * K inputs
-// through shared memory (K/32 stages), so global traffic is M*N*K*(1/64 + 1/64) elements.
-// half / bfloat16 use 16x16x16 wmma fragments with float accumulation; float uses 16x16x8 TF32
-// fragments, only when torch.backends.cuda.matmul.allow_tf32 is set (else linear.cu's SIMT kernel).
-// Four warps, each owning a 32 x 32 quarter of the tile (2 x 2 fragments). The accumulators go
-// through shared memory to the epilogue, which adds the bias, applies ReLU and writes with bounds
-// checks, so any M, N, K works.
+// Which GEMM runs a Linear on CUDA: the tensor-core one (gemm_tc.cuh, sm_80 and newer: float16,
+// bfloat16, and float when TF32 is allowed) or the SIMT one (gemm_simt.cuh: float and double), on
+// which operand layout, with which tile and how many K splits; and the split-K reduction.
+//
+// Operands are read where they lie when their contiguous dimension has stride 1 and the other a
+// stride of whole 16-byte chunks from a 16-byte aligned start: the row-major input and weight of
+// the forward pass, and the transposed views of the backward pass (dX = dY W reads W as N-major,
+// dW = dY^T X reads both as M/N-major). Anything else is first copied into a contiguous tensor with
+// rows padded to 16 bytes (one memory-bound pass), as is any transposed float operand (ldmatrix
+// .trans moves 16-bit elements only).
+//
+// Split-K (the GEMMs of a small batch over a long K): the K range is cut into `splits` slices of
+// whole K steps, each CTA writes its slice's float sums to a workspace, and gemm_reduce_splits adds
+// them in slice order, then the bias and ReLU. The split count depends on M, N and K only, so the
+// sums come out the same on every GPU.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <mma.h>
 #include <torch/version.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <mutex>
-#include <type_traits>
 #include <vector>
 
+#include "cuda/gemm.h"
+#include "cuda/hooks.cuh"
 #include "cuda/linear.cuh"
 
 namespace torchext {
 namespace cuda {
 namespace {
 
-namespace wmma = nvcuda::wmma;
-
-constexpr int kBM = 64, kBN = 64, kBK = 32, kThreadsTC = 128;
-
-// Fragment element type (the wmma "precision") and its K depth for each storage type.
+// Output chunks of 4 per thread: each reads its four columns of every split (a 16-byte load when
+// the row allows) and writes them once. Memory bound: (splits * 4 + sizeof(T)) bytes per output.
 template <typename T>
-struct TcTraits;
-template <>
-struct TcTraits<at::Half> {
-  using Storage = __half;
-  using Frag = __half;
-  static constexpr int kFK = 16;
-  static constexpr int kPad = 8;  // keeps rows 16-byte aligned and staggers banks
-};
-template <>
-struct TcTraits<at::BFloat16> {
-  using Storage = __nv_bfloat16;
-  using Frag = __nv_bfloat16;
-  static constexpr int kFK = 16;
-  static constexpr int kPad = 8;
-};
-template <>
-struct TcTraits<float> {
-  using Storage = float;
-  using Frag = wmma::precision::tf32;
-  static constexpr int kFK = 8;
-  static constexpr int kPad = 4;
-};
-
-template <typename T>
-__global__ void __launch_bounds__(kThreadsTC) linear_tc_kernel(LinearProblem<T> p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  using Tr = TcTraits<T>;
-  using S = typename Tr::Storage;
-  constexpr int LDS = kBK + Tr::kPad;
-  constexpr int LDC = kBN + 4;
-  // A and B tiles are dead by the time the accumulators are staged, so they share storage.
-  static_assert(sizeof(S) == sizeof(T), "storage and fragment types must match");
-  constexpr int kTileBytes = (kBM + kBN) * LDS * sizeof(S);
-  constexpr int kOutBytes = kBM * LDC * sizeof(float);
-  __shared__ __align__(32) unsigned char smem[kTileBytes > kOutBytes ? kTileBytes : kOutBytes];
-  // Tiles are filled as T (c10's types convert from float) and read by wmma as the CUDA type.
-  T* As = reinterpret_cast<T*>(smem);
-  T* Bs = As + kBM * LDS;
-  const S* As_w = reinterpret_cast<const S*>(As);
-  const S* Bs_w = reinterpret_cast<const S*>(Bs);
-  float* Cs = reinterpret_cast<float*>(smem);
-
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM;  // row tiles on x: any batch fits
-  const int warp = threadIdx.x / 32;
-  const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
-  // Column tiles on y, which stops at 65535: a block takes every gridDim.y-th one.
-  const int64_t n_step = static_cast<int64_t>(gridDim.y) * kBN;
-  for (int64_t n0 = static_cast<int64_t>(blockIdx.y) * kBN; n0 < p.N; n0 += n_step) {
-    wmma::fragment<wmma::accumulator, 16, 16, Tr::kFK, float> acc[2][2];
+__global__ void gemm_reduce_splits_kernel(GemmArgs p) {
+  const int64_t chunks_per_row = (p.N + 3) / 4;
+  const int64_t total = p.M * chunks_per_row;
+  const int64_t plane = p.M * p.N;
+  for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < total;
+       q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = q / chunks_per_row, col = (q % chunks_per_row) * 4;
+    const int n = p.N - col < 4 ? static_cast<int>(p.N - col) : 4;
+    float sum[4] = {0.f, 0.f, 0.f, 0.f};
+    const float* at = p.partial + row * p.N + col;
+    const bool vec = n == 4 && p.N % 4 == 0;
+    for (int s = 0; s < p.splits; ++s, at += plane) {
+      if (vec) {
+        const float4 v = *reinterpret_cast<const float4*>(at);
+        sum[0] += v.x, sum[1] += v.y, sum[2] += v.z, sum[3] += v.w;
+      } else {
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-      for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
-
-    for (int64_t k0 = 0; k0 < p.K; k0 += kBK) {
-      load_tile<T, kBM, kBK, LDS, kThreadsTC>(As, p.a, p.sam, p.sak, m0, p.M, k0, p.K);
-      load_tile<T, kBN, kBK, LDS, kThreadsTC>(Bs, p.b, p.sbn, p.sbk, n0, p.N, k0, p.K);
-      __syncthreads();
-#pragma unroll
-      for (int kk = 0; kk < kBK; kk += Tr::kFK) {
-        wmma::fragment<wmma::matrix_a, 16, 16, Tr::kFK, typename Tr::Frag, wmma::row_major> fa[2];
-        wmma::fragment<wmma::matrix_b, 16, 16, Tr::kFK, typename Tr::Frag, wmma::col_major> fb[2];
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          wmma::load_matrix_sync(fa[i], As_w + (wm + 16 * i) * LDS + kk, LDS);
-          // B(k, j) = weight[j, k]: a column-major K x N matrix with leading dimension LDS.
-          wmma::load_matrix_sync(fb[i], Bs_w + (wn + 16 * i) * LDS + kk, LDS);
-          if constexpr (std::is_same<S, float>::value) {
-#pragma unroll
-            for (int e = 0; e < fa[i].num_elements; ++e) fa[i].x[e] = wmma::__float_to_tf32(fa[i].x[e]);
-#pragma unroll
-            for (int e = 0; e < fb[i].num_elements; ++e) fb[i].x[e] = wmma::__float_to_tf32(fb[i].x[e]);
-          }
-        }
-#pragma unroll
-        for (int i = 0; i < 2; ++i)
-#pragma unroll
-          for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+        for (int e = 0; e < 4; ++e)
+          if (e < n) sum[e] += at[e];
       }
-      __syncthreads();
     }
+    T* out = static_cast<T*>(p.c) + row * p.N + col;
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-      for (int j = 0; j < 2; ++j)
-        wmma::store_matrix_sync(Cs + (wm + 16 * i) * LDC + wn + 16 * j, acc[i][j], LDC, wmma::mem_row_major);
-    __syncthreads();
-    // Consecutive threads take consecutive columns so the output stores coalesce.
-    for (int idx = threadIdx.x; idx < kBM * kBN; idx += kThreadsTC) {
-      const int r = idx / kBN, c = idx % kBN;
-      store_output<T, float>(p, m0 + r, n0 + c, Cs[r * LDC + c]);
+    for (int e = 0; e < 4; ++e) {
+      if (e >= n) break;
+      float v = sum[e];
+      if (p.bias) v += static_cast<float>(static_cast<const T*>(p.bias)[(col + e) * p.sbias]);
+      if (p.relu) v = v < 0.f ? 0.f : v;  // NaN passes through, as in torch.relu
+      out[e] = static_cast<T>(v);
     }
-    __syncthreads();  // the next tile's loads overwrite Cs
   }
-#else
-  __trap();  // tensor-core path is only launched on sm_80+
-#endif
 }
 
-template <typename T>
-void launch_tc(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& out,
-               bool relu) {
-  const LinearProblem<T> p = linear_problem<T>(input, weight, bias, out, relu);
-  const dim3 grid(static_cast<unsigned>((p.M + kBM - 1) / kBM),
-                  static_cast<unsigned>(std::min<int64_t>((p.N + kBN - 1) / kBN, kMaxGridY)));
-  linear_tc_kernel<T><<<grid, kThreadsTC, 0, at::cuda::getCurrentCUDAStream()>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
+// The code a device runs comes from the build's newest target at or below it; a build whose code
+// for this device comes from older PTX (say TORCH_CUDA_ARCH_LIST="7.5+PTX", JIT-compiled on an
+// H100) carries the tensor-core kernels as trap stubs only, so it takes the SIMT path instead.
+// This probe's attributes tell which code was loaded for the current device; cached per device.
+__global__ void arch_probe_kernel() {}
 
-// The kernel body exists only in code compiled for sm_80 or newer. A build whose code for this
-// device comes from older PTX (say TORCH_CUDA_ARCH_LIST="7.5+PTX", JIT-compiled on an H100)
-// carries only the trap stub, so such builds take the SIMT path instead. Cached per device.
 bool tensor_core_code_loaded() {
   static std::mutex mutex;
   static std::vector<int> cache;  // -1: not asked yet
@@ -151,8 +83,8 @@ bool tensor_core_code_loaded() {
   if (cache.size() <= static_cast<size_t>(device)) cache.resize(device + 1, -1);
   if (cache[device] < 0) {
     cudaFuncAttributes attr;
-    C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, linear_tc_kernel<at::Half>));
-    cache[device] = attr.ptxVersion >= 80 ? 1 : 0;
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, arch_probe_kernel));
+    cache[device] = std::max(attr.ptxVersion, attr.binaryVersion) >= 80 ? 1 : 0;
   }
   return cache[device] == 1;
 }
@@ -171,21 +103,173 @@ bool tf32_allowed() {
 #endif
 }
 
+// An operand as a launch reads it: its data, which dimension is contiguous, the other's stride.
+struct Operand {
+  at::Tensor t;  // keeps a copy alive
+  Major major;
+  int64_t ld;
+};
+
+// t: [rows, K] (the input as [M, K], the weight as [N, K]), read where it lies when it can be.
+Operand operand_for(const at::Tensor& t, bool allow_mn_major) {
+  const int64_t chunk = 16 / t.element_size();
+  const bool aligned = reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
+  const int64_t rows = t.size(0), k = t.size(1);
+  if (aligned) {
+    // A size-1 dimension's stride is arbitrary: it counts as contiguous.
+    const bool k_unit = t.stride(1) == 1 || k == 1, rows_unit = t.stride(0) == 1 || rows == 1;
+    if (k_unit && (t.stride(0) % chunk == 0 || rows == 1)) return {t, Major::kK, rows == 1 ? chunk : t.stride(0)};
+    if (allow_mn_major && rows_unit && (t.stride(1) % chunk == 0 || k == 1)) {
+      return {t, Major::kMN, k == 1 ? chunk : t.stride(1)};
+    }
+  }
+  // A contiguous copy whose rows are padded to whole chunks (the padding is never read: the copies
+  // take only the bytes up to K).
+  const int64_t ld = (k + chunk - 1) / chunk * chunk;
+  at::Tensor padded = at::empty({rows, ld}, t.options());
+  padded.narrow(1, 0, k).copy_(t);
+  return {padded, Major::kK, ld};
+}
+
+// What the tile choice weighs: the CTAs a tile makes (with splits), the waves they take on the
+// device at the tile's occupancy, and the tile's efficiency (smaller warp tiles read more shared
+// memory per FLOP). A model to rank tiles, not a prediction of time.
+int choose_tile(int64_t M, int64_t N, int64_t K, int sms) {
+  if (M <= 16) return 3;
+  constexpr double kEfficiency[] = {1.0, 0.95, 0.7};
+  int best = 2;
+  double best_cost = 0;
+  for (int tile = 0; tile < 3; ++tile) {
+    const TcTile& t = kTcTiles[tile];
+    const double ctas = static_cast<double>((M + t.bm - 1) / t.bm) * ((N + t.bn - 1) / t.bn);
+    const double slots = static_cast<double>(sms) * t.min_ctas;
+    const double waves = std::ceil(ctas / slots);
+    const double cost = waves * t.bm * t.bn / kEfficiency[tile];
+    if (tile == 0 || cost < best_cost) best = tile, best_cost = cost;
+  }
+  return best;
+}
+
+// K splits for a bm x bn tile (ctas_per_sm at a time, K steps of bk): only when its CTAs would fill
+// well under a wave of a large GPU and K holds at least four K steps per split; at most 16. M, N
+// and K decide it (kReferenceSms, not the device's count), so the summation order does not depend
+// on the GPU.
+int choose_splits(int64_t bm, int64_t bn, int64_t ctas_per_sm, int64_t bk, int64_t M, int64_t N, int64_t K) {
+  constexpr int64_t kReferenceSms = 132;
+  const int64_t ctas = ((M + bm - 1) / bm) * ((N + bn - 1) / bn);
+  if (ctas * 2 > kReferenceSms * ctas_per_sm) return 1;
+  const int64_t by_fill = (kReferenceSms * ctas_per_sm + ctas - 1) / ctas;
+  const int64_t by_k = K / (4 * bk);
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({by_fill, by_k, 16})));
+}
+
+// The arguments of one GEMM launch of out = input @ weight.T (+ bias) (ReLU), with the split count
+// forced or chosen, K cut into whole steps of bk; the float workspace for the splits, if any, goes
+// to `partial`.
+GemmArgs gemm_args(const Operand& a, const Operand& b, const at::Tensor& input, const at::Tensor& weight,
+                   const at::Tensor* bias, at::Tensor& out, bool relu, int splits, int64_t bk, at::Tensor& partial) {
+  GemmArgs args{};
+  args.a = a.t.const_data_ptr();
+  args.b = b.t.const_data_ptr();
+  args.c = out.mutable_data_ptr();
+  args.bias = bias ? bias->const_data_ptr() : nullptr;
+  args.lda = a.ld;
+  args.ldb = b.ld;
+  args.sbias = bias ? bias->stride(0) : 0;
+  args.M = input.size(0);
+  args.N = weight.size(0);
+  args.K = input.size(1);
+  args.relu = relu;
+  const int64_t steps = std::max<int64_t>(1, (args.K + bk - 1) / bk);
+  args.k_per_split = (steps + splits - 1) / splits * bk;
+  args.splits = static_cast<int>(std::max<int64_t>(1, (args.K + args.k_per_split - 1) / args.k_per_split));
+  if (args.splits > 1) {
+    partial = at::empty({args.splits, args.M, args.N}, input.options().dtype(at::kFloat));
+    args.partial = partial.mutable_data_ptr<float>();
+  }
+  return args;
+}
+
+// TORCHEXT_GEMM_TILE (an index into kTcTiles) and TORCHEXT_GEMM_SPLITS force the choice, for the
+// tests (every tile and split path at small sizes) and for tile sweeps on a GPU; read per call.
+int forced(const char* name, int lo, int hi) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return -1;
+  const int n = std::atoi(v);
+  TORCH_CHECK(n >= lo && n <= hi, name, "=", v, " is outside ", lo, "..", hi);
+  return n;
+}
+
 }  // namespace
+
+void launch_gemm_reduce_splits(TcType type, const GemmArgs& args, cudaStream_t stream) {
+  constexpr int kThreads = 256;
+  const int64_t work = args.M * ((args.N + 3) / 4);
+  const unsigned blocks = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, 1 << 16)));
+  switch (type) {
+    case TcType::kHalf: TORCHEXT_LAUNCH(gemm_reduce_splits_kernel<at::Half>, blocks, kThreads, 0, stream, args); break;
+    case TcType::kBFloat16:
+      TORCHEXT_LAUNCH(gemm_reduce_splits_kernel<at::BFloat16>, blocks, kThreads, 0, stream, args);
+      break;
+    case TcType::kTf32: TORCHEXT_LAUNCH(gemm_reduce_splits_kernel<float>, blocks, kThreads, 0, stream, args); break;
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
 
 bool launch_linear_tensor_core(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias,
                                at::Tensor& out, bool relu) {
   const auto* props = at::cuda::getCurrentDeviceProperties();
   if (props->major < 8 || !tensor_core_code_loaded()) return false;
+  TcType type;
   switch (input.scalar_type()) {
-    case at::kHalf: launch_tc<at::Half>(input, weight, bias, out, relu); return true;
-    case at::kBFloat16: launch_tc<at::BFloat16>(input, weight, bias, out, relu); return true;
+    case at::kHalf: type = TcType::kHalf; break;
+    case at::kBFloat16: type = TcType::kBFloat16; break;
     case at::kFloat:
       if (!tf32_allowed()) return false;
-      launch_tc<float>(input, weight, bias, out, relu);
-      return true;
+      type = TcType::kTf32;
+      break;
     default: return false;
   }
+  const bool mn_major_ok = type != TcType::kTf32;
+  Operand a = operand_for(input, mn_major_ok);
+  Operand b = operand_for(weight, mn_major_ok);
+  if (a.major == Major::kMN && b.major == Major::kK) a = operand_for(input.contiguous(), false);  // not instantiated
+  const int64_t M = input.size(0), N = weight.size(0), K = input.size(1);
+  const int forced_tile = forced("TORCHEXT_GEMM_TILE", 0, kNumTcTiles - 1);
+  const int tile = forced_tile >= 0 ? forced_tile : choose_tile(M, N, K, props->multiProcessorCount);
+  const TcTile& t = kTcTiles[tile];
+  const int64_t bk = t.kc * 16 / input.element_size();
+  const int forced_splits = forced("TORCHEXT_GEMM_SPLITS", 1, 64);
+  const int splits = forced_splits > 0 ? forced_splits : choose_splits(t.bm, t.bn, t.min_ctas, bk, M, N, K);
+  at::Tensor partial;
+  const GemmArgs args = gemm_args(a, b, input, weight, bias, out, relu, splits, bk, partial);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  switch (type) {
+    case TcType::kHalf: launch_gemm_tc_f16(tile, a.major, b.major, args, stream); break;
+    case TcType::kBFloat16: launch_gemm_tc_bf16(tile, a.major, b.major, args, stream); break;
+    case TcType::kTf32: launch_gemm_tc_tf32(tile, a.major, b.major, args, stream); break;
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (args.splits > 1) launch_gemm_reduce_splits(type, args, stream);
+  return true;
+}
+
+bool launch_linear_simt(const at::Tensor& input, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& out,
+                        bool relu) {
+  const bool is_double = input.scalar_type() == at::kDouble;
+  if (!is_double && input.scalar_type() != at::kFloat) return false;
+  const Operand a = operand_for(input, true), b = operand_for(weight, true);
+  const int64_t M = input.size(0), N = weight.size(0), K = input.size(1);
+  const int forced_splits = forced("TORCHEXT_GEMM_SPLITS", 1, 64);
+  int splits = 1;  // double keeps one: its partial sums would need a double workspace
+  if (!is_double) splits = forced_splits > 0 ? forced_splits : choose_splits(kSimtTile, kSimtTile, 1, kSimtSlice, M, N, K);
+  at::Tensor partial;
+  const GemmArgs args = gemm_args(a, b, input, weight, bias, out, relu, splits, kSimtSlice, partial);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  launch_gemm_simt(is_double, a.major, b.major, args, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (args.splits > 1) launch_gemm_reduce_splits(TcType::kTf32, args, stream);
+  return true;
 }
 
 }  // namespace cuda

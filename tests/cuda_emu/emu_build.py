@@ -2,7 +2,7 @@
 
 The .cu/.cuh files are copied with a few mechanical edits: each `kernel<<<grid, block, smem,
 stream>>>(args)` launch becomes a call of the emulated launcher, the CUDA kernel registrations
-become CPU ones, the tensor-core kernel's `__CUDA_ARCH__ >= 800` guard is taken as true, shared
+become CPU ones, shared
 arrays are filled with NaN bytes at the start of each block, and the rest of EDITS below. The
 C++ namespace and the op library are renamed `torchext_emu` (so the ops are
 `torch.ops.torchext_emu.*` and nothing clashes with the real extension), with the schemas taken
@@ -95,7 +95,6 @@ def rewrite_launches(src):
 # change to the sources cannot silently turn one off.
 EDITS = [
     ("TORCH_LIBRARY_IMPL(torchext, CUDA,", "TORCH_LIBRARY_IMPL(torchext, CPU,"),
-    ("#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800", "#if 1"),
     # No pinned memory without a GPU; the staging copy is an ordinary one.
     (".pinned_memory(true)", ".pinned_memory(false)"),
     # The GEMMs cap gridDim.y (column tiles) at CUDA's 65535 and loop over the rest; a cap of 2 makes

@@ -55,6 +55,13 @@
 struct uint3 {
   unsigned int x, y, z;
 };
+// The 16-byte vector types, with CUDA's alignment (a uint4 / float4 access is one 16-byte access).
+struct alignas(16) uint4 {
+  unsigned int x, y, z, w;
+};
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
 struct dim3 {
   unsigned int x, y, z;
   constexpr dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
@@ -390,6 +397,26 @@ inline bool& lr_as_device() {
 
 inline void __syncthreads() { torchext_emu_rt::yield(torchext_emu_rt::State::kBlockWait); }
 
+// A barrier of the calling warp, whose 32 lanes must all reach it (the kernels pass the full mask).
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  using namespace torchext_emu_rt;
+  if (mask != 0xffffffffu) fail("__syncwarp with a partial mask is not emulated");
+  Block& b = block();
+  b.fibers[b.current].warp_op = "__syncwarp";
+  yield(State::kWarpWait);
+}
+
+inline float __uint_as_float(unsigned int u) {
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+inline unsigned int __float_as_uint(float f) {
+  unsigned int u;
+  std::memcpy(&u, &f, sizeof(u));
+  return u;
+}
+
 // Every lane of the warp must call it with the full mask, as the kernels here do.
 template <typename T>
 inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
@@ -467,5 +494,8 @@ inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, F, int 
   return cudaSuccess;
 }
 
-#define TORCHEXT_EMU_LAUNCH(kernel, grid, block, smem, stream, ...) \
+// The hook points of csrc/cuda/hooks.cuh: launches go to the emulated launcher, and the sm_80+
+// kernel bodies (cp.async, ldmatrix, mma.sync through ptx.cuh's models) are compiled in.
+#define TORCHEXT_LAUNCH(kernel, grid, block, smem, stream, ...) \
   ::torchext_emu_rt::launch(dim3(grid), dim3(block), smem, stream, kernel, ##__VA_ARGS__)
+#define TORCHEXT_SM80_CODE 1
