@@ -253,6 +253,30 @@ def test_linear(emu, dtype, mnk, relu, bias, how):
     torch.testing.assert_close(out, expected, **LINEAR_TOL[dtype])
 
 
+@pytest.mark.parametrize("how", ["contiguous", "input_t", "weight_t", "offset", "padded"])
+@pytest.mark.parametrize("mnk", LINEAR_SHAPES)
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_linear_strided_kernel_of_older_gpus(emu, dtype, mnk, how):
+    # The strided SIMT kernel that GPUs older than sm_80 run for every dtype (newer ones take the
+    # GEMMs above), reading each operand through its strides.
+    M, N, K = mnk
+    x = torch.randn(M, K, dtype=torch.float64).to(dtype)
+    w = torch.randn(N, K, dtype=torch.float64).to(dtype)
+    b = torch.randn(N, dtype=torch.float64).to(dtype)
+    if how == "input_t":
+        x = layout(x, "transposed")
+    elif how == "weight_t":
+        w = layout(w, "transposed")
+    elif how in ("offset", "padded"):
+        x, w = layout(x, how), layout(w, how)
+    emu.emu_set_force_strided_gemm(True)
+    try:
+        out = emu.linear_relu(x, w, b)
+    finally:
+        emu.emu_set_force_strided_gemm(False)
+    torch.testing.assert_close(out, linear_reference(x, w, b, True, False).to(dtype), **LINEAR_TOL[dtype])
+
+
 def test_tf32_setting_changes_float32_results(emu):
     # Guards the test above: with TF32 the kernel must round its inputs, without it must not.
     x, w = torch.randn(16, 64), torch.randn(16, 64)

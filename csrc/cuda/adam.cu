@@ -26,7 +26,7 @@ struct AdamArgs {
 
 template <typename M>
 struct AdamCoeffs {
-  M beta1, beta2, one_minus_beta1, one_minus_beta2, eps, step_size, bc2_sqrt, decay, l2, grad_factor;
+  M beta1, beta2, one_minus_beta1, one_minus_beta2, eps, step_size, inv_bc2_sqrt, decay, l2, grad_factor;
 };
 
 template <typename M>
@@ -42,7 +42,9 @@ __device__ __forceinline__ void adam_math(M& p, M g, M& m, M& v, M& vmax, bool a
     vmax = vmax > v ? vmax : v;
     vd = vmax;
   }
-  const M denom = sqrt(vd) / c.bc2_sqrt + c.eps;  // eps after the bias correction, as torch
+  // sqrt(v) / sqrt(bc2) as a multiply by 1 / sqrt(bc2), formed once per tensor, as the CPU kernel
+  // does (one rounding of the denominator from torch's division); eps after it, as torch adds it.
+  const M denom = sqrt(vd) * c.inv_bc2_sqrt + c.eps;
   p -= c.step_size * m / denom;
 }
 
@@ -52,30 +54,39 @@ __device__ __forceinline__ void adam_math(M& p, M g, M& m, M& v, M& vmax, bool a
 // master's rounding.
 template <typename T, typename S>
 struct AdamOp {
+  using M = math_t<T>;
+  using Coeffs = AdamCoeffs<M>;
+  static constexpr int kBlocksPerSm = sizeof(M) == 8 ? 1 : 2;  // double math needs over 64 registers
   AdamArgs a;
 
-  __device__ void operator()(const TensorMeta<6>& t, int64_t start, int64_t n) const {
-    using M = math_t<T>;
-    constexpr bool kMaster = kHasMaster<T, S>;
-    if (a.found_inf != nullptr && *a.found_inf != 0.f) return;
+  // Per tensor, once (the engine's prologue): the bias corrections from its step counter, the lr
+  // and the grad scale, read on the device.
+  __device__ Coeffs coeffs(const TensorMeta<6>& t) const {
     const double lr = a.lr_ptr != nullptr ? *a.lr_ptr : a.lr;
-    // The counter is float32 like torch's and is bumped after this kernel; its incremented value
-    // sets the bias correction, formed in float as the CPU kernel and torch do.
+    // The counter is float32 like torch's and is bumped after the update; its incremented value
+    // sets the bias correction, formed in double as on the CPU.
     const double step = static_cast<double>(*t.counter + 1.f);
     const double bc1 = 1.0 - pow(a.beta1, step);
     const double bc2 = 1.0 - pow(a.beta2, step);
     const double inv_scale = a.grad_scale != nullptr ? 1.0 / static_cast<double>(*a.grad_scale) : 1.0;
-    AdamCoeffs<M> c;
+    Coeffs c;
     c.beta1 = M(a.beta1);
     c.beta2 = M(a.beta2);
     c.one_minus_beta1 = M(1.0 - a.beta1);
     c.one_minus_beta2 = M(1.0 - a.beta2);
     c.eps = M(a.eps);
     c.step_size = M(lr / bc1);
-    c.bc2_sqrt = M(sqrt(bc2));
+    c.inv_bc2_sqrt = M(1) / M(sqrt(bc2));
     c.decay = a.decoupled ? M(1.0 - lr * a.weight_decay) : M(1);
     c.l2 = a.decoupled ? M(0) : M(a.weight_decay);
     c.grad_factor = M(a.maximize ? -inv_scale : inv_scale);
+    return c;
+  }
+
+  __device__ void operator()(const TensorMeta<6>& t, const Coeffs& coeffs, int64_t start, int64_t n) const {
+    constexpr bool kMaster = kHasMaster<T, S>;
+    if (a.found_inf != nullptr && *a.found_inf != 0.f) return;
+    const Coeffs c = coeffs;
 
     T* p = static_cast<T*>(t.ptr[0]) + start;
     const T* g = static_cast<const T*>(t.ptr[1]) + start;
@@ -90,17 +101,17 @@ struct AdamOp {
       const int64_t nvec = n / V;
       for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
         const int64_t o = i * V;
-        Pack<T, V> pp;
-        Pack<float, V> master_p;
+        Vec<T, V> pp;
+        Vec<float, V> master_p;
         if constexpr (kMaster) {
-          master_p = load_pack<float, V>(master + o);
+          master_p = load_vec<float, V>(master + o);
         } else {
-          pp = load_pack<T, V>(p + o);
+          pp = load_vec<T, V>(p + o);
         }
-        Pack<S, V> mp = load_pack<S, V>(m + o), vp = load_pack<S, V>(v + o);
-        const Pack<T, V> gp = load_pack<T, V>(g + o);
-        Pack<S, V> xp;
-        if (a.amsgrad) xp = load_pack<S, V>(vmax + o);
+        Vec<S, V> mp = load_vec<S, V>(m + o), vp = load_vec<S, V>(v + o);
+        const Vec<T, V> gp = load_vec<T, V>(g + o);
+        Vec<S, V> xp;
+        if (a.amsgrad) xp = load_vec<S, V>(vmax + o);
 #pragma unroll
         for (int k = 0; k < V; ++k) {
           M pv = kMaster ? static_cast<M>(master_p.v[k]) : static_cast<M>(pp.v[k]);
@@ -113,11 +124,11 @@ struct AdamOp {
           if (a.amsgrad) xp.v[k] = static_cast<S>(xv);
           if constexpr (kMaster) master_p.v[k] = static_cast<float>(pv);
         }
-        store_pack<T, V>(p + o, pp);
-        store_pack<S, V>(m + o, mp);
-        store_pack<S, V>(v + o, vp);
-        if (a.amsgrad) store_pack<S, V>(vmax + o, xp);
-        if constexpr (kMaster) store_pack<float, V>(master + o, master_p);
+        store_vec<T, V>(p + o, pp);
+        store_vec<S, V>(m + o, mp);
+        store_vec<S, V>(v + o, vp);
+        if (a.amsgrad) store_vec<S, V>(vmax + o, xp);
+        if constexpr (kMaster) store_vec<float, V>(master + o, master_p);
       }
       done = nvec * V;
     }
@@ -176,4 +187,4 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
 }  // namespace cuda
 }  // namespace torchext
 
-TORCH_LIBRARY_IMPL(torchext, CUDA, m) { m.impl("adam_step_", &torchext::cuda::adam_step_cuda); }
+TORCH_LIBRARY_IMPL(torchext, TORCHEXT_DEVICE_KEY, m) { m.impl("adam_step_", &torchext::cuda::adam_step_cuda); }

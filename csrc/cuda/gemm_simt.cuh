@@ -108,7 +108,9 @@ struct Kernel {
 
   static __device__ __forceinline__ void run(const GemmArgs& p) {
     __shared__ __align__(16) T As[2][kSlice * kLd];
+    TORCHEXT_SHARED(As);
     __shared__ __align__(16) T Bs[2][kSlice * kLd];
+    TORCHEXT_SHARED(Bs);
     const int64_t tiles_n = (p.N + kTile - 1) / kTile;
     const int64_t m0 = static_cast<int64_t>(blockIdx.x) / tiles_n * kTile;  // row-major over tiles:
     const int64_t n0 = static_cast<int64_t>(blockIdx.x) % tiles_n * kTile;  // neighbours share A

@@ -17,3 +17,40 @@
 #define TORCHEXT_SM80_CODE 0
 #endif
 #endif
+
+// The dispatch key the CUDA kernels register for (the emulation registers them for the CPU).
+#ifndef TORCHEXT_DEVICE_KEY
+#define TORCHEXT_DEVICE_KEY CUDA
+#endif
+
+// CUDA's limit on gridDim.y (the emulation shrinks it to 2, so that loops over what does not fit
+// run at test sizes).
+#ifndef TORCHEXT_MAX_GRID_Y
+#define TORCHEXT_MAX_GRID_Y 65535
+#endif
+
+// Whether host staging buffers are pinned (the emulation has no GPU to pin them for).
+#ifndef TORCHEXT_PIN_STAGING
+#define TORCHEXT_PIN_STAGING true
+#endif
+
+// Whether an optimizer's lr tensor is read on the host rather than through a device pointer (the
+// emulation, whose tensors all live on the CPU, can send a CPU tensor down the device path).
+#ifndef TORCHEXT_LR_ON_HOST
+#define TORCHEXT_LR_ON_HOST(t) ((t).is_cpu())
+#endif
+
+// Marks a static __shared__ array right after its declaration: nothing on the GPU; the emulation
+// fills the array with NaN bytes at the start of every block, so that a kernel reading what it did
+// not write in this block sees NaN (emu_build.py checks that every declaration is marked).
+#ifndef TORCHEXT_SHARED
+#define TORCHEXT_SHARED(array) \
+  do {                         \
+  } while (0)
+#endif
+
+// Whether Linear takes the strided SIMT kernel (linear.cu) whatever the device: only the emulation
+// asks, to test the kernel that GPUs older than sm_80 run.
+#ifndef TORCHEXT_FORCE_STRIDED_GEMM
+#define TORCHEXT_FORCE_STRIDED_GEMM() false
+#endif

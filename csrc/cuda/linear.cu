@@ -28,12 +28,20 @@ namespace {
 
 constexpr int kTile = 64, kSlice = 16, kThreadsSimt = 256;
 
+// Run only by GPUs older than sm_80 (on newer ones the tensor-core and SIMT GEMMs take every dtype),
+// so code for sm_80 and newer carries a trap stub; the emulation compiles the body and runs it when
+// asked (TORCHEXT_FORCE_STRIDED_GEMM).
 template <typename T>
 __global__ void __launch_bounds__(kThreadsSimt) linear_simt_kernel(LinearProblem<T> p) {
+#if TORCHEXT_SM80_CODE && !defined(TORCHEXT_EMU)
+  __trap();
+#else
   using Acc = math_t<T>;
   constexpr int LD = kSlice + 1;  // odd stride: the 16 columns a warp reads fall in distinct banks
   __shared__ T As[kTile * LD];
+  TORCHEXT_SHARED(As);
   __shared__ T Bs[kTile * LD];
+  TORCHEXT_SHARED(Bs);
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   // Row tiles on x (up to 2^31 - 1 blocks, so any batch fits); neighbouring blocks share a weight tile.
   // Column tiles on y, which stops at 65535: a block takes every gridDim.y-th one.
@@ -69,6 +77,7 @@ __global__ void __launch_bounds__(kThreadsSimt) linear_simt_kernel(LinearProblem
 #pragma unroll
       for (int j = 0; j < 4; ++j) store_output<T, Acc>(p, m0 + ty + 16 * i, n0 + tx + 16 * j, acc[i][j]);
   }
+#endif
 }
 
 constexpr int kSumCols = 32, kSumLanes = 16;
@@ -80,10 +89,11 @@ constexpr int kSumCols = 32, kSumLanes = 16;
 // result > 0 (threshold_backward) and the masked values are written out as well.
 template <typename T>
 __global__ void column_sum_kernel(const T* __restrict__ g, const T* __restrict__ r, T* __restrict__ masked,
-                                  T* __restrict__ sums, math_t<T>* __restrict__ partials, int64_t M, int64_t N,
+                                  T* __restrict__ sums, double* __restrict__ partials, int64_t M, int64_t N,
                                   int64_t rows_per_chunk) {
-  using Acc = math_t<T>;
+  using Acc = double;  // as the CPU twin sums (csrc/linear.cpp says why)
   __shared__ Acc part[kSumLanes][kSumCols];
+  TORCHEXT_SHARED(part);
   const int64_t col = static_cast<int64_t>(blockIdx.x) * kSumCols + threadIdx.x;
   const int64_t chunk_end = (static_cast<int64_t>(blockIdx.y) + 1) * rows_per_chunk;
   const int64_t row_end = chunk_end < M ? chunk_end : M;
@@ -94,7 +104,7 @@ __global__ void column_sum_kernel(const T* __restrict__ g, const T* __restrict__
       const int64_t at = row * N + col;
       T v = g[at];
       if (r) {
-        if (static_cast<Acc>(r[at]) <= Acc(0)) v = T(0);
+        if (static_cast<math_t<T>>(r[at]) <= math_t<T>(0)) v = T(0);
         masked[at] = v;
       }
       s += static_cast<Acc>(v);
@@ -115,11 +125,11 @@ __global__ void column_sum_kernel(const T* __restrict__ g, const T* __restrict__
 }
 
 template <typename T>
-__global__ void finish_column_sums(const math_t<T>* __restrict__ partials, T* __restrict__ sums, int64_t chunks,
+__global__ void finish_column_sums(const double* __restrict__ partials, T* __restrict__ sums, int64_t chunks,
                                    int64_t N) {
   const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (col >= N) return;
-  math_t<T> total = 0;
+  double total = 0;
   for (int64_t c = 0; c < chunks; ++c) total += partials[c * N + col];
   sums[col] = static_cast<T>(total);
 }
@@ -144,18 +154,17 @@ void launch_column_sums(const at::Tensor& g, const at::Tensor* result, at::Tenso
   const dim3 grid(static_cast<unsigned>((N + kSumCols - 1) / kSumCols), static_cast<unsigned>(chunks));
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "torchext::linear_grad_cuda", [&] {
-    using Acc = math_t<scalar_t>;
+    using Acc = double;
     at::Tensor partials;
-    if (chunks > 1) partials = at::empty({chunks, N}, g.options().dtype(c10::CppTypeToScalarType<Acc>::value));
-    column_sum_kernel<scalar_t><<<grid, block, 0, stream>>>(
-        g.const_data_ptr<scalar_t>(), result ? result->const_data_ptr<scalar_t>() : nullptr,
+    if (chunks > 1) partials = at::empty({chunks, N}, g.options().dtype(at::kDouble));
+    TORCHEXT_LAUNCH(column_sum_kernel<scalar_t>, grid, block, 0, stream, g.const_data_ptr<scalar_t>(), result ? result->const_data_ptr<scalar_t>() : nullptr,
         masked ? masked->mutable_data_ptr<scalar_t>() : nullptr, sums.mutable_data_ptr<scalar_t>(),
-        chunks > 1 ? partials.mutable_data_ptr<Acc>() : nullptr, M, N, rows_per_chunk);
+                    chunks > 1 ? partials.mutable_data_ptr<Acc>() : nullptr, M, N, rows_per_chunk);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (chunks > 1) {
       constexpr int kThreads = 256;
-      finish_column_sums<scalar_t><<<static_cast<unsigned>((N + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
-          partials.const_data_ptr<Acc>(), sums.mutable_data_ptr<scalar_t>(), chunks, N);
+      TORCHEXT_LAUNCH(finish_column_sums<scalar_t>, static_cast<unsigned>((N + kThreads - 1) / kThreads), kThreads, 0,
+                      stream, partials.const_data_ptr<Acc>(), sums.mutable_data_ptr<scalar_t>(), chunks, N);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
@@ -168,14 +177,15 @@ void linear_cuda_into(const char* op, const at::Tensor& input, const at::Tensor&
   const int64_t M = input.size(0), N = weight.size(0);
   const at::Tensor* bias = bias_opt.has_value() && bias_opt->defined() ? &*bias_opt : nullptr;
   if (linear_without_gemm(input, bias, out, relu)) return;
-  // The GEMMs read input and weight through their strides (no copies for transposed views).
-  if (launch_linear_tensor_core(input, weight, bias, out, relu)) return;
-  if (launch_linear_simt(input, weight, bias, out, relu)) return;
+  if (!TORCHEXT_FORCE_STRIDED_GEMM()) {
+    if (launch_linear_tensor_core(input, weight, bias, out, relu)) return;
+    if (launch_linear_simt(input, weight, bias, out, relu)) return;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "torchext::linear_cuda", [&] {
     const LinearProblem<scalar_t> p = linear_problem<scalar_t>(input, weight, bias, out, relu);
     const dim3 grid(static_cast<unsigned>((M + kTile - 1) / kTile),
                     static_cast<unsigned>(std::min<int64_t>((N + kTile - 1) / kTile, kMaxGridY)));
-    linear_simt_kernel<scalar_t><<<grid, kThreadsSimt, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+    TORCHEXT_LAUNCH(linear_simt_kernel<scalar_t>, grid, kThreadsSimt, 0, at::cuda::getCurrentCUDAStream(), p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -237,7 +247,7 @@ std::tuple<at::Tensor, at::Tensor> linear_relu_grad_cuda(const at::Tensor& grad_
 }  // namespace cuda
 }  // namespace torchext
 
-TORCH_LIBRARY_IMPL(torchext, CUDA, m) {
+TORCH_LIBRARY_IMPL(torchext, TORCHEXT_DEVICE_KEY, m) {
   m.impl("linear", &torchext::cuda::linear_cuda);
   m.impl("linear_relu", &torchext::cuda::linear_relu_cuda);
   m.impl("linear_bias_grad", &torchext::cuda::linear_bias_grad_cuda);

@@ -6,18 +6,16 @@
 
 #include <cstdint>
 
+#include "cuda/hooks.cuh"
 #include "cuda/vectorized.cuh"
 #include "linear_problem.h"
 
 namespace torchext {
 namespace cuda {
 
-// CUDA's limit on gridDim.y, where the GEMMs put their column tiles (a block then takes several).
-constexpr int64_t kMaxGridY = 65535;
-
-__device__ __forceinline__ bool aligned16_device(const void* p) {
-  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
-}
+// CUDA's limit on gridDim.y, where the strided GEMM puts its column tiles (a block then takes
+// several); a hook, so that the emulation can shrink it and run that loop at test sizes.
+constexpr int64_t kMaxGridY = TORCHEXT_MAX_GRID_Y;
 
 // Fills a ROWS x COLS tile (rows index M or N, cols index K) of a strided operand with zero
 // padding outside [0, nrows) x [0, K); stored as smem[r * LD + k]. Global reads coalesce along k
@@ -29,7 +27,7 @@ __device__ __forceinline__ void load_tile(T* smem, const T* base, int64_t s_row,
   constexpr int V = Vec16<T>::kSize;
   static_assert(COLS % V == 0, "a tile row must hold whole 16-byte vectors");
   const bool k_fast = s_k == 1;
-  if (k_fast && aligned16_device(base) && s_row % V == 0) {
+  if (k_fast && aligned16(base) && s_row % V == 0) {
     // k0 is a multiple of COLS, so every vector starts 16-byte aligned.
 #pragma unroll 2
     for (int idx = threadIdx.x; idx < ROWS * COLS / V; idx += THREADS) {

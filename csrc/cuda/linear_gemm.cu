@@ -131,9 +131,9 @@ Operand operand_for(const at::Tensor& t, bool allow_mn_major) {
   return {padded, Major::kK, ld};
 }
 
-// What the tile choice weighs: the CTAs a tile makes (with splits), the waves they take on the
-// device at the tile's occupancy, and the tile's efficiency (smaller warp tiles read more shared
-// memory per FLOP). A model to rank tiles, not a prediction of time.
+// What the tile choice weighs: the CTAs each SM gets (spread evenly), times a CTA's outputs, over
+// the tile's efficiency (smaller warp tiles read more shared memory per FLOP, so do less per clock):
+// the time the busiest SM needs, in arbitrary units. A model to rank tiles, not a prediction.
 int choose_tile(int64_t M, int64_t N, int64_t K, int sms) {
   if (M <= 16) return 3;
   constexpr double kEfficiency[] = {1.0, 0.95, 0.7};
@@ -141,23 +141,23 @@ int choose_tile(int64_t M, int64_t N, int64_t K, int sms) {
   double best_cost = 0;
   for (int tile = 0; tile < 3; ++tile) {
     const TcTile& t = kTcTiles[tile];
-    const double ctas = static_cast<double>((M + t.bm - 1) / t.bm) * ((N + t.bn - 1) / t.bn);
-    const double slots = static_cast<double>(sms) * t.min_ctas;
-    const double waves = std::ceil(ctas / slots);
-    const double cost = waves * t.bm * t.bn / kEfficiency[tile];
+    const int64_t ctas = ((M + t.bm - 1) / t.bm) * ((N + t.bn - 1) / t.bn);
+    const double per_sm = static_cast<double>((ctas + sms - 1) / sms);
+    const double cost = per_sm * t.bm * t.bn / kEfficiency[tile];
     if (tile == 0 || cost < best_cost) best = tile, best_cost = cost;
   }
   return best;
 }
 
 // K splits for a bm x bn tile (ctas_per_sm at a time, K steps of bk): only when its CTAs would fill
-// well under a wave of a large GPU and K holds at least four K steps per split; at most 16. M, N
-// and K decide it (kReferenceSms, not the device's count), so the summation order does not depend
-// on the GPU.
+// under a quarter of a wave of a large GPU (the splits' float partials cost a write and a read of
+// splits * M * N floats, and a launch) and K holds at least four K steps per split; enough splits
+// for about one wave, at most 16. M, N and K decide it (kReferenceSms, not the device's count), so
+// the summation order does not depend on the GPU.
 int choose_splits(int64_t bm, int64_t bn, int64_t ctas_per_sm, int64_t bk, int64_t M, int64_t N, int64_t K) {
   constexpr int64_t kReferenceSms = 132;
   const int64_t ctas = ((M + bm - 1) / bm) * ((N + bn - 1) / bn);
-  if (ctas * 2 > kReferenceSms * ctas_per_sm) return 1;
+  if (ctas * 4 > kReferenceSms * ctas_per_sm) return 1;
   const int64_t by_fill = (kReferenceSms * ctas_per_sm + ctas - 1) / ctas;
   const int64_t by_k = K / (4 * bk);
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({by_fill, by_k, 16})));

@@ -38,6 +38,7 @@ __device__ __forceinline__ A warp_sum(A v) {
 template <typename A>
 __device__ __forceinline__ A block_sum(A v) {
   __shared__ A warp_sums[32];
+  TORCHEXT_SHARED(warp_sums);
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
   v = warp_sum(v);
@@ -201,26 +202,22 @@ at::Tensor mse_impl(const char* op, const at::Tensor& input, const at::Tensor& t
     scalar_t* dp = save ? diff.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* lp = loss.mutable_data_ptr<scalar_t>();
     const bool vec = aligned16(xp) && aligned16(tp) && (!save || aligned16(dp)) && (reduction != 0 || aligned16(lp));
-    const unsigned int grid = grid_for(vec ? n / V + 1 : n);
+    const int64_t items = vec ? n / V + 1 : n;
     if (reduction == 0) {
-      if (save) {
-        sq_diff_kernel<scalar_t, true><<<grid, kThreads, 0, stream>>>(xp, tp, lp, dp, n, vec);
-      } else {
-        sq_diff_kernel<scalar_t, false><<<grid, kThreads, 0, stream>>>(xp, tp, lp, dp, n, vec);
-      }
+      auto* kernel = save ? sq_diff_kernel<scalar_t, true> : sq_diff_kernel<scalar_t, false>;
+      TORCHEXT_LAUNCH(kernel, grid_for(kernel, items), kThreads, 0, stream, xp, tp, lp, dp, n, vec);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
+    auto* kernel = save ? sq_diff_partial_kernel<scalar_t, true> : sq_diff_partial_kernel<scalar_t, false>;
+    const unsigned int grid = grid_for(kernel, items);
     at::Tensor partial = at::empty({static_cast<int64_t>(grid)},
                                    x.options().dtype(c10::CppTypeToScalarType<A>::value));
     A* pp = partial.mutable_data_ptr<A>();
-    if (save) {
-      sq_diff_partial_kernel<scalar_t, true><<<grid, kThreads, 0, stream>>>(xp, tp, dp, n, vec, pp);
-    } else {
-      sq_diff_partial_kernel<scalar_t, false><<<grid, kThreads, 0, stream>>>(xp, tp, dp, n, vec, pp);
-    }
+    TORCHEXT_LAUNCH(kernel, grid, kThreads, 0, stream, xp, tp, dp, n, vec, pp);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    finish_sum_kernel<scalar_t><<<1, kThreads, 0, stream>>>(pp, static_cast<int>(grid), n, reduction == 1, lp);
+    TORCHEXT_LAUNCH(finish_sum_kernel<scalar_t>, 1, kThreads, 0, stream, pp, static_cast<int>(grid), n, reduction == 1,
+                    lp);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return loss;
@@ -258,9 +255,9 @@ at::Tensor mse_loss_backward_cuda(const at::Tensor& grad_output, const at::Tenso
     const bool elementwise = reduction == 0;
     const bool vec = aligned16(dp) && aligned16(op_) && (!elementwise || aligned16(gp));
     const double norm = reduction == 1 ? 2.0 / static_cast<double>(n) : 2.0;
-    const unsigned int grid = grid_for(vec ? n / Vec16<scalar_t>::kSize + 1 : n);
-    backward_kernel<scalar_t>
-        <<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(gp, elementwise, dp, op_, n, norm, vec);
+    auto* kernel = backward_kernel<scalar_t>;
+    const unsigned int grid = grid_for(kernel, vec ? n / Vec16<scalar_t>::kSize + 1 : n);
+    TORCHEXT_LAUNCH(kernel, grid, kThreads, 0, at::cuda::getCurrentCUDAStream(), gp, elementwise, dp, op_, n, norm, vec);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -270,7 +267,7 @@ at::Tensor mse_loss_backward_cuda(const at::Tensor& grad_output, const at::Tenso
 }  // namespace cuda
 }  // namespace torchext
 
-TORCH_LIBRARY_IMPL(torchext, CUDA, m) {
+TORCH_LIBRARY_IMPL(torchext, TORCHEXT_DEVICE_KEY, m) {
   m.impl("mse_loss", &torchext::cuda::mse_loss_cuda);
   m.impl("mse_loss_forward", &torchext::cuda::mse_loss_forward_cuda);
   m.impl("mse_loss_backward", &torchext::cuda::mse_loss_backward_cuda);

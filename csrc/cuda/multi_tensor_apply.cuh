@@ -5,6 +5,11 @@
 // tensors and no per-tensor launch. The table is built in pinned host memory and copied on the
 // current stream; under CUDA graph capture it is written by small kernels whose arguments carry the
 // bytes, so a replay rebuilds it without reading host memory that may have been reused.
+//
+// What an op derives per tensor from device values (its step counter, the lr, the grad scale: for
+// Adam two pow() calls in double) is computed once per tensor by a prologue kernel, op.coeffs(),
+// into a table beside the metadata; each block of the update then reads its tensor's entry with one
+// load instead of repeating a chain of dependent loads and the arithmetic before its first access.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -40,14 +45,27 @@ struct ChunkMeta {
   int32_t chunk;
 };
 
+// op.coeffs(tensors[i]) for every tensor, before the update kernel (stream order).
 template <int N, typename Op>
-__global__ void __launch_bounds__(kMtaThreads)
-    multi_tensor_apply_kernel(const TensorMeta<N>* __restrict__ tensors, const ChunkMeta* __restrict__ chunks, Op op) {
+__global__ void coeffs_kernel(const TensorMeta<N>* __restrict__ tensors, int64_t num_tensors,
+                              typename Op::Coeffs* __restrict__ coeffs, Op op) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < num_tensors;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    coeffs[i] = op.coeffs(tensors[i]);
+  }
+}
+
+// Op::kBlocksPerSm blocks per SM (2: 32 warps, enough 16-byte accesses in flight per SM for the
+// memory system; an op whose registers do not fit 64 asks for 1).
+template <int N, typename Op>
+__global__ void __launch_bounds__(kMtaThreads, Op::kBlocksPerSm)
+    multi_tensor_apply_kernel(const TensorMeta<N>* __restrict__ tensors, const ChunkMeta* __restrict__ chunks,
+                              const typename Op::Coeffs* __restrict__ coeffs, Op op) {
   const ChunkMeta c = chunks[blockIdx.x];
   const TensorMeta<N> t = tensors[c.tensor];
   const int64_t start = static_cast<int64_t>(c.chunk) * kChunkSize;
   const int64_t n = t.numel - start < kChunkSize ? t.numel - start : kChunkSize;
-  op(t, start, n);
+  op(t, coeffs[c.tensor], start, n);
 }
 
 // Runs after the update kernel (stream order), so no block can read a counter already bumped.
@@ -75,30 +93,29 @@ __global__ void write_bytes_kernel(ByteBlock src, unsigned char* __restrict__ ds
   for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src.b[i];
 }
 
-// Copies `bytes` host bytes into a fresh device buffer, ordered on the current stream.
-inline at::Tensor upload_metadata(const std::vector<unsigned char>& bytes, const at::Device& device) {
+// Copies `bytes` host bytes into a fresh device buffer, ordered on the current stream, with
+// `extra` bytes after them for the kernels to fill.
+inline at::Tensor upload_metadata(const std::vector<unsigned char>& bytes, int64_t extra, const at::Device& device) {
   const int64_t n = static_cast<int64_t>(bytes.size());
-  at::Tensor dev = at::empty({n}, at::TensorOptions().dtype(at::kByte).device(device));
+  at::Tensor dev = at::empty({n + extra}, at::TensorOptions().dtype(at::kByte).device(device));
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (at::cuda::currentStreamCaptureStatus() != at::cuda::CaptureStatus::None) {
     for (int64_t off = 0; off < n; off += ByteBlock::kBytes) {
       ByteBlock blk;
       const int len = static_cast<int>(std::min<int64_t>(ByteBlock::kBytes, n - off));
       std::memcpy(blk.b, bytes.data() + off, len);
-      write_bytes_kernel<0><<<1, 256, 0, stream>>>(blk, dev.data_ptr<unsigned char>() + off, len);
+      TORCHEXT_LAUNCH(write_bytes_kernel<0>, 1, 256, 0, stream, blk, dev.data_ptr<unsigned char>() + off, len);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     return dev;
   }
   // Pinned staging buffer; copy_ with non_blocking records the stream so the caching host allocator
   // does not hand the buffer out again before the copy has finished.
-  at::Tensor host = at::empty({n}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  at::Tensor host = at::empty({n}, at::TensorOptions().dtype(at::kByte).pinned_memory(TORCHEXT_PIN_STAGING));
   std::memcpy(host.data_ptr<unsigned char>(), bytes.data(), n);
-  dev.copy_(host, /*non_blocking=*/true);
+  dev.narrow(0, 0, n).copy_(host, /*non_blocking=*/true);
   return dev;
 }
-
-inline bool is_aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // An optimizer's tensor lr: one on the CPU is read into `lr` (host memory, no device sync); one on
 // `device` comes back as a 0-dim double for the kernel to read, kept alive by the caller until the
@@ -106,7 +123,7 @@ inline bool is_aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p)
 inline at::Tensor device_lr(const char* op, const c10::optional<at::Tensor>& lr_tensor, const at::Device& device,
                             double& lr) {
   if (!lr_tensor.has_value()) return at::Tensor();
-  if (lr_tensor->is_cpu()) {
+  if (TORCHEXT_LR_ON_HOST(*lr_tensor)) {
     // Read now, so a graph would replay this value forever while the tensor's later edits (an
     // lr scheduler) are silently ignored: refuse that instead.
     TORCH_CHECK(at::cuda::currentStreamCaptureStatus() == at::cuda::CaptureStatus::None, "torchext.", op,
@@ -155,7 +172,7 @@ void multi_tensor_apply(std::vector<TensorMeta<N>> tensors, const float* found_i
     auto& t = tensors[i];
     t.aligned = 1;
     for (int k = 0; k < N; ++k) {
-      if (t.ptr[k] != nullptr && !is_aligned16(t.ptr[k])) t.aligned = 0;
+      if (t.ptr[k] != nullptr && !aligned16(t.ptr[k])) t.aligned = 0;
     }
     any_counter = any_counter || t.counter != nullptr;
     const int64_t num_chunks = (t.numel + kChunkSize - 1) / kChunkSize;
@@ -165,42 +182,38 @@ void multi_tensor_apply(std::vector<TensorMeta<N>> tensors, const float* found_i
   if (chunks.empty() && !any_counter) return;
   TORCH_CHECK(chunks.size() < (size_t(1) << 31), "torchext: too many chunks for one launch");
 
+  // One buffer: [tensor metas | chunk metas | coefficients], 16-byte aligned parts; the
+  // coefficients are written on the device by coeffs_kernel.
+  using Coeffs = typename Op::Coeffs;
   const size_t tensor_bytes = tensors.size() * sizeof(TensorMeta<N>);
   const size_t chunk_off = (tensor_bytes + 15) / 16 * 16;
-  std::vector<unsigned char> bytes(chunk_off + chunks.size() * sizeof(ChunkMeta));
+  const size_t coeff_off = (chunk_off + chunks.size() * sizeof(ChunkMeta) + 15) / 16 * 16;
+  std::vector<unsigned char> bytes(coeff_off);
   std::memcpy(bytes.data(), tensors.data(), tensor_bytes);
   if (!chunks.empty()) std::memcpy(bytes.data() + chunk_off, chunks.data(), chunks.size() * sizeof(ChunkMeta));
-  const at::Tensor meta = upload_metadata(bytes, device);  // freed in stream order after the launches
-  const auto* dev_tensors = reinterpret_cast<const TensorMeta<N>*>(meta.data_ptr<unsigned char>());
-  const auto* dev_chunks = reinterpret_cast<const ChunkMeta*>(meta.data_ptr<unsigned char>() + chunk_off);
+  // freed in stream order after the launches
+  const at::Tensor meta = upload_metadata(bytes, static_cast<int64_t>(tensors.size() * sizeof(Coeffs)), device);
+  unsigned char* base = meta.data_ptr<unsigned char>();
+  const auto* dev_tensors = reinterpret_cast<const TensorMeta<N>*>(base);
+  const auto* dev_chunks = reinterpret_cast<const ChunkMeta*>(base + chunk_off);
+  auto* dev_coeffs = reinterpret_cast<Coeffs*>(base + coeff_off);
 
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t num_tensors = static_cast<int64_t>(tensors.size());
+  const unsigned int tensor_blocks = static_cast<unsigned int>(std::min<int64_t>((num_tensors + 255) / 256, 1024));
   if (!chunks.empty()) {
-    multi_tensor_apply_kernel<N, Op>
-        <<<static_cast<unsigned int>(chunks.size()), kMtaThreads, 0, stream>>>(dev_tensors, dev_chunks, op);
+    auto* prologue = coeffs_kernel<N, Op>;  // (a template-id would split the macro's arguments)
+    TORCHEXT_LAUNCH(prologue, tensor_blocks, 256, 0, stream, dev_tensors, num_tensors, dev_coeffs, op);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    auto* update = multi_tensor_apply_kernel<N, Op>;
+    TORCHEXT_LAUNCH(update, static_cast<unsigned int>(chunks.size()), kMtaThreads, 0, stream, dev_tensors, dev_chunks,
+                    dev_coeffs, op);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (any_counter) {
-    const int64_t blocks = std::min<int64_t>((tensors.size() + 255) / 256, 1024);
-    bump_counters_kernel<N><<<static_cast<unsigned int>(blocks), 256, 0, stream>>>(
-        dev_tensors, static_cast<int64_t>(tensors.size()), found_inf);
+    TORCHEXT_LAUNCH(bump_counters_kernel<N>, tensor_blocks, 256, 0, stream, dev_tensors, num_tensors, found_inf);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-}
-
-// K values of T in 16-byte aligned storage: sizeof = K * sizeof(T), loaded with 16-byte accesses.
-template <typename T, int K>
-struct alignas(16) Pack {
-  T v[K];
-};
-
-template <typename T, int K>
-__device__ __forceinline__ Pack<T, K> load_pack(const T* p) {
-  return *reinterpret_cast<const Pack<T, K>*>(p);
-}
-template <typename T, int K>
-__device__ __forceinline__ void store_pack(T* p, const Pack<T, K>& v) {
-  *reinterpret_cast<Pack<T, K>*>(p) = v;
 }
 
 }  // namespace cuda

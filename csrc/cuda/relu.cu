@@ -95,7 +95,8 @@ void launch_relu(const at::Tensor& x, const at::Tensor& y) {
     scalar_t* yp = static_cast<scalar_t*>(y.data_ptr());
     const bool vec = aligned16(xp) && aligned16(yp);
     const int64_t items = vec ? n / Vec16<scalar_t>::kSize + 1 : n;
-    relu_kernel<scalar_t><<<grid_for(items), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(xp, yp, n, vec);
+    auto* kernel = relu_kernel<scalar_t>;
+    TORCHEXT_LAUNCH(kernel, grid_for(kernel, items), kThreads, 0, at::cuda::getCurrentCUDAStream(), xp, yp, n, vec);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -135,11 +136,8 @@ at::Tensor relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& r
     const bool vec = (scalar_grad || aligned16(gp)) && aligned16(rp) && aligned16(op);
     const int64_t items = vec ? n / Vec16<scalar_t>::kSize + 1 : n;
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    if (scalar_grad) {
-      relu_backward_kernel<scalar_t, true><<<grid_for(items), kThreads, 0, stream>>>(gp, rp, op, n, vec);
-    } else {
-      relu_backward_kernel<scalar_t, false><<<grid_for(items), kThreads, 0, stream>>>(gp, rp, op, n, vec);
-    }
+    auto* kernel = scalar_grad ? relu_backward_kernel<scalar_t, true> : relu_backward_kernel<scalar_t, false>;
+    TORCHEXT_LAUNCH(kernel, grid_for(kernel, items), kThreads, 0, stream, gp, rp, op, n, vec);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -149,7 +147,7 @@ at::Tensor relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& r
 }  // namespace cuda
 }  // namespace torchext
 
-TORCH_LIBRARY_IMPL(torchext, CUDA, m) {
+TORCH_LIBRARY_IMPL(torchext, TORCHEXT_DEVICE_KEY, m) {
   m.impl("relu", &torchext::cuda::relu_cuda);
   m.impl("relu_", &torchext::cuda::relu_inplace_cuda);
   m.impl("relu_backward", &torchext::cuda::relu_backward_cuda);

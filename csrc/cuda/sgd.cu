@@ -46,15 +46,17 @@ __device__ __forceinline__ void sgd_math(M& p, M g, M& buf, const SgdCoeffs<M>& 
 // master weights the param is only written: its old value is the master's rounding.
 template <typename T, typename S>
 struct SgdOp {
+  using M = math_t<T>;
+  using Coeffs = SgdCoeffs<M>;
+  static constexpr int kBlocksPerSm = 2;
   SgdArgs a;
 
-  __device__ void operator()(const TensorMeta<4>& t, int64_t start, int64_t n) const {
-    using M = math_t<T>;
-    constexpr bool kMaster = kHasMaster<T, S>;
-    if (a.found_inf != nullptr && *a.found_inf != 0.f) return;
+  // Per tensor, once (the engine's prologue): its counter (0: no history yet), the lr and the
+  // grad scale, read on the device.
+  __device__ Coeffs coeffs(const TensorMeta<4>& t) const {
     const double inv_scale = a.grad_scale != nullptr ? 1.0 / static_cast<double>(*a.grad_scale) : 1.0;
-    SgdCoeffs<M> c;
-    c.first = a.use_momentum && *t.counter == 0.f;  // counter is bumped after this kernel
+    Coeffs c;
+    c.first = a.use_momentum && *t.counter == 0.f;  // counter is bumped after the update
     c.lr = M(a.lr_ptr != nullptr ? *a.lr_ptr : a.lr);
     c.wd = M(a.weight_decay);
     c.momentum = M(a.momentum);
@@ -63,10 +65,16 @@ struct SgdOp {
     c.grad_factor = M(a.maximize ? -inv_scale : inv_scale);
     c.nesterov = a.nesterov;
     c.use_momentum = a.use_momentum;
+    return c;
+  }
 
+  __device__ void operator()(const TensorMeta<4>& t, const Coeffs& coeffs, int64_t start, int64_t n) const {
+    constexpr bool kMaster = kHasMaster<T, S>;
+    if (a.found_inf != nullptr && *a.found_inf != 0.f) return;
+    const Coeffs c = coeffs;
     T* p = static_cast<T*>(t.ptr[0]) + start;
     const T* g = static_cast<const T*>(t.ptr[1]) + start;
-    S* buf = a.use_momentum ? static_cast<S*>(t.ptr[2]) + start : nullptr;
+    S* buf = c.use_momentum ? static_cast<S*>(t.ptr[2]) + start : nullptr;
     float* master = kMaster ? static_cast<float*>(t.ptr[3]) + start : nullptr;
 
     constexpr int V = 16 / sizeof(T);
@@ -75,36 +83,36 @@ struct SgdOp {
       const int64_t nvec = n / V;
       for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
         const int64_t o = i * V;
-        Pack<T, V> pp;
-        Pack<float, V> master_p;
+        Vec<T, V> pp;
+        Vec<float, V> master_p;
         if constexpr (kMaster) {
-          master_p = load_pack<float, V>(master + o);
+          master_p = load_vec<float, V>(master + o);
         } else {
-          pp = load_pack<T, V>(p + o);
+          pp = load_vec<T, V>(p + o);
         }
-        const Pack<T, V> gp = load_pack<T, V>(g + o);
-        Pack<S, V> bp;
-        if (a.use_momentum) bp = load_pack<S, V>(buf + o);
+        const Vec<T, V> gp = load_vec<T, V>(g + o);
+        Vec<S, V> bp;
+        if (c.use_momentum) bp = load_vec<S, V>(buf + o);
 #pragma unroll
         for (int k = 0; k < V; ++k) {
           M pv = kMaster ? static_cast<M>(master_p.v[k]) : static_cast<M>(pp.v[k]);
-          M bv = a.use_momentum ? static_cast<M>(bp.v[k]) : M(0);
+          M bv = c.use_momentum ? static_cast<M>(bp.v[k]) : M(0);
           sgd_math<M>(pv, static_cast<M>(gp.v[k]), bv, c);
           pp.v[k] = static_cast<T>(pv);
-          if (a.use_momentum) bp.v[k] = static_cast<S>(bv);
+          if (c.use_momentum) bp.v[k] = static_cast<S>(bv);
           if constexpr (kMaster) master_p.v[k] = static_cast<float>(pv);
         }
-        store_pack<T, V>(p + o, pp);
-        if (a.use_momentum) store_pack<S, V>(buf + o, bp);
-        if constexpr (kMaster) store_pack<float, V>(master + o, master_p);
+        store_vec<T, V>(p + o, pp);
+        if (c.use_momentum) store_vec<S, V>(buf + o, bp);
+        if constexpr (kMaster) store_vec<float, V>(master + o, master_p);
       }
       done = nvec * V;
     }
     for (int64_t i = done + threadIdx.x; i < n; i += blockDim.x) {
       M pv = kMaster ? static_cast<M>(master[i]) : static_cast<M>(p[i]);
-      M bv = a.use_momentum ? static_cast<M>(buf[i]) : M(0);
+      M bv = c.use_momentum ? static_cast<M>(buf[i]) : M(0);
       sgd_math<M>(pv, static_cast<M>(g[i]), bv, c);
-      if (a.use_momentum) buf[i] = static_cast<S>(bv);
+      if (c.use_momentum) buf[i] = static_cast<S>(bv);
       if constexpr (kMaster) master[i] = static_cast<float>(pv);
       p[i] = static_cast<T>(pv);
     }
@@ -152,4 +160,4 @@ void sgd_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList m
 }  // namespace cuda
 }  // namespace torchext
 
-TORCH_LIBRARY_IMPL(torchext, CUDA, m) { m.impl("sgd_step_", &torchext::cuda::sgd_step_cuda); }
+TORCH_LIBRARY_IMPL(torchext, TORCHEXT_DEVICE_KEY, m) { m.impl("sgd_step_", &torchext::cuda::sgd_step_cuda); }

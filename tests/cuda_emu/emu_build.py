@@ -1,15 +1,16 @@
 """Builds torchext's CUDA sources (csrc/cuda) for the CPU emulation in emu_runtime.h.
 
-The .cu/.cuh files are copied with a few mechanical edits: each `kernel<<<grid, block, smem,
-stream>>>(args)` launch becomes a call of the emulated launcher, the CUDA kernel registrations
-become CPU ones, shared
-arrays are filled with NaN bytes at the start of each block, and the rest of EDITS below. The
-C++ namespace and the op library are renamed `torchext_emu` (so the ops are
-`torch.ops.torchext_emu.*` and nothing clashes with the real extension), with the schemas taken
-from csrc/ops.cpp into emu_schemas.h, which emu_ops.cpp (the emulation's controls and its test
-kernels) includes. The PTX instructions of csrc/cuda/ptx.cuh come from the CPU models in
-include/emu_ptx.h (TORCHEXT_EMU is defined), which emu_ptx_tests.cpp tests. Everything else is the
-kernels' own code, compiled by the host compiler.
+The sources reach the emulation only through hook points they define for it: the macros of
+csrc/cuda/hooks.cuh (the launch, the sm_80 code guard, the dispatch key, the grid-y limit, pinned
+staging, the device-lr switch, the marking of shared arrays) and the PTX wrappers of
+csrc/cuda/ptx.cuh, for which emu_runtime.h (included first) and include/emu_ptx.h give their own
+definitions (TORCHEXT_EMU is defined). The .cu/.cuh files are copied unchanged (as .cpp, for the
+host compiler); the build only checks that they keep to the hooks: no `<<<` launch outside
+hooks.cuh, every static __shared__ array marked with TORCHEXT_SHARED. The C++ namespace and the op
+library are renamed `torchext_emu` (so the ops are `torch.ops.torchext_emu.*` and nothing clashes
+with the real extension), with the schemas taken from csrc/ops.cpp into emu_schemas.h, which
+emu_ops.cpp (the emulation's controls and its test kernels) includes. The emulation's own test
+kernels (emu_ops.cpp, emu_ptx_tests.cpp) get their shared arrays filled by the build.
 """
 import os
 import re
@@ -17,19 +18,6 @@ import re
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CSRC = os.path.join(ROOT, "csrc")
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _match_back(text, end, open_ch, close_ch):
-    """Index of the `open_ch` matching the `close_ch` at text[end]."""
-    depth = 0
-    for i in range(end, -1, -1):
-        if text[i] == close_ch:
-            depth += 1
-        elif text[i] == open_ch:
-            depth -= 1
-            if depth == 0:
-                return i
-    raise ValueError("unbalanced " + close_ch)
 
 
 def _match_forward(text, start, open_ch, close_ch):
@@ -45,92 +33,42 @@ def _match_forward(text, start, open_ch, close_ch):
     raise ValueError("unbalanced " + open_ch)
 
 
-def _split_top(text):
-    parts, depth, cur = [], 0, ""
-    for ch in text:
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        if ch == "," and depth == 0:
-            parts.append(cur.strip())
-            cur = ""
-        else:
-            cur += ch
-    parts.append(cur.strip())
-    return parts
-
-
-def rewrite_launches(src):
-    out = src
-    while True:
-        at = out.find("<<<")
-        if at < 0:
-            return out
-        # The kernel expression: an identifier path, optionally with template arguments.
-        k_end = at
-        while out[k_end - 1].isspace():
-            k_end -= 1
-        k_start = k_end
-        if out[k_start - 1] == ">":
-            k_start = _match_back(out, k_start - 1, "<", ">")
-        while k_start > 0 and (out[k_start - 1].isalnum() or out[k_start - 1] in "_:"):
-            k_start -= 1
-        kernel = out[k_start:k_end]
-        cfg_end = out.index(">>>", at)
-        cfg = _split_top(out[at + 3:cfg_end])
-        if len(cfg) != 4:
-            raise ValueError("launch without four configuration arguments: " + out[at:cfg_end])
-        a_start = cfg_end + 3
-        while out[a_start].isspace():
-            a_start += 1
-        a_end = _match_forward(out, a_start, "(", ")")
-        args = out[a_start + 1:a_end - 1].strip()
-        call = "::torchext_emu_rt::launch(dim3({}), dim3({}), {}, {}, {}{})".format(
-            cfg[0], cfg[1], cfg[2], cfg[3], kernel, (", " + args) if args else "")
-        out = out[:k_start] + call + out[a_end:]
-
-
-# Plain text edits besides the launches: (what, replacement). Each must apply somewhere, so that a
-# change to the sources cannot silently turn one off.
-EDITS = [
-    ("TORCH_LIBRARY_IMPL(torchext, CUDA,", "TORCH_LIBRARY_IMPL(torchext, CPU,"),
-    # No pinned memory without a GPU; the staging copy is an ordinary one.
-    (".pinned_memory(true)", ".pinned_memory(false)"),
-    # The GEMMs cap gridDim.y (column tiles) at CUDA's 65535 and loop over the rest; a cap of 2 makes
-    # that loop run at test sizes (N > 128).
-    ("constexpr int64_t kMaxGridY = 65535;", "constexpr int64_t kMaxGridY = 2;"),
-    # Every tensor here is a CPU tensor: a test switch makes a CPU lr tensor take the device-lr path.
-    ("if (lr_tensor->is_cpu()) {", "if (lr_tensor->is_cpu() && !::torchext_emu_rt::lr_as_device()) {"),
-]
-
-
 # A static __shared__ array declaration: its name is group 1.
 SHARED_DECL = re.compile(r"__shared__[^;{}]*?\b(\w+)\s*(?:\[[^\]]*\])+\s*;")
 
 
-def poison_shared(src):
-    """Appends to each __shared__ declaration a call that fills the array with 0xff bytes (NaN in
-    every floating type) when the block's first thread reaches it, so a kernel that reads shared
-    memory it did not write in this block sees NaN, not zeros or the previous block's values.
-    Mentions in // comments and `extern __shared__` (dynamic shared memory, which the launch fills
-    instead; ptx.cuh's TORCHEXT_DYNAMIC_SMEM) need no call."""
-    out = SHARED_DECL.sub(lambda m: m.group(0) + " TORCHEXT_EMU_POISON_SHARED(" + m.group(1) + ");", src)
-    code = re.sub(r"//[^\n]*", "", src)
+def _code(src):
+    """src without // comments."""
+    return re.sub(r"//[^\n]*", "", src)
+
+
+def _check_declarations_recognised(code):
     expected = code.count("__shared__") - len(re.findall(r"\bextern\s+__shared__", code))
     if len(SHARED_DECL.findall(code)) != expected:
         raise RuntimeError("CUDA emulation: a __shared__ declaration the build does not recognise; extend "
                            "SHARED_DECL in tests/cuda_emu/emu_build.py")
-    return out
 
 
-def translate(src, used):
-    src = poison_shared(rewrite_launches(src))
-    for i, (old, new) in enumerate(EDITS):
-        if old in src:
-            used.add(i)
-            src = src.replace(old, new)
-    return src
+def check_hooks(name, src):
+    """The rules csrc/cuda keeps so that the emulation needs no edits of it."""
+    code = _code(src)
+    if name != "hooks.cuh" and "<<<" in code:
+        raise RuntimeError("CUDA emulation: csrc/cuda/%s launches a kernel with <<<...>>>; use "
+                           "TORCHEXT_LAUNCH(kernel, grid, block, smem, stream, args...) (cuda/hooks.cuh)" % name)
+    _check_declarations_recognised(code)
+    for m in SHARED_DECL.finditer(code):
+        if not re.match(r"\s*TORCHEXT_SHARED\(\s*%s\s*\);" % re.escape(m.group(1)), code[m.end():]):
+            raise RuntimeError("CUDA emulation: csrc/cuda/%s declares __shared__ %s without TORCHEXT_SHARED(%s); "
+                               "right after it (cuda/hooks.cuh)" % (name, m.group(1), m.group(1)))
+
+
+def poison_shared(src):
+    """For the emulation's own test kernels: appends to each __shared__ declaration the call that
+    TORCHEXT_SHARED makes in csrc/cuda (fill with 0xff bytes, NaN in every floating type, when the
+    block's first thread reaches it). `extern __shared__` (dynamic shared memory, which the launch
+    fills) needs none."""
+    _check_declarations_recognised(_code(src))
+    return SHARED_DECL.sub(lambda m: m.group(0) + " TORCHEXT_EMU_POISON_SHARED(" + m.group(1) + ");", src)
 
 
 def schema_block():
@@ -141,20 +79,17 @@ def schema_block():
 
 
 def generate(out_dir):
-    """Writes the translated sources under out_dir; returns the .cpp files to compile."""
+    """Writes the sources to compile under out_dir; returns the .cpp files."""
     os.makedirs(os.path.join(out_dir, "cuda"), exist_ok=True)
-    sources, used = [], set()
+    sources = []
     for name in sorted(os.listdir(os.path.join(CSRC, "cuda"))):
         src = open(os.path.join(CSRC, "cuda", name)).read()
+        check_hooks(name, src)
         dst_name = name[:-3] + ".cpp" if name.endswith(".cu") else name
         dst = os.path.join(out_dir, "cuda", dst_name)
-        _write_if_changed(dst, translate(src, used))
+        _write_if_changed(dst, src)
         if name.endswith(".cu"):
             sources.append(dst)
-    unused = [EDITS[i][0] for i in range(len(EDITS)) if i not in used]
-    if unused:
-        raise RuntimeError("CUDA emulation: csrc/cuda no longer contains " + ", ".join(map(repr, unused)) +
-                           "; update EDITS in tests/cuda_emu/emu_build.py")
     schemas = "// Generated from csrc/ops.cpp.\n#pragma once\n#include <torch/library.h>\n\n" + schema_block() + "\n"
     _write_if_changed(os.path.join(out_dir, "emu_schemas.h"), schemas)
     own = []

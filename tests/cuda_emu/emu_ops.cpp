@@ -12,6 +12,7 @@ namespace {
 void set_capturing(bool on) { ::torchext_emu_rt::capturing() = on; }
 void set_lr_as_device(bool on) { ::torchext_emu_rt::lr_as_device() = on; }
 void set_reverse_order(bool on) { ::torchext_emu_rt::reverse_order() = on; }
+void set_force_strided_gemm(bool on) { ::torchext_emu_rt::force_strided_gemm() = on; }
 bool reverse_order() { return ::torchext_emu_rt::reverse_order(); }
 std::vector<int64_t> launch_stats() {
   return {::torchext_emu_rt::stats().launches, ::torchext_emu_rt::stats().blocks};
@@ -64,6 +65,7 @@ TORCH_LIBRARY_FRAGMENT(torchext, m) {
   m.def("emu_set_capturing(bool on) -> ()", &set_capturing);
   m.def("emu_set_lr_as_device(bool on) -> ()", &set_lr_as_device);
   m.def("emu_set_reverse_order(bool on) -> ()", &set_reverse_order);
+  m.def("emu_set_force_strided_gemm(bool on) -> ()", &set_force_strided_gemm);
   m.def("emu_reverse_order() -> bool", &reverse_order);
   m.def("emu_launch_stats() -> int[]", &launch_stats);
   m.def("emu_broken_kernel(int which) -> ()", &broken_kernel);

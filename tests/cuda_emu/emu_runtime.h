@@ -373,6 +373,12 @@ inline bool& capturing() {
   return c;
 }
 
+// Whether Linear runs the strided SIMT kernel of pre-sm_80 GPUs instead of the GEMMs of sm_80+.
+inline bool& force_strided_gemm() {
+  static bool f = false;
+  return f;
+}
+
 // Whether an optimizer's lr tensor counts as one on the device (all tensors here are CPU ones).
 inline bool& lr_as_device() {
   static bool d = false;
@@ -499,3 +505,15 @@ inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, F, int 
 #define TORCHEXT_LAUNCH(kernel, grid, block, smem, stream, ...) \
   ::torchext_emu_rt::launch(dim3(grid), dim3(block), smem, stream, kernel, ##__VA_ARGS__)
 #define TORCHEXT_SM80_CODE 1
+#define TORCHEXT_DEVICE_KEY CPU
+// gridDim.y loops over what does not fit run at test sizes (N > 128).
+#define TORCHEXT_MAX_GRID_Y 2
+#define TORCHEXT_PIN_STAGING false
+// A test switch makes a CPU lr tensor take the device-lr path (the kernel reads lr through a pointer).
+#define TORCHEXT_LR_ON_HOST(t) ((t).is_cpu() && !::torchext_emu_rt::lr_as_device())
+#define TORCHEXT_SHARED(array) TORCHEXT_EMU_POISON_SHARED(array)
+#define TORCHEXT_FORCE_STRIDED_GEMM() (::torchext_emu_rt::force_strided_gemm())
+
+// Every pointer is a host pointer here: the address-space assumption holds trivially.
+inline bool __isGlobal(const void*) { return true; }
+#define __builtin_assume(cond) ((void)(cond))
