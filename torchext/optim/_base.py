@@ -317,6 +317,13 @@ class FusedOptimizer(Optimizer):
             if entry:
                 state[idx] = entry
         sd["state"] = state
+        # master_weights at its default is left out, so that the dict is key for key a torch
+        # optimizer's: torch.distributed.checkpoint loads a checkpoint only when it holds every key of
+        # the dict it fills (from state_dict()), and one written by torch.optim has no master_weights.
+        # load_state_dict keeps a group's own setting when the key is absent.
+        for group in sd["param_groups"]:
+            if not group.get("master_weights", True):
+                del group["master_weights"]
         for hook in post_hooks.values():
             result = hook(self, sd)
             if result is not None:
@@ -336,7 +343,8 @@ class FusedOptimizer(Optimizer):
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
-        # A torch optimizer's groups have no master_weights: each group keeps its own setting.
+        # A group saved without master_weights (by torch.optim, or by torchext at its default) keeps
+        # its own setting.
         saved_groups = [g if "master_weights" in g else dict(g, master_weights=own["master_weights"])
                         for g, own in zip(saved_groups, self.param_groups)]
         state_dict = dict(state_dict, param_groups=saved_groups)
