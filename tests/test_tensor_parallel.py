@@ -8,7 +8,7 @@ outputs come out split as the rule says. Then ColwiseParallel / RowwiseParallel 
 SequenceParallel on ReLU) over an MLP of torchext.nn.Linear, LinearReLU and ReLU train with
 torchext's optimizers to the weights of single-process training; an MSE loss over a sharded
 output reduces as partial sums; FSDP2 over tensor parallelism on a 2-D mesh; torch.compile over a
-tensor-parallel module. The sharding rules are registered whether torch.distributed.tensor is
+tensor-parallel module, and over the optimizer step on its params. The sharding rules are registered whether torch.distributed.tensor is
 imported before torchext or after it, and `import torchext` alone does not import it.
 """
 import functools
@@ -323,6 +323,37 @@ def test_compiled_tensor_parallel_module(gloo_ranks):
     assert traced == ["torchext.linear.default", "torchext.linear_relu.default", "torchext.relu.default"]
     ref_losses, ref = _single_process("adam", steps)
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=1e-5, atol=1e-6)
+    for name, p in ref.named_parameters():
+        torch.testing.assert_close(params[name], p.detach(), rtol=1e-5, atol=1e-6)
+
+
+def _compiled_step_on_rank(rank, world_size, steps):
+    # The optimizer step compiled alone over tensor-parallel params (a whole training step does not
+    # compile over DTensors in torch 2.14, with torch.optim either).
+    torch._dynamo.reset()
+    model = parallelize_module(_mlp(), _mesh(), TP_PLAN)
+    opt = OPTIMIZERS["adam"](model.parameters())
+    graphs = []  # the torchext ops each compiled graph calls
+
+    def backend(gm, example_inputs):
+        graphs.append([str(n.target) for n in gm.graph.nodes if str(n.target).startswith("torchext.")])
+        return gm.forward
+    step = torch.compile(opt.step, backend=backend)
+    x, y = _data()
+    loss_fn = torchext.nn.MSELoss()
+    for _ in range(steps):
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        step()
+    return graphs, {n: p.full_tensor() for n, p in model.named_parameters()}
+
+
+def test_compiled_optimizer_step_on_tensor_parallel_params(gloo_ranks):
+    steps = 4
+    graphs, params = gloo_ranks.run(_compiled_step_on_rank, steps)[0]
+    assert graphs and all(g == ["torchext.adam_step_"] for g in graphs)  # one fused launch, on the local shards
+    _, ref = _single_process("adam", steps)
     for name, p in ref.named_parameters():
         torch.testing.assert_close(params[name], p.detach(), rtol=1e-5, atol=1e-6)
 
