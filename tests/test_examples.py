@@ -114,16 +114,17 @@ def _torchrun(script, *args, nproc=2):
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo backend")
-def test_fsdp_example_resumes_under_tensor_parallelism_and_matches_one_process(tmp_path):
-    # FSDP2 over two CPU processes saves a checkpoint; tensor parallelism over the same two resumes
-    # from it (each param now split otherwise) and compares with 10 single-process steps.
+def test_fsdp_example_resumes_on_a_2d_mesh_and_matches_one_process(tmp_path):
+    # FSDP2 over two CPU processes saves a checkpoint; four processes, FSDP2 over two groups of two
+    # tensor-parallel ranks, resume from it (each param now split otherwise) and compare with 10
+    # single-process steps.
     ckpt = tmp_path / "ckpt"
     first = _torchrun("fsdp_train.py", "--steps", 5, "--checkpoint", ckpt)
     assert first.returncode == 0, first.stderr
     assert "saved %s after 5 steps" % ckpt in first.stdout
-    second = _torchrun("fsdp_train.py", "--steps", 5, "--tp", 2, "--checkpoint", ckpt, "--check")
+    second = _torchrun("fsdp_train.py", "--steps", 5, "--tp", 2, "--checkpoint", ckpt, "--check", nproc=4)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "resumed from %s after 5 steps" % ckpt in second.stdout
     assert "step   10  loss" in second.stdout
-    worst = float(second.stdout.split("1 x 2 mesh vs single process:")[1].split()[0])
+    worst = float(second.stdout.split("2 x 2 mesh vs single process:")[1].split()[0])
     assert worst < 1e-4
