@@ -2,7 +2,8 @@
 
 One param group mixes what FSDP2 and tensor parallelism hand an optimizer: Shard(0) with uneven
 shards and a rank whose shard is empty, Shard(1), Shard(2), Replicate, a param on a second mesh,
-a plain tensor, and a param without a grad. Every optimizer configuration (SGD with momentum,
+a plain tensor, and a param without a grad; another mixes a 2-D mesh, its first dim, a mesh
+without rank 1 and a complex param. Every optimizer configuration (SGD with momentum,
 dampening, Nesterov; Adam with amsgrad, maximize, weight decay; AdamW; a tensor lr with capturable;
 bf16 params with fp32 master weights) must give the params (gathered) and state of the same
 optimizer on the whole tensors, and of torch.optim on the same DTensors, in one kernel launch per
@@ -315,6 +316,48 @@ def test_state_dict_between_split_and_whole_params(gloo_ranks):
     for other in params[1:]:
         for a, b in zip(params[0], other):
             torch.testing.assert_close(a, b, **PARITY_TOL[torch.float32])
+
+
+def _meshes_on_rank(rank, world_size, name):
+    """A group whose params live on a 2-D mesh, on its first dim alone, and on a mesh of rank 0
+    alone (rank 1 holds an empty local tensor of it), beside a complex param and a plain one."""
+    from torch.distributed.device_mesh import DeviceMesh
+    cls, kwargs, _, _ = CONFIGS[name]
+    grid = init_device_mesh("cpu", (world_size, 1), mesh_dim_names=("dp", "tp"))
+    splits = [(grid, (Shard(0), Shard(1))), (grid["dp"], (Replicate(),)), (DeviceMesh("cpu", [0]), (Replicate(),)),
+              (grid["dp"], (Shard(1),)), (None, None)]
+    gen = torch.Generator().manual_seed(0)
+    full = [torch.randn(shape, generator=gen, dtype=dtype) for shape, dtype in
+            [((5, 3), torch.float32), ((4,), torch.float32), ((3, 2), torch.float32), ((2, 5), torch.complex64),
+             ((3,), torch.float32)]]
+    split = [torch.nn.Parameter(_split(f, mesh, pl)) for f, (mesh, pl) in zip(full, splits)]
+    whole = [torch.nn.Parameter(f.clone()) for f in full]
+    ours, ref = cls(split, **kwargs), cls(whole, **kwargs)
+    launches = _count_launches(ours)
+    for step in range(STEPS):
+        grads = [torch.randn(f.shape, generator=gen, dtype=f.dtype) for f in full]
+        for p, g, (mesh, pl) in zip(split, grads, splits):
+            p.grad = _split(g, mesh, pl)
+        for p, g in zip(whole, grads):
+            p.grad = g
+        ours.step()
+        ref.step()
+    # Rank 1 is not in the third param's mesh: its local tensors stay empty; rank 0 holds the values.
+    others = [i for i in range(len(full)) if i != 2]
+    return (launches, [_whole(split[i]) for i in others], [_whole(whole[i]) for i in others],
+            split[2].to_local().detach().clone(), whole[2].detach().clone())
+
+
+@pytest.mark.parametrize("name", ["adam-amsgrad-maximize", "sgd-nesterov-maximize"])
+def test_params_on_several_meshes_in_one_group(gloo_ranks, name):
+    for rank, (launches, ours, ref, local, ref_local) in enumerate(gloo_ranks.run(_meshes_on_rank, name)):
+        assert launches == [4, 1] * STEPS  # float32 and complex64: one launch each per step
+        for a, b in zip(ours, ref):
+            torch.testing.assert_close(a, b, **PARITY_TOL[torch.float32])
+        if rank == 0:
+            torch.testing.assert_close(local, ref_local, **PARITY_TOL[torch.float32])
+        else:
+            assert local.numel() == 0
 
 
 def _bad_input_on_rank(rank, world_size, case):
