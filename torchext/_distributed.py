@@ -80,6 +80,10 @@ class _Finder(importlib.abc.MetaPathFinder):
 
 
 def install():
+    import torch.distributed
+
+    if not torch.distributed.is_available():  # a torch built without it: no DTensors, ever
+        return
     if _PACKAGE in sys.modules:
         _on_import()
     elif not any(isinstance(f, _Finder) for f in sys.meta_path):
