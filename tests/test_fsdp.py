@@ -5,7 +5,8 @@ Training: the tutorial's two-layer net and a 4-layer MLP, each rank on its half 
 SGD (momentum, Nesterov), Adam (amsgrad) and AdamW: the params after N steps equal those of the
 same FSDP2 run with torch.optim, and of single-process training on the whole batch; bf16 params
 with torchext's fp32 master weights equal single-process training with master weights and FSDP2's
-own recipe (fp32 params, bf16 compute, MixedPrecisionPolicy) with torch.optim.
+own recipe (fp32 params, bf16 compute, MixedPrecisionPolicy) with torch.optim; fp16 autocast with
+torch.amp.GradScaler (an overflowing step skipped) equals torch.optim under it.
 
 Checkpoints (torch.distributed.checkpoint with get_state_dict / set_state_dict): saved at step N
 and loaded into a fresh model and optimizer, training continues on the trajectory of an
@@ -122,6 +123,36 @@ def test_fsdp2_training_matches_torch_optim_and_one_process(gloo_ranks, net, opt
         torch.testing.assert_close(out["torchext"][name], out["torch"][name], rtol=1e-5, atol=1e-6)
         # Gradients averaged over two half batches instead of one whole batch: rounding apart.
         torch.testing.assert_close(out["torchext"][name], single[name], rtol=1e-5, atol=1e-5)
+
+
+def _grad_scaler_on_rank(rank, world_size, steps):
+    # fp16 autocast with torch.amp.GradScaler, one step overflowing on purpose: GradScaler hands
+    # torchext's optimizers grad_scale / found_inf, torch's unscales the grads itself.
+    x, y = (_my_rows(t, rank, world_size) for t in _data("mlp4"))
+    out = {}
+    for library in (torchext, torch):
+        model = _shard(_net("mlp4"))
+        opt = _optimizer(library, "adam-amsgrad", model.parameters())
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+        for step in range(steps):
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = torchext.nn.MSELoss()(model(x), y)
+            opt.zero_grad()
+            scaler.scale(loss * (1e30 if step == 1 else 1.0)).backward()
+            scaler.step(opt)
+            scaler.update()
+        out[library.__name__] = _gathered(model), scaler.get_scale()
+    return out
+
+
+def test_fsdp2_with_grad_scaler_matches_torch_optim(gloo_ranks):
+    out = gloo_ranks.run(_grad_scaler_on_rank, 4)[0]
+    (ours, our_scale), (theirs, their_scale) = out["torchext"], out["torch"]
+    assert our_scale == their_scale < 2.0 ** 16  # the overflowing step was skipped and the scale cut
+    start = _gathered(_net("mlp4"))
+    for name in ours:
+        assert not torch.equal(ours[name], start[name])
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-5, atol=1e-6)
 
 
 def _master_weights_on_rank(rank, world_size, optimizer, steps):
