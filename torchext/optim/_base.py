@@ -12,6 +12,10 @@ _HALF = (torch.float16, torch.bfloat16)
 _COMPLEX = (torch.complex64, torch.complex128)
 _SUPPORTED = (torch.float64, torch.float32) + _HALF + _COMPLEX
 
+# Types of tensors that are certainly not DTensors: testing a list's types against them costs a
+# fraction of isinstance(t, DTensor) per tensor, which matters for steps over thousands of params.
+_PLAIN = frozenset((torch.Tensor, torch.nn.Parameter))
+
 # State keys that exist only in torchext: hidden from state_dict() so torch reads ours unchanged.
 _PRIVATE_KEYS = ("momentum_count",)
 
@@ -22,7 +26,9 @@ class FusedOptimizer(Optimizer):
     and `_step_call(group, params, grads, states, lr_tensor, grad_scale, found_inf)`, which returns the
     arguments of one launch of `_op` (the torch.ops op, traced by torch.compile), `_eager_op` (the
     same op called from C++, for eager steps) and `_check_op` (its argument checks alone);
-    `_after_load(p, state)` may fix up state that load_state_dict brought in."""
+    `_after_load(p, state)` may fix up state that load_state_dict brought in. DTensor params (FSDP2,
+    tensor parallelism) are stepped through their local shards, their state kept as DTensors split
+    as the param (see _local_shards)."""
 
     _name = "Optimizer"
     _buffer_keys = ()
@@ -90,6 +96,9 @@ class FusedOptimizer(Optimizer):
         fused optimizers (GradScaler sets them as attributes): grads are divided by grad_scale and
         nothing changes at all when found_inf is nonzero, without a host synchronisation.
 
+        DTensor params (FSDP2, tensor parallelism) are updated through their local shards, in the
+        same launches as plain tensors of their device and dtype (see _local_shards).
+
         The kernels validate every list (grads, state, counters) before writing anything; when a
         step needs several launches (groups, devices, dtypes), all of them are validated before
         the first one runs (in eager mode; under torch.compile each launch checks its own). A step
@@ -121,18 +130,17 @@ class FusedOptimizer(Optimizer):
                         # placement join plain tensors in one launch, as the update is elementwise.
                         bucket = buckets.get((p.device, p.dtype))
                         if bucket is None:
-                            bucket = buckets[(p.device, p.dtype)] = [[], [], False]
+                            bucket = buckets[(p.device, p.dtype)] = ([], [])
                         bucket[0].append(p)
                         bucket[1].append(g)
-                        if dtensor is not None and not bucket[2]:
-                            bucket[2] = isinstance(p, dtensor) or isinstance(g, dtensor)
-                for (device, dtype), (ps, grads, distributed) in buckets.items():
+                for (device, dtype), (ps, grads) in buckets.items():
                     if dtype not in _SUPPORTED:
                         raise RuntimeError("torchext.optim.%s: params must be float64, float32, float16, bfloat16, "
                                            "complex64 or complex128, but param group %d has %s params"
                                            % (self._name, gi, dtype))
                     states = self._prepare_state(group, dtype, ps, fresh)
-                    if distributed:
+                    if dtensor is not None and not (_PLAIN.issuperset(map(type, ps))
+                                                    and _PLAIN.issuperset(map(type, grads))):
                         ps, grads, states = self._local_shards(gi, group, ps, grads, states)
                     if dtype in _COMPLEX:
                         ps, grads, states = self._as_real(ps, grads, states)
