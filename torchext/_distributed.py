@@ -33,20 +33,20 @@ def register_sharding(op):
 
 
 def _register(op, rule):
-    from torch.distributed.tensor.experimental import register_sharding as register
-    register(op)(rule)
+    try:
+        from torch.distributed.tensor.experimental import register_sharding as register
+        register(op)(rule)
+    except Exception as e:  # a torch whose DTensor API moved: the import that got here must still work
+        warnings.warn("torchext: could not register the DTensor sharding rule of %s (%s: %s); the op will fail "
+                      "on DTensors" % (op, type(e).__name__, e))
 
 
 def _on_import():
     global DTensor
     from torch.distributed.tensor import DTensor as cls
-    try:
-        for op, rule in _rules:
-            _register(op, rule)
-    except Exception as e:  # a torch whose DTensor API moved: plain tensors must keep working
-        warnings.warn("torchext: could not register the ops' DTensor sharding rules (%s: %s); torchext ops on "
-                      "DTensors will fail" % (type(e).__name__, e))
     DTensor = cls
+    for op, rule in _rules:
+        _register(op, rule)
 
 
 class _Loader(importlib.abc.Loader):
