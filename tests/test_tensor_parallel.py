@@ -46,6 +46,8 @@ OP_CASES = {
     "linear-rowwise-no-bias": (F.linear, [(6, 5), (4, 5), None], ["S1", "S1", None], ["P"]),
     "linear-partial-input": (F.linear, [(6, 5), (4, 5), (4,)], ["P", "R", "R"], ["P"]),
     "linear-3d-input": (F.linear, [(2, 3, 5), (4, 5), (4,)], ["R", "S0", "S0"], None),
+    "linear-3d-batch-sharded": (F.linear, [(4, 3, 5), (4, 5), (4,)], ["S0", "R", "R"], ["S0"]),
+    "linear-3d-sequence-sharded": (F.linear, [(2, 6, 5), (4, 5), (4,)], ["S1", "R", "R"], None),  # gathered
     "linear-relu-rows": (F.linear_relu, [(7, 5), (4, 5), (4,)], ["S0", "R", "R"], ["S0"]),
     "linear-relu-colwise": (F.linear_relu, [(6, 5), (4, 5), (4,)], ["R", "S0", "S0"], ["S1"]),
     "linear-relu-rowwise": (F.linear_relu, [(6, 5), (4, 5), (4,)], ["S1", "S1", "R"], None),  # no partial ReLU
