@@ -1,8 +1,8 @@
 """A few CPU processes in one gloo process group on 127.0.0.1, kept for a whole test session, that run
 the functions a test sends them, each rank its own call, with a deadline.
 
-Starting processes that import torch costs seconds on a small machine; a test file's distributed
-tests share one set (`RankPool`) instead of starting their own. A function sent to the ranks must
+Starting processes that import torch costs seconds on a small machine; the session's distributed
+tests share one set (`RankPool`, conftest's `gloo_ranks`) instead of starting their own. A function sent to the ranks must
 be importable by name (a module-level function of a test module) and is called as
 fn(rank, world_size, *args); what each rank returns (picklable) comes back as a list by rank. A
 failure on any rank, or the deadline passing, fails the test with every rank's traceback, and the
