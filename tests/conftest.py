@@ -47,3 +47,14 @@ def _fresh_seed(request):
     # Fresh random data for each test, but reproducible from the test's id.
     torch.manual_seed(hash(request.node.nodeid) % (2**31))
     yield
+
+
+@pytest.fixture(scope="session")
+def gloo_ranks():
+    """Two CPU processes in one gloo process group (tests/ranks.py), shared by the session's tests:
+    gloo_ranks.run(fn, *args) calls fn(rank, 2, *args) on each and returns their results."""
+    from ranks import RankPool
+
+    pool = RankPool(2)
+    yield pool
+    pool.close()

@@ -1,10 +1,14 @@
-"""Each example flow, run with torchext and with plain torch from the same seed, must agree."""
+"""Each example flow, run with torchext and with plain torch from the same seed, must agree; the
+FSDP2 / tensor-parallel example (under torchrun, two CPU processes) must agree with single-process
+training."""
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
 import torch
+import torch.distributed as dist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "examples"))
@@ -97,3 +101,30 @@ def test_demo_script_runs():
     assert [ln.split()[1] for ln in lines] == ["1", "100", "200"]
     first, last = float(lines[0].split()[-1]), float(lines[-1].split()[-1])
     assert last < first
+
+
+def _torchrun(script, *args, nproc=2):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
+           "127.0.0.1", "--master-port", str(port), os.path.join(ROOT, "examples", script), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo backend")
+def test_fsdp_example_resumes_on_a_2d_mesh_and_matches_one_process(tmp_path):
+    # FSDP2 over two CPU processes saves a checkpoint; four processes, FSDP2 over two groups of two
+    # tensor-parallel ranks, resume from it (each param now split otherwise) and compare with 10
+    # single-process steps.
+    ckpt = tmp_path / "ckpt"
+    first = _torchrun("fsdp_train.py", "--steps", 5, "--checkpoint", ckpt)
+    assert first.returncode == 0, first.stderr
+    assert "saved %s after 5 steps" % ckpt in first.stdout
+    second = _torchrun("fsdp_train.py", "--steps", 5, "--tp", 2, "--checkpoint", ckpt, "--check", nproc=4)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "resumed from %s after 5 steps" % ckpt in second.stdout
+    assert "step   10  loss" in second.stdout
+    worst = float(second.stdout.split("2 x 2 mesh vs single process:")[1].split()[0])
+    assert worst < 1e-4

@@ -67,8 +67,24 @@ def test_state_dict_layout_matches_torch(case, device):
         for k, v in sd_ref["state"][i].items():
             assert sd["state"][i][k].dtype == v.dtype and sd["state"][i][k].shape == v.shape
             assert sd["state"][i][k].device == v.device, k
-    groups = [{k: v for k, v in g.items() if k != "master_weights"} for g in sd["param_groups"]]
-    assert [g.keys() for g in groups] == [g.keys() for g in sd_ref["param_groups"]]
+    # Key for key torch's, master_weights (at its default) included: torch.distributed.checkpoint
+    # loads a torch.optim checkpoint into a torchext optimizer only if every key of ours is in it.
+    assert [g.keys() for g in sd["param_groups"]] == [g.keys() for g in sd_ref["param_groups"]]
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_state_dict_reports_master_weights_when_kept(case):
+    name, kw = case
+    params = make_params(torch.bfloat16, "cpu")
+    opt = getattr(torchext.optim, name)([{"params": params[:2], "master_weights": True}, {"params": params[2:]}],
+                                        **kw)
+    groups = opt.state_dict()["param_groups"]
+    assert groups[0]["master_weights"] is True and "master_weights" not in groups[1]
+    # A group saved without the key (at the default, or by torch.optim) keeps the loading group's setting.
+    other = getattr(torchext.optim, name)([{"params": clone_params(params[:2])},
+                                           {"params": clone_params(params[2:]), "master_weights": True}], **kw)
+    other.load_state_dict(opt.state_dict())
+    assert [g["master_weights"] for g in other.param_groups] == [True, True]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -13,6 +13,9 @@ _C = _load_extension()
 from . import _ops  # noqa: E402  (registers fake kernels and autograd wrappers; needs _C loaded)
 from . import functional, nn  # noqa: E402
 from . import optim  # noqa: E402
+from . import _distributed  # noqa: E402
+
+_distributed.install()  # DTensor support, once torch.distributed.tensor is imported
 
 __version__ = "0.1.0"
 

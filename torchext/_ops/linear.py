@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import torch
 
+from .._distributed import register_sharding
 from ._util import autocast_inputs, batch_first, register_vmap
 from .relu import relu as _relu
 
@@ -120,6 +121,66 @@ register_vmap(_linear, _linear_vmap(_linear, False))
 register_vmap(_linear_relu, _linear_vmap(_linear_relu, True))
 for _op in (_linear_bias_grad, _linear_relu_grad):
     register_vmap(_op, _column_sums_vmap(_op))
+
+
+# Sharding rules for DTensor inputs (see torchext._distributed), per mesh dim; DTensor combines them
+# over the dims of a larger mesh and redistributes inputs to the cheapest rule that applies.
+# out = input @ weight.T + bias, input [M, K], weight [N, K], bias [N] or None:
+#   rows of input sharded (data / sequence parallel)        -> rows of out sharded
+#   rows of weight and bias sharded (ColwiseParallel)       -> columns of out sharded
+#   K sharded in input and weight (RowwiseParallel)         -> partial sums, with the bias split
+#                                                              into partial terms so it is added once
+#   input or weight partial (it is linear in each)          -> partial sums, bias likewise
+# The ReLU of linear_relu is not linear, so it has no rule with partial sums: a K-sharded input is
+# gathered (or the weight resharded) first.
+def _linear_rules(bias, relu):
+    from torch.distributed.tensor import Partial, Replicate, Shard
+    r, p, s0, s1 = Replicate(), Partial(), Shard(0), Shard(1)
+    b = (lambda placement: None) if bias is None else (lambda placement: placement)
+    rules = [([r], [r, r, b(r)]), ([s0], [s0, r, b(r)]), ([s1], [r, s0, b(s0)])]
+    if not relu:
+        rules += [([p], [s1, s1, b(p)]), ([p], [p, r, b(p)]), ([p], [r, p, b(p)])]
+    return rules
+
+
+@register_sharding(_linear)
+def _linear_sharding(input, weight, bias):
+    return _linear_rules(bias, relu=False)
+
+
+@register_sharding(_linear_relu)
+def _linear_relu_sharding(input, weight, bias):
+    return _linear_rules(bias, relu=True)
+
+
+@register_sharding(_linear_batched)
+def _linear_batched_sharding(input, weight, bias, relu):
+    # Entries [E, ...] of one GEMM each: E, the rows M or the output features N may be sharded. No
+    # rule shards K: its partial sums would not pass the ReLU, and DTensor caches a rule without
+    # looking at the bool `relu`, so the rules must not depend on it.
+    from torch.distributed.tensor import Replicate, Shard
+    r = Replicate()
+    b = (lambda placement: None) if bias is None else (lambda placement: placement)
+    return [([r], [r, r, b(r)]), ([Shard(0)], [Shard(0), Shard(0), b(Shard(0))]),
+            ([Shard(1)], [Shard(1), r, b(r)]), ([Shard(2)], [r, Shard(1), b(Shard(1))])]
+
+
+@register_sharding(_linear_bias_grad)
+def _linear_bias_grad_sharding(grad_output):
+    # Column sums of [M, N]: sharded rows give partial sums, sharded columns sharded sums.
+    from torch.distributed.tensor import Partial, Replicate, Shard
+    return [([Replicate()], [Replicate()]), ([Partial()], [Shard(0)]), ([Shard(0)], [Shard(1)]),
+            ([Partial()], [Partial()])]
+
+
+@register_sharding(_linear_relu_grad)
+def _linear_relu_grad_sharding(grad_output, result):
+    # (grad_output * (result > 0), its column sums): elementwise, then linear_bias_grad's rules; linear
+    # in grad_output, so partial grad_output with the result whole is partial in both outputs.
+    from torch.distributed.tensor import Partial, Replicate, Shard
+    r, p = Replicate(), Partial()
+    return [([r, r], [r, r]), ([Shard(0), p], [Shard(0), Shard(0)]), ([Shard(1), Shard(0)], [Shard(1), Shard(1)]),
+            ([p, p], [p, r])]
 
 
 def _check_args(name, input, weight, bias):

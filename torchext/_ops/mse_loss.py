@@ -9,6 +9,8 @@ from typing import Optional, Tuple
 import torch
 from torch.nn import _reduction as _Reduction
 
+from .. import _distributed
+from .._distributed import register_sharding
 from ._util import autocast_inputs, batch_first, elementwise_vmap, is_non_overlapping_and_dense, register_vmap
 
 _ops = torch.ops.torchext
@@ -100,6 +102,51 @@ for _op in (_mse_loss, _mse_loss_forward, _mse_loss_backward):
     register_vmap(_op, _mse_vmap(_op))
 
 
+# Sharding rules for DTensor inputs (see torchext._distributed). Without a reduction the ops are
+# elementwise: input, target, diff and the gradient sharded alike. A sum over sharded inputs is a
+# partial sum (DTensor all-reduces it when the loss is read). A mean divides by the element count,
+# which on a shard would be the shard's: the ops take a mean only over whole tensors (mse_loss()
+# turns a mean over sharded inputs into a sum and one division). mse_loss_backward is linear in
+# grad_output and in diff, so either may be partial while the other is whole.
+def _mse_rules(ndim, reduction, outputs):
+    from torch.distributed.tensor import Partial, Replicate, Shard
+    r = Replicate()
+    rules = [([r] * outputs, [r, r])]
+    if reduction == _NONE:
+        rules += [([Shard(d)] * outputs, [Shard(d), Shard(d)]) for d in range(ndim)]
+    elif reduction == _SUM:
+        rules += [([Partial()] + [Shard(d)] * (outputs - 1), [Shard(d), Shard(d)]) for d in range(ndim)]
+    return rules
+
+
+@register_sharding(_mse_loss)
+def _mse_loss_sharding(input, target, reduction):
+    return _mse_rules(input.ndim, reduction, outputs=1)
+
+
+@register_sharding(_mse_loss_forward)
+def _mse_loss_forward_sharding(input, target, reduction):
+    return _mse_rules(input.ndim, reduction, outputs=2)
+
+
+@register_sharding(_mse_loss_backward)
+def _mse_loss_backward_sharding(grad_output, diff, reduction):
+    from torch.distributed.tensor import Partial, Replicate, Shard
+    r, p = Replicate(), Partial()
+    rules = [([r], [r, r]), ([p], [p, r]), ([p], [r, p])]
+    if reduction == _NONE:
+        rules += [([Shard(d)], [Shard(d), Shard(d)]) for d in range(diff.ndim)]
+    elif reduction == _SUM:  # grad_output is the loss's gradient, one value
+        rules += [([Shard(d)], [r, Shard(d)]) for d in range(diff.ndim)]
+    return rules
+
+
+def _split_over_ranks(t):
+    """Whether t is a DTensor whose value is spread over ranks (sharded or partial)."""
+    cls = _distributed.DTensor
+    return cls is not None and isinstance(t, cls) and not all(p.is_replicate() for p in t.placements)
+
+
 class _NotATensorError(TypeError, AttributeError):
     """A non-tensor argument. torch.nn.functional.mse_loss fails on it with an AttributeError (it
     calls .size() on it); code written against torch may catch that, so this is both."""
@@ -170,7 +217,19 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, size_average: Optional[b
             input, target = torch.broadcast_tensors(input, target)
         if weight is not None:
             return _weighted(_mse_loss(input, target, _NONE), weight, reduction_enum)
+        if reduction_enum == _MEAN and (_split_over_ranks(input) or _split_over_ranks(target)):
+            return _sharded_mean(input, target)
         return _mse_loss(input, target, reduction_enum)
+
+
+def _sharded_mean(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    # The kernel's mean would divide each shard's sum by the shard's size: the sum (partial over
+    # ranks), then one division by the whole count. Half types sum in float32, as the kernel's mean
+    # does, so that a sum beyond the type's range does not overflow on the way.
+    dtype = input.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        input, target = input.float(), target.float()
+    return (_mse_loss(input, target, _SUM) / input.numel()).to(dtype)
 
 
 def _scripted(input: torch.Tensor, target: torch.Tensor, size_average: Optional[bool], reduce: Optional[bool],

@@ -4,6 +4,7 @@ Every call goes straight to the ops; their autograd (graph nodes and forward-mod
 csrc/autograd/relu.cpp."""
 import torch
 
+from .._distributed import register_sharding
 from ._util import elementwise_vmap, is_non_overlapping_and_dense, register_vmap, transforms_active
 
 _ops = torch.ops.torchext
@@ -36,6 +37,29 @@ def _relu_backward_fake(grad_output, result):
 
 register_vmap(_relu, elementwise_vmap(_relu, 1))
 register_vmap(_relu_backward, elementwise_vmap(_relu_backward, 2))
+
+
+# Sharding rules for DTensor inputs (see torchext._distributed). ReLU is elementwise: any dim may be
+# sharded, but partial sums cannot pass through it (relu(a + b) is not relu(a) + relu(b)); its
+# backward is linear in grad_output, so a partial grad_output with the result whole gives a partial
+# gradient.
+@register_sharding(_relu)
+def _relu_sharding(self):
+    from torch.distributed.tensor import Replicate, Shard
+    return [([Replicate()], [Replicate()])] + [([Shard(d)], [Shard(d)]) for d in range(self.ndim)]
+
+
+@register_sharding(_relu_)
+def _relu_inplace_sharding(self):
+    from torch.distributed.tensor import Replicate, Shard
+    return [([], [Replicate()])] + [([], [Shard(d)]) for d in range(self.ndim)]
+
+
+@register_sharding(_relu_backward)
+def _relu_backward_sharding(grad_output, result):
+    from torch.distributed.tensor import Partial, Replicate, Shard
+    return ([([Replicate()], [Replicate(), Replicate()]), ([Partial()], [Partial(), Replicate()])]
+            + [([Shard(d)], [Shard(d), Shard(d)]) for d in range(grad_output.ndim)])
 
 
 def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:

@@ -1,14 +1,20 @@
 """What SGD and Adam share: gathering a step's work, validating it before anything is written,
-GradScaler plumbing, fp32 master weights and torch-compatible state_dict handling."""
+GradScaler plumbing, fp32 master weights, DTensor params and torch-compatible state_dict handling."""
 from collections import OrderedDict
 from itertools import chain
 
 import torch
 from torch.optim import Optimizer
 
+from .. import _distributed
+
 _HALF = (torch.float16, torch.bfloat16)
 _COMPLEX = (torch.complex64, torch.complex128)
 _SUPPORTED = (torch.float64, torch.float32) + _HALF + _COMPLEX
+
+# Types of tensors that are certainly not DTensors: testing a list's types against them costs a
+# fraction of isinstance(t, DTensor) per tensor, which matters for steps over thousands of params.
+_PLAIN = frozenset((torch.Tensor, torch.nn.Parameter))
 
 # State keys that exist only in torchext: hidden from state_dict() so torch reads ours unchanged.
 _PRIVATE_KEYS = ("momentum_count",)
@@ -20,7 +26,9 @@ class FusedOptimizer(Optimizer):
     and `_step_call(group, params, grads, states, lr_tensor, grad_scale, found_inf)`, which returns the
     arguments of one launch of `_op` (the torch.ops op, traced by torch.compile), `_eager_op` (the
     same op called from C++, for eager steps) and `_check_op` (its argument checks alone);
-    `_after_load(p, state)` may fix up state that load_state_dict brought in."""
+    `_after_load(p, state)` may fix up state that load_state_dict brought in. DTensor params (FSDP2,
+    tensor parallelism) are stepped through their local shards, their state kept as DTensors split
+    as the param (see _local_shards)."""
 
     _name = "Optimizer"
     _buffer_keys = ()
@@ -97,6 +105,9 @@ class FusedOptimizer(Optimizer):
         fused optimizers (GradScaler sets them as attributes): grads are divided by grad_scale and
         nothing changes at all when found_inf is nonzero, without a host synchronisation.
 
+        DTensor params (FSDP2, tensor parallelism) are updated through their local shards, in the
+        same launches as plain tensors of their device and dtype (see _local_shards).
+
         The kernels validate every list (grads, state, counters) before writing anything; when a
         step needs several launches (groups, devices, dtypes), all of them are validated before
         the first one runs (in eager mode; under torch.compile each launch checks its own). A step
@@ -112,6 +123,7 @@ class FusedOptimizer(Optimizer):
             found_inf = getattr(self, "found_inf", None)
         fresh = []  # params whose state this step creates
         sparse = []  # (group, param, grad) with a sparse grad, for an optimizer that takes them
+        dtensor = _distributed.DTensor  # None until torch.distributed.tensor is imported: no DTensors then
         try:
             calls = []
             for gi, group in enumerate(self._groups):  # not param_groups: see there
@@ -123,6 +135,8 @@ class FusedOptimizer(Optimizer):
                             self._check_sparse(group, p)  # raises where torch's optimizer would
                             sparse.append((group, p, g))
                             continue
+                        # A DTensor's device and dtype are its local shard's: shards of any mesh and
+                        # placement join plain tensors in one launch, as the update is elementwise.
                         bucket = buckets.get((p.device, p.dtype))
                         if bucket is None:
                             bucket = buckets[(p.device, p.dtype)] = ([], [])
@@ -134,6 +148,9 @@ class FusedOptimizer(Optimizer):
                                            "complex64 or complex128, but param group %d has %s params"
                                            % (self._name, gi, dtype))
                     states = self._prepare_state(group, dtype, ps, fresh)
+                    if dtensor is not None and not (_PLAIN.issuperset(map(type, ps))
+                                                    and _PLAIN.issuperset(map(type, grads))):
+                        ps, grads, states = self._local_shards(gi, group, ps, grads, states)
                     if dtype in _COMPLEX:
                         ps, grads, states = self._as_real(ps, grads, states)
                     lr = group["lr"]
@@ -194,6 +211,57 @@ class FusedOptimizer(Optimizer):
                 del state_of[p]
             states.append(state)
         return states
+
+    def _local_shards(self, gi, group, params, grads, states):
+        """The local shards of DTensor params, their grads and state, for the kernels, which update
+        them in place and so the DTensors. An elementwise update of every shard is the update of the
+        whole tensor when the param, its grad and each state tensor are split alike: the same mesh
+        and placements, which this checks (before anything is written). Sharded, replicated and
+        mixed placements all qualify; partial values (Partial) do not, as the update is not linear."""
+        dtensor = _distributed.DTensor
+        owned = ("master_param",) + self._buffer_keys  # state tensors shaped and split like the param
+        local_params, local_grads, local_states = [], [], []
+        for p, g, state in zip(params, grads, states):
+            if not isinstance(p, dtensor):
+                if isinstance(g, dtensor):
+                    raise RuntimeError("torchext.optim.%s: %s is a plain tensor but its grad is a DTensor (%s on %s)"
+                                       % (self._name, _describe(gi, group, p), g.placements, g.device_mesh))
+                for k, v in state.items():
+                    if isinstance(v, dtensor):
+                        raise RuntimeError("torchext.optim.%s: %s is a plain tensor but its state '%s' is a DTensor"
+                                           % (self._name, _describe(gi, group, p), k))
+                local_params.append(p)
+                local_grads.append(g)
+                local_states.append(state)
+                continue
+            mesh, placements = p.device_mesh, p.placements
+            if any(pl.is_partial() for pl in placements):
+                raise RuntimeError("torchext.optim.%s: %s has placements %s; a param holding partial values cannot be "
+                                   "updated shard by shard" % (self._name, _describe(gi, group, p), placements))
+            if not isinstance(g, dtensor):
+                raise RuntimeError("torchext.optim.%s: %s is a DTensor (%s on %s) but its grad is a plain tensor"
+                                   % (self._name, _describe(gi, group, p), placements, mesh))
+            if g.device_mesh != mesh or g.placements != placements:
+                raise RuntimeError("torchext.optim.%s: the grad of %s has placements %s on %s, but the param has %s on "
+                                   "%s; the grad must be split as its param is"
+                                   % (self._name, _describe(gi, group, p), g.placements, g.device_mesh, placements,
+                                      mesh))
+            local = {}
+            for k, v in state.items():
+                if isinstance(v, dtensor):
+                    if v.device_mesh != mesh or v.placements != placements:
+                        raise RuntimeError("torchext.optim.%s: state '%s' of %s has placements %s on %s, but the param "
+                                           "has %s on %s" % (self._name, k, _describe(gi, group, p), v.placements,
+                                                             v.device_mesh, placements, mesh))
+                    v = v.to_local()
+                elif k in owned and isinstance(v, torch.Tensor):
+                    raise RuntimeError("torchext.optim.%s: %s is a DTensor but its state '%s' is a plain tensor"
+                                       % (self._name, _describe(gi, group, p), k))
+                local[k] = v
+            local_params.append(p.to_local())
+            local_grads.append(g.to_local())
+            local_states.append(local)
+        return local_params, local_grads, local_states
 
     def _as_real(self, params, grads, states):
         """Complex params, their grads and buffers as real views ([..., 2], real and imaginary parts
@@ -266,6 +334,13 @@ class FusedOptimizer(Optimizer):
             if entry:
                 state[idx] = entry
         sd["state"] = state
+        # master_weights at its default is left out, so that the dict is key for key a torch
+        # optimizer's: torch.distributed.checkpoint loads a checkpoint only when it holds every key of
+        # the dict it fills (from state_dict()), and one written by torch.optim has no master_weights.
+        # load_state_dict keeps a group's own setting when the key is absent.
+        for group in sd["param_groups"]:
+            if not group.get("master_weights", True):
+                del group["master_weights"]
         for hook in post_hooks.values():
             result = hook(self, sd)
             if result is not None:
@@ -285,13 +360,15 @@ class FusedOptimizer(Optimizer):
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
-        # A torch optimizer's groups have no master_weights: each group keeps its own setting.
+        # A group saved without master_weights (by torch.optim, or by torchext at its default) keeps
+        # its own setting.
         saved_groups = [g if "master_weights" in g else dict(g, master_weights=own["master_weights"])
                         for g, own in zip(saved_groups, self.param_groups)]
         state_dict = dict(state_dict, param_groups=saved_groups)
         id_map = dict(zip(chain.from_iterable(g["params"] for g in saved_groups),
                           chain.from_iterable(g["params"] for g in self.param_groups)))
         # Validate every state tensor against its param before anything is replaced.
+        dtensor = _distributed.DTensor
         float32_state = {}
         for idx, entry in state_dict["state"].items():
             p = id_map.get(idx)
@@ -302,6 +379,10 @@ class FusedOptimizer(Optimizer):
                     raise ValueError("torchext.optim.%s.load_state_dict: state '%s' of param %s has shape %s, "
                                      "but the param has shape %s" % (self._name, k, idx, tuple(v.shape),
                                                                      tuple(p.shape)))
+                if (dtensor is not None and isinstance(v, dtensor) and isinstance(p, dtensor)
+                        and v.device_mesh != p.device_mesh):
+                    raise ValueError("torchext.optim.%s.load_state_dict: state '%s' of param %s is on %s, but the "
+                                     "param is on %s" % (self._name, k, idx, v.device_mesh, p.device_mesh))
             float32_state[idx] = {k: v for k, v in entry.items()
                                   if k in ("master_param",) + self._buffer_keys and isinstance(v, torch.Tensor)}
         pre_hooks, post_hooks = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
@@ -321,21 +402,50 @@ class FusedOptimizer(Optimizer):
                     state[k] = v.to(device=p.device, dtype=torch.float32, copy=True)
         for p in id_map.values():
             if p in self.state:
+                if dtensor is not None:
+                    self._match_split(p, self.state[p])
                 self._match_layout(p, self.state[p])
                 self._after_load(p, self.state[p])
         for hook in post_hooks.values():
             hook(self)
 
-    def _match_layout(self, p, state):
-        """Loaded buffers and master weights in the layout the kernels expect beside p, whatever layout
-        they were saved in: that of torch.empty_like(p), p's strides when p is dense, else contiguous."""
+    def _match_split(self, p, state):
+        """Loaded buffers and master weights split over ranks as p is: a DTensor param's state as a
+        DTensor with its mesh and placements (a whole tensor, which every rank then holds, is cut into
+        the local shard; another placement is redistributed), a plain param's as a whole tensor. The
+        kernels update the local shards of param and state side by side."""
+        dtensor = _distributed.DTensor
         for k in ("master_param",) + self._buffer_keys:
             v = state.get(k)
-            if not isinstance(v, torch.Tensor) or v.is_sparse or v.numel() <= 1:
+            if not isinstance(v, torch.Tensor):
                 continue
-            like = torch.empty_like(p, dtype=v.dtype, device=v.device)
-            if v.stride() != like.stride():
-                state[k] = like.copy_(v)
+            if isinstance(p, dtensor):
+                if not isinstance(v, dtensor):
+                    from torch.distributed.tensor import distribute_tensor
+                    state[k] = distribute_tensor(v, p.device_mesh, p.placements, src_data_rank=None)
+                elif v.placements != p.placements:
+                    state[k] = v.redistribute(p.device_mesh, p.placements)
+            elif isinstance(v, dtensor):
+                state[k] = v.full_tensor()
+
+    def _match_layout(self, p, state):
+        """Loaded buffers and master weights in the layout the kernels expect beside p, whatever layout
+        they were saved in: that of torch.empty_like(p), p's strides when p is dense, else contiguous
+        (for a DTensor, of its local shard)."""
+        dtensor = _distributed.DTensor
+        split = dtensor is not None and isinstance(p, dtensor)
+        for k in ("master_param",) + self._buffer_keys:
+            v = state.get(k)
+            if not isinstance(v, torch.Tensor) or v.is_sparse:
+                continue
+            local = v.to_local() if split else v
+            if local.numel() <= 1:
+                continue
+            like = torch.empty_like(p.to_local() if split else p, dtype=v.dtype, device=v.device)
+            if local.stride() != like.stride():
+                like.copy_(local)
+                state[k] = dtensor.from_local(like, p.device_mesh, p.placements, run_check=False, shape=v.shape,
+                                              stride=v.stride()) if split else like
 
     def _after_load(self, p, state):
         pass
@@ -347,6 +457,13 @@ def validate_like_torch(torch_cls, *args, **kwargs):
     with a tensor lr, fused with foreach, a negative eps, ...) is refused with torch's exception and
     message, in the release installed."""
     torch_cls([torch.empty(0, requires_grad=True)], *args, **kwargs)
+
+
+def _describe(gi, group, p):
+    """A param in an error message: its name where the group has them, else its index."""
+    i = next(i for i, q in enumerate(group["params"]) if q is p)
+    names = group.get("param_names")
+    return "param '%s' (group %d)" % (names[i], gi) if names else "params[%d] of param group %d" % (i, gi)
 
 
 def _on(t, device):

@@ -1,7 +1,7 @@
 """Adam and AdamW, one fused kernel launch per device and dtype."""
 import torch
 
-from .. import _C
+from .. import _C, _distributed
 from ._base import FusedOptimizer, validate_like_torch
 
 _ops = torch.ops.torchext
@@ -69,6 +69,9 @@ class Adam(FusedOptimizer):
         step = state.get("step")
         if step is None:
             return
+        dtensor = _distributed.DTensor
+        if dtensor is not None and isinstance(step, dtensor):  # torch keeps `step` whole, even beside DTensors
+            step = state["step"] = step.full_tensor()
         if not isinstance(step, torch.Tensor):
             state["step"] = torch.tensor(float(step), dtype=torch.float32, device=p.device)
         elif step.device != p.device or step.dtype != torch.float32 or step.dim() != 0:
