@@ -18,6 +18,16 @@
 #endif
 #endif
 
+// 1 in device code for sm_90a (the arch-specific Hopper target: wgmma, setmaxnreg), where the
+// warp-specialized GEMM has a body; 0 elsewhere (plain sm_90 included), where it only traps.
+#ifndef TORCHEXT_SM90A_CODE
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define TORCHEXT_SM90A_CODE 1
+#else
+#define TORCHEXT_SM90A_CODE 0
+#endif
+#endif
+
 // The dispatch key the CUDA kernels register for (the emulation registers them for the CPU).
 #ifndef TORCHEXT_DEVICE_KEY
 #define TORCHEXT_DEVICE_KEY CUDA
