@@ -14,7 +14,8 @@ as the GEMM kernels do, with operands built by the ISA's fragment formulas. PTX 
 - "cp.async" (9.7.9.25.3.1), "cp.async.commit_group" (9.7.9.25.3.2), "cp.async.wait_group"
   (9.7.9.25.3.3) and "Async-group mechanism" (9.7.9.25.1.1).
 - Dynamic shared memory: the CUDA runtime's rules (48 KiB without
-  cudaFuncAttributeMaxDynamicSharedMemorySize, sm_80's opt-in maximum of 166912 bytes).
+  cudaFuncAttributeMaxDynamicSharedMemorySize, the emulated sm_90 device's opt-in maximum of 232448
+  bytes).
 """
 import math
 import os
@@ -436,17 +437,19 @@ def test_dynamic_smem_over_48k_needs_the_attribute(emu):
     assert (out[:, :32].sum(1) == 0).all() and (out[:, 33] == 1).all()
     with pytest.raises(RuntimeError, match=r"over the kernel's cudaFuncAttributeMaxDynamicSharedMemorySize \(65536"):
         emu.emu_ptx_dynamic_smem(65537, 65536, 1)
-    out = emu.emu_ptx_dynamic_smem(166912, 166912, 1)
+    out = emu.emu_ptx_dynamic_smem(166912, 166912, 1)  # sm_80's maximum
+    assert out[0, :32].sum() == 0
+    out = emu.emu_ptx_dynamic_smem(232448, 232448, 1)  # sm_90's
     assert out[0, :32].sum() == 0
 
 
 def test_dynamic_smem_over_the_opt_in_maximum(emu):
-    assert emu.emu_ptx_set_max_dynamic_smem(166912) == 0  # cudaSuccess
-    assert emu.emu_ptx_set_max_dynamic_smem(166913) != 0  # cudaErrorInvalidValue
-    with pytest.raises(RuntimeError, match="over 166912 bytes"):
-        emu.emu_ptx_dynamic_smem(166913, -1, 1)
+    assert emu.emu_ptx_set_max_dynamic_smem(232448) == 0  # cudaSuccess
+    assert emu.emu_ptx_set_max_dynamic_smem(232449) != 0  # cudaErrorInvalidValue
+    with pytest.raises(RuntimeError, match="over 232448 bytes, sm_90's opt-in maximum"):
+        emu.emu_ptx_dynamic_smem(232449, -1, 1)
     with pytest.raises(RuntimeError, match="cudaFuncSetAttribute"):
-        emu.emu_ptx_dynamic_smem(166913, 166913, 1)
+        emu.emu_ptx_dynamic_smem(232449, 232449, 1)
 
 
 def test_occupancy(emu):
@@ -454,6 +457,6 @@ def test_occupancy(emu):
     assert emu.emu_ptx_occupancy(1024, 0) == 2
     assert emu.emu_ptx_occupancy(32, 0) == 32  # at most 32 blocks
     assert emu.emu_ptx_occupancy(128, 100 * 1024) == 2  # 228 KiB per SM, 1 KiB reserved per block
-    assert emu.emu_ptx_occupancy(32, 166912) == 1
-    assert emu.emu_ptx_occupancy(32, 166913) == 0
+    assert emu.emu_ptx_occupancy(32, 232448) == 1
+    assert emu.emu_ptx_occupancy(32, 232449) == 0
     assert emu.emu_ptx_occupancy(0, 0) == -1  # cudaErrorInvalidValue

@@ -17,7 +17,12 @@
 //
 // The PTX instructions the kernels reach through csrc/cuda/ptx.cuh are modelled in
 // include/emu_ptx.h; the per-thread queues of cp.async copies live here, in Fiber, since a thread's
-// pending copies complete when it exits.
+// pending copies complete when it exits. The Hopper ones (csrc/cuda/ptx_sm90.cuh) are modelled in
+// include/emu_ptx_sm90.h; their state lives here too: the block's mbarriers and its tensor copies in
+// flight (Block), each thread's queued wgmma work (Fiber). A thread that waits on an mbarrier phase
+// that has not completed yields (State::kYield) and is resumed on the scheduler's next round; when
+// every thread still running waits on an mbarrier and a whole round passes with no arrival, no
+// completed copy and no released barrier, the block is reported deadlocked, naming the barriers.
 //
 // What this cannot show: timing, the memory model (stores become visible at once here), bank
 // conflicts, register pressure, or anything about streams and graphs beyond their ordering.
@@ -33,6 +38,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -51,6 +57,8 @@
 #define __launch_bounds__(...)
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
+// A kernel parameter that the device reads in place (a tensor map); here parameters are copies anyway.
+#define __grid_constant__
 
 struct uint3 {
   unsigned int x, y, z;
@@ -79,7 +87,8 @@ inline uint3 g_block_idx{0, 0, 0};
 inline dim3 g_block_dim;
 inline dim3 g_grid_dim;
 
-enum class State { kRun, kBlockWait, kWarpWait, kDone };
+// kYield: waiting on an mbarrier phase (include/emu_ptx_sm90.h), resumed on the next round.
+enum class State { kRun, kBlockWait, kWarpWait, kYield, kDone };
 
 // One cp.async of 16 bytes (include/emu_ptx.h): issued, then completed (the bytes move) only when a
 // wait of its thread covers its group or the thread exits.
@@ -108,6 +117,41 @@ struct Fiber {
   // cp.async: copies issued since the last commit, and the committed groups, oldest first.
   std::vector<AsyncCopy> async_uncommitted;
   std::deque<std::vector<AsyncCopy>> async_groups;
+  // wgmma.mma_async (include/emu_ptx_sm90.h): work issued since the last commit and the committed
+  // groups, oldest first, each performed (shared memory read, accumulators written) by a wait.
+  std::vector<std::function<void()>> wgmma_uncommitted;
+  std::deque<std::vector<std::function<void()>>> wgmma_groups;
+  bool wgmma_fenced = false;  // a wgmma.fence came before this thread's first wgmma
+  size_t wgmma_issued = 0;    // its wgmma so far (checked against the rest of its warpgroup)
+  // The mbarrier poll that made it yield: the barrier (offset in dynamic shared memory), the parity
+  // awaited, and the block's event count then; `fruitless`: the poll before it was the same one
+  // with no event in between.
+  uint32_t wait_bar = 0, wait_parity = 0;
+  uint64_t wait_events = ~0ull;
+  bool fruitless = false;
+};
+
+// An mbarrier (PTX ISA "mbarrier"): the current phase, its pending arrivals out of `expected`,
+// and its transaction count (bytes announced by expect-tx minus bytes completed).
+struct Mbarrier {
+  uint32_t expected = 0, pending = 0;
+  int64_t tx = 0;
+  uint64_t phase = 0;  // phases completed so far; the current phase's parity is phase & 1
+};
+
+// A tensor copy in flight: it lands (its bytes written, then complete-tx on its mbarrier) when a
+// thread waits on that barrier's incomplete phase, or else at the end of the scheduler round in
+// which it was issued, once every thread has run up to its next wait or barrier.
+struct BulkCopy {
+  uint32_t bar;  // its mbarrier's offset in dynamic shared memory
+  std::function<void()> perform;
+};
+
+// What each thread of a warpgroup gave its n-th wgmma (they must all give the same).
+struct WgmmaIssue {
+  const char* op;
+  uint64_t desc_a, desc_b;
+  int thread;
 };
 
 // Completes the thread's committed groups but the `keep` most recent (cp.async.wait_group keep).
@@ -127,6 +171,11 @@ struct Block {
   std::string error;  // set by a failing thread; the launch then throws it
   bool reverse = false;  // threads run last to first between barriers
   int first = 0;         // the thread that runs first in the block
+  // Hopper state of the running block (include/emu_ptx_sm90.h), reset at each block's start.
+  std::map<uint32_t, Mbarrier> mbarriers;  // by offset in dynamic shared memory
+  std::deque<BulkCopy> bulk_copies;        // tensor copies in flight, oldest first
+  uint64_t mbarrier_events = 0;            // arrivals, expect-tx and completed copies so far
+  std::vector<std::vector<WgmmaIssue>> wgmma_log;  // per warpgroup, its wgmma in issue order
 };
 
 // Threads of a block run in index order between barriers, or in reverse order with
@@ -181,10 +230,44 @@ inline void fiber_entry() {
   complete_async_groups(f, 0);
   for (const AsyncCopy& c : f.async_uncommitted) perform(c);
   f.async_uncommitted.clear();
+  // Queued wgmma work writes registers of this thread, which are gone: a missing wgmma.wait_group.
+  if (!f.wgmma_uncommitted.empty() || !f.wgmma_groups.empty()) {
+    const size_t n = f.wgmma_uncommitted.size() + f.wgmma_groups.size();
+    f.wgmma_uncommitted.clear();
+    f.wgmma_groups.clear();
+    fail("thread exited with wgmma work not waited for (" + std::to_string(n) +
+         " uncommitted wgmma / committed groups): a wgmma.wait_group is missing");
+  }
   f.state = State::kDone;
   // returning goes to uc_link, the scheduler
 }
 
+// The failure for a block whose remaining threads wait on mbarrier phases that cannot complete:
+// the barriers they wait on, each with its state, and where the other threads are.
+inline std::string mbarrier_deadlock(int threads, int at_block, int at_warp, int done) {
+  Block& b = block();
+  std::map<std::pair<uint32_t, uint32_t>, std::vector<int>> waiting;  // (barrier, parity) -> threads
+  for (int t = 0; t < threads; ++t) {
+    if (b.fibers[t].state == State::kYield) waiting[{b.fibers[t].wait_bar, b.fibers[t].wait_parity}].push_back(t);
+  }
+  std::string what = "deadlock in block (" + std::to_string(g_block_idx.x) + "," + std::to_string(g_block_idx.y) +
+                     "): threads wait on mbarrier phases that no thread can complete:";
+  for (const auto& [key, ts] : waiting) {
+    what += " " + std::to_string(ts.size()) + " thread(s) (first " + std::to_string(ts.front()) +
+            ") wait for the phase of parity " + std::to_string(key.second) + " of the mbarrier at dynamic shared memory offset " +
+            std::to_string(key.first);
+    auto it = b.mbarriers.find(key.first);
+    if (it != b.mbarriers.end()) {
+      const Mbarrier& m = it->second;
+      what += " (current phase " + std::to_string(m.phase) + ", parity " + std::to_string(m.phase & 1) + ", " +
+              std::to_string(m.pending) + " of " + std::to_string(m.expected) + " arrivals pending, tx-count " +
+              std::to_string(m.tx) + ")";
+    }
+    what += ";";
+  }
+  return what + " " + std::to_string(at_block) + " thread(s) at __syncthreads, " + std::to_string(at_warp) +
+         " at a warp-collective operation, " + std::to_string(done) + " exited";
+}
 
 // Runs one block: every fiber until it finishes, releasing barriers when the whole block (or
 // warp) has arrived.
@@ -204,12 +287,22 @@ inline void run_block(int threads) {
     f.warp_op = nullptr;
     f.async_uncommitted.clear();  // left by a thread that failed in an earlier launch
     f.async_groups.clear();
+    f.wgmma_uncommitted.clear();
+    f.wgmma_groups.clear();
+    f.wgmma_fenced = false;
+    f.wgmma_issued = 0;
+    f.wait_events = ~0ull;
+    f.fruitless = false;
     f.idx = uint3{t % g_block_dim.x, (t / g_block_dim.x) % g_block_dim.y, t / (g_block_dim.x * g_block_dim.y)};
   }
   b.reverse = reverse_order();
   b.first = b.reverse ? threads - 1 : 0;
+  b.mbarriers.clear();
+  b.bulk_copies.clear();
+  b.wgmma_log.clear();
   const int warps = (threads + 31) / 32;
   for (;;) {
+    const uint64_t events_before = b.mbarrier_events;
     for (int i = 0; i < threads; ++i) {
       const int t = b.reverse ? threads - 1 - i : i;
       if (b.fibers[t].state != State::kRun) continue;
@@ -223,12 +316,19 @@ inline void run_block(int threads) {
         fail(error);
       }
     }
+    // Tensor copies still in flight land now (a failure in one throws from here, the host side).
+    while (!b.bulk_copies.empty()) {
+      std::function<void()> land = std::move(b.bulk_copies.front().perform);
+      b.bulk_copies.pop_front();
+      land();
+    }
     bool released = false;
-    int done = 0, at_block = 0, at_warp = 0;
+    int done = 0, at_block = 0, at_warp = 0, yielded = 0;
     for (int t = 0; t < threads; ++t) {
       done += b.fibers[t].state == State::kDone;
       at_block += b.fibers[t].state == State::kBlockWait;
       at_warp += b.fibers[t].state == State::kWarpWait;
+      yielded += b.fibers[t].state == State::kYield;
     }
     if (done == threads) break;
     for (int w = 0; w < warps; ++w) {
@@ -248,6 +348,20 @@ inline void run_block(int threads) {
       // code only where the condition is the same across the block).
       for (int t = 0; t < threads; ++t) b.fibers[t].state = State::kRun;
       released = true;
+    }
+    if (yielded > 0) {
+      // Threads polling mbarriers: resumed next round, unless nothing can change any more (no
+      // release, no mbarrier event this round, and each of them polled the same barrier twice with
+      // no event in between).
+      bool stuck = !released && b.mbarrier_events == events_before;
+      for (int t = 0; t < threads && stuck; ++t) {
+        if (b.fibers[t].state == State::kYield && !b.fibers[t].fruitless) stuck = false;
+      }
+      if (stuck) fail(mbarrier_deadlock(threads, at_block, at_warp, done));
+      for (int t = 0; t < threads; ++t) {
+        if (b.fibers[t].state == State::kYield) b.fibers[t].state = State::kRun;
+      }
+      continue;
     }
     if (!released) {
       fail("deadlock in block (" + std::to_string(g_block_idx.x) + "," + std::to_string(g_block_idx.y) +
@@ -273,10 +387,11 @@ inline Stats& stats() {
 }
 
 // Dynamic shared memory: without the opt-in attribute a block gets at most 48 KiB; with it, up to
-// sm_80's opt-in maximum of 163 KiB, the smallest of the GPUs the kernels target (sm_86/89 allow
-// less, 99 KiB, but are not targets; sm_90 allows 227 KiB). Static shared memory is not counted.
+// the opt-in maximum of the emulated device, an sm_90 one (at::cuda device properties report major
+// 9): 227 KiB. Kernels meant for sm_80 as well must stay within sm_80's 163 KiB (166912 bytes)
+// themselves; sm_86/89 allow less, 99 KiB, but are not targets. Static shared memory is not counted.
 constexpr size_t kDefaultDynamicSmem = 48 * 1024;  // 49152
-constexpr size_t kMaxDynamicSmemOptin = 166912;    // 163 KiB, sm_80's cudaDevAttrMaxSharedMemoryPerBlockOptin
+constexpr size_t kMaxDynamicSmemOptin = 232448;    // 227 KiB, sm_90's cudaDevAttrMaxSharedMemoryPerBlockOptin
 
 // The launch's dynamic shared memory: one buffer per launch, refilled with 0xff bytes (NaN in every
 // floating type) at the start of each block, so a block sees neither zeros nor its predecessor's data.
@@ -284,6 +399,8 @@ struct DynamicSmem {
   unsigned char* data = nullptr;
   size_t bytes = 0;
 };
+constexpr size_t kSmemAlign = size_t(1) << 18;  // the descriptors' 18 address bits
+static_assert(kMaxDynamicSmemOptin <= kSmemAlign, "a descriptor address must reach the whole buffer");
 inline DynamicSmem& dynamic_smem() {
   static DynamicSmem d;
   return d;
@@ -309,8 +426,7 @@ inline size_t max_dynamic_smem_of(const void* kernel) {
   return it == max_dynamic_smem_attribute().end() ? kDefaultDynamicSmem : it->second;
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...): checked against sm_90's limits (dynamic shared
-// memory against sm_80's), then every block.
+// kernel<<<grid, block, smem, stream>>>(args...): checked against sm_90's limits, then every block.
 template <typename... P, typename... A>
 void launch(dim3 grid, dim3 blk, size_t dynamic_smem_bytes, cudaStream_t, void (*kernel)(P...), A&&... args) {
   static_assert(sizeof...(P) == sizeof...(A), "kernel argument count");
@@ -321,7 +437,7 @@ void launch(dim3 grid, dim3 blk, size_t dynamic_smem_bytes, cudaStream_t, void (
   if (param_bytes<P...>() > 4096) fail("kernel parameters over 4 KiB (the limit before CUDA 12.1)");
   if (dynamic_smem_bytes > kMaxDynamicSmemOptin) {
     fail("dynamic shared memory of " + std::to_string(dynamic_smem_bytes) + " bytes is over " +
-         std::to_string(kMaxDynamicSmemOptin) + " bytes, sm_80's opt-in maximum per block");
+         std::to_string(kMaxDynamicSmemOptin) + " bytes, sm_90's opt-in maximum per block");
   }
   if (dynamic_smem_bytes > kDefaultDynamicSmem) {
     const size_t allowed = max_dynamic_smem_of(reinterpret_cast<const void*>(kernel));
@@ -332,13 +448,15 @@ void launch(dim3 grid, dim3 blk, size_t dynamic_smem_bytes, cudaStream_t, void (
     }
   }
   std::lock_guard<std::mutex> lock(launch_mutex());
-  // 128-byte aligned, of exactly the launch's size (so AddressSanitizer reports an access past its
-  // end); a 0-byte launch still gets a distinct pointer, any access through which ASan reports.
+  // Aligned to 2^18 bytes, so that the low 18 bits of a pointer into it (all a wgmma matrix
+  // descriptor keeps of smem_addr) are its offset in the buffer, as a shared-window address is on
+  // the device; of exactly the launch's size (so AddressSanitizer reports an access past its end);
+  // a 0-byte launch still gets a distinct pointer, any access through which ASan reports.
   struct SmemBuffer {
     unsigned char* p;
-    explicit SmemBuffer(size_t n) : p(static_cast<unsigned char*>(::operator new(n, std::align_val_t(128)))) {}
+    explicit SmemBuffer(size_t n) : p(static_cast<unsigned char*>(::operator new(n, std::align_val_t(kSmemAlign)))) {}
     ~SmemBuffer() {
-      ::operator delete(p, std::align_val_t(128));
+      ::operator delete(p, std::align_val_t(kSmemAlign));
       dynamic_smem() = DynamicSmem{};
     }
   } smem_buffer(dynamic_smem_bytes);
@@ -505,6 +623,8 @@ inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, F, int 
 #define TORCHEXT_LAUNCH(kernel, grid, block, smem, stream, ...) \
   ::torchext_emu_rt::launch(dim3(grid), dim3(block), smem, stream, kernel, ##__VA_ARGS__)
 #define TORCHEXT_SM80_CODE 1
+// The sm_90a kernel bodies (mbarrier, TMA, wgmma through ptx_sm90.cuh's models) are compiled in too.
+#define TORCHEXT_SM90A_CODE 1
 #define TORCHEXT_DEVICE_KEY CPU
 // gridDim.y loops over what does not fit run at test sizes (N > 128).
 #define TORCHEXT_MAX_GRID_Y 2

@@ -18,7 +18,7 @@
 #include <cstring>
 #include <string>
 
-// The launch's dynamic shared memory (emu_runtime.h: a 128-byte aligned per-launch buffer of the
+// The launch's dynamic shared memory (emu_runtime.h: a per-launch buffer aligned to 2^18 bytes, of the
 // launch's size, 0xff bytes at the start of every block). A pointer where CUDA has an unsized
 // `extern __shared__` array, so it must be declared inside the kernel (ptx.cuh's form allows file
 // scope too); indexing and casts read the same.
