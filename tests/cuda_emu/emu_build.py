@@ -10,7 +10,8 @@ hooks.cuh, every static __shared__ array marked with TORCHEXT_SHARED. The C++ na
 library are renamed `torchext_emu` (so the ops are `torch.ops.torchext_emu.*` and nothing clashes
 with the real extension), with the schemas taken from csrc/ops.cpp into emu_schemas.h, which
 emu_ops.cpp (the emulation's controls and its test kernels) includes. The emulation's own test
-kernels (emu_ops.cpp, emu_ptx_tests.cpp) get their shared arrays filled by the build.
+kernels (emu_ops.cpp, emu_ptx_tests.cpp, emu_ptx_sm90_tests.cpp) get their shared arrays filled by
+the build.
 """
 import os
 import re
@@ -93,7 +94,8 @@ def generate(out_dir):
     schemas = "// Generated from csrc/ops.cpp.\n#pragma once\n#include <torch/library.h>\n\n" + schema_block() + "\n"
     _write_if_changed(os.path.join(out_dir, "emu_schemas.h"), schemas)
     own = []
-    for name in ["emu_ops.cpp", "emu_ptx_tests.cpp"]:  # the emulation's controls, the PTX models' tests
+    # the emulation's controls, the PTX models' tests (sm_80, sm_90a)
+    for name in ["emu_ops.cpp", "emu_ptx_tests.cpp", "emu_ptx_sm90_tests.cpp"]:
         own.append(os.path.join(out_dir, name))
         _write_if_changed(own[-1], poison_shared(open(os.path.join(HERE, name)).read()))
     return own + sources
