@@ -7,7 +7,9 @@ Environment:
   TORCHEXT_PORTABLE=1      leave out the x86 SIMD kernel variants (AVX2, AVX-512, F16C, AVX512_BF16):
                            the CPU kernels then build as they do on non-x86 machines (aarch64)
   CUDA_HOME / CUDA_PATH    the toolkit to use (else /usr/local/cuda, else the real nvcc on PATH)
-  TORCH_CUDA_ARCH_LIST     target archs; default "8.0;9.0+PTX" when no GPU is visible
+  TORCH_CUDA_ARCH_LIST     target archs; default: the visible GPUs', else "8.0+PTX;9.0a". A plain "9.0"
+                           becomes "9.0a": sm_90a code runs on every compute capability 9.0 GPU
+                           and is the only target with the Hopper GEMM (wgmma, setmaxnreg)
   MAX_JOBS                 parallel compile jobs (ninja)
 """
 import glob
@@ -21,7 +23,17 @@ from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 VERSION = "0.1.0"
-DEFAULT_ARCHS = "8.0;9.0+PTX"
+# sm_80 code (and its PTX, which newer GPUs compile at load time) and sm_90a code for Hopper.
+DEFAULT_ARCHS = "8.0+PTX;9.0a"
+
+
+def cuda_arch_list(torch):
+    """TORCH_CUDA_ARCH_LIST, else the visible GPUs' capabilities, else DEFAULT_ARCHS; "9.0" -> "9.0a"."""
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "").replace(" ", ";")
+    if not archs:
+        caps = sorted({"%d.%d" % torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        archs = ";".join(caps) if caps else DEFAULT_ARCHS
+    return ";".join("9.0a" if a == "9.0" else a for a in archs.split(";") if a)
 
 
 def _is_toolkit(home):
@@ -79,13 +91,10 @@ def main():
     if with_cuda:
         # Must be set before torch.utils.cpp_extension is imported: it reads CUDA_HOME once.
         os.environ["CUDA_HOME"] = cuda_home
-        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
+        os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list(torch)  # read by torch's build of the .cu files
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
-    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else ""
-    if with_cuda and not archs:
-        archs = ";".join("%d.%d" % torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count()))
+    archs = os.environ["TORCH_CUDA_ARCH_LIST"] if with_cuda else ""
 
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp"))) + sorted(glob.glob(os.path.join("csrc", "autograd", "*.cpp")))
     if with_cuda:

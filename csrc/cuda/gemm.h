@@ -4,12 +4,16 @@
 //
 // This header is host code: the tile tables (one place that both the kernel instantiations and
 // the dispatch read), the operand description a launch takes, and the launchers, which the
-// instantiation files (gemm_tc_*.cu, gemm_simt.cu) define and linear_tc.cu / linear.cu call.
+// instantiation files (gemm_tc_*.cu, gemm_simt.cu, gemm_wgmma.cu) define and linear_gemm.cu calls.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstdint>
+
+namespace at {
+class Tensor;
+}
 
 namespace torchext {
 namespace cuda {
@@ -44,6 +48,16 @@ constexpr TcTile kTcTiles[] = {TORCHEXT_TC_TILES(TORCHEXT_TC_TILE_ENTRY)};
 #undef TORCHEXT_TC_TILE_ENTRY
 constexpr int kNumTcTiles = sizeof(kTcTiles) / sizeof(kTcTiles[0]);
 
+// Every tile must fit sm_80's opt-in shared memory per block (163 KiB); the Hopper GEMM
+// (gemm_wgmma.cuh) is the only kernel sized for sm_90's 227 KiB.
+constexpr bool tc_tiles_fit_sm80() {
+  for (const TcTile& t : kTcTiles) {
+    if (t.smem_bytes() > 166912) return false;
+  }
+  return true;
+}
+static_assert(tc_tiles_fit_sm80(), "a tensor-core tile needs more shared memory than sm_80 has");
+
 // One GEMM launch. a, b: the operands, 16-byte aligned, with lda / ldb (elements, multiples of 16
 // bytes) the stride of their non-contiguous dimension. c: the row-major [M, N] output; with
 // splits > 1, `partial` ([splits, M, N] float) takes each K-slice's sums instead, and bias / ReLU
@@ -65,9 +79,9 @@ struct GemmArgs {
 enum class TcType : int { kHalf = 0, kBFloat16 = 1, kTf32 = 2 };
 
 // One launcher per operand type, each in its own instantiation file (gemm_tc_f16.cu, gemm_tc_bf16.cu,
-// gemm_tc_tf32.cu) so that nvcc compiles them in parallel; launch_gemm_tc (linear_tc.cu) picks one.
+// gemm_tc_tf32.cu) so that nvcc compiles them in parallel; linear_gemm.cu picks one.
 // TF32 takes K-major operands only (ldmatrix .trans moves 16-bit elements); the 16-bit types take
-// (K, K), (K, MN) and (MN, MN). linear_tc.cu copies operands in other layouts.
+// (K, K), (K, MN) and (MN, MN). linear_gemm.cu copies operands in other layouts.
 void launch_gemm_tc_f16(int tile, Major a_major, Major b_major, const GemmArgs& args, cudaStream_t stream);
 void launch_gemm_tc_bf16(int tile, Major a_major, Major b_major, const GemmArgs& args, cudaStream_t stream);
 void launch_gemm_tc_tf32(int tile, Major a_major, Major b_major, const GemmArgs& args, cudaStream_t stream);
@@ -78,6 +92,14 @@ constexpr int kSimtTile = 128, kSimtSlice = 8, kSimtThreads = 256;
 // The SIMT GEMM (gemm_simt.cu) for float (is_double false; splits allowed) and double (one split),
 // any operand layout; operands must be 16-byte aligned with lda / ldb whole 16-byte vectors.
 void launch_gemm_simt(bool is_double, Major a_major, Major b_major, const GemmArgs& args, cudaStream_t stream);
+
+// The Hopper GEMM (gemm_wgmma.cu, sm_90a: TMA + wgmma, warp-specialized, persistent) for float16 and
+// bfloat16, any of the four layouts; CTA tiles of kWgmmaTileM x kWgmmaTileN, K steps of kWgmmaSlice.
+// wgmma_code_loaded: whether the code this build has for the current device is sm_90a (asked once
+// per device, by a launch and a sync, with a flag allocated like `like`, a tensor on that device).
+constexpr int kWgmmaTileM = 128, kWgmmaTileN = 256, kWgmmaSlice = 64;
+void launch_gemm_wgmma(TcType type, Major a_major, Major b_major, const GemmArgs& args, cudaStream_t stream);
+bool wgmma_code_loaded(const at::Tensor& like);
 
 // The split-K reduction: C = sum over splits of partial (in split order), then bias and ReLU.
 void launch_gemm_reduce_splits(TcType type, const GemmArgs& args, cudaStream_t stream);

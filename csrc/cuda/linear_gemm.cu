@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <string>
 #include <mutex>
 #include <vector>
 
@@ -163,6 +164,16 @@ int choose_splits(int64_t bm, int64_t bn, int64_t ctas_per_sm, int64_t bk, int64
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({by_fill, by_k, 16})));
 }
 
+// K splits for the Hopper GEMM, whose CTAs (one per SM) all run at once: as choose_splits, but
+// never more CTAs than one wave of the reference GPU, since a second wave would double the time.
+int choose_splits_one_wave(int64_t M, int64_t N, int64_t K) {
+  constexpr int64_t kReferenceSms = 132;
+  const int64_t ctas = ((M + kWgmmaTileM - 1) / kWgmmaTileM) * ((N + kWgmmaTileN - 1) / kWgmmaTileN);
+  if (ctas * 4 > kReferenceSms) return 1;
+  const int64_t by_k = K / (4 * kWgmmaSlice);
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({kReferenceSms / ctas, by_k, 16})));
+}
+
 // The arguments of one GEMM launch of out = input @ weight.T (+ bias) (ReLU), with the split count
 // forced or chosen, K cut into whole steps of bk; the float workspace for the splits, if any, goes
 // to `partial`.
@@ -200,6 +211,12 @@ int forced(const char* name, int lo, int hi) {
   return n;
 }
 
+// TORCHEXT_GEMM=wgmma asks for the Hopper GEMM (gemm_wgmma.cuh) on sm_90 devices; read per call.
+bool wgmma_requested() {
+  const char* v = std::getenv("TORCHEXT_GEMM");
+  return v != nullptr && std::string(v) == "wgmma";
+}
+
 }  // namespace
 
 void launch_gemm_reduce_splits(TcType type, const GemmArgs& args, cudaStream_t stream) {
@@ -233,8 +250,20 @@ bool launch_linear_tensor_core(const at::Tensor& input, const at::Tensor& weight
   const bool mn_major_ok = type != TcType::kTf32;
   Operand a = operand_for(input, mn_major_ok);
   Operand b = operand_for(weight, mn_major_ok);
-  if (a.major == Major::kMN && b.major == Major::kK) a = operand_for(input.contiguous(), false);  // not instantiated
   const int64_t M = input.size(0), N = weight.size(0), K = input.size(1);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  if (type != TcType::kTf32 && wgmma_requested() && props->major == 9 && wgmma_code_loaded(input)) {
+    // The Hopper family, until it has passed the CUDA tests on a GPU only when asked for.
+    const int forced_splits = forced("TORCHEXT_GEMM_SPLITS", 1, 64);
+    const int splits = forced_splits > 0 ? forced_splits : choose_splits_one_wave(M, N, K);
+    at::Tensor partial;
+    const GemmArgs args = gemm_args(a, b, input, weight, bias, out, relu, splits, kWgmmaSlice, partial);
+    launch_gemm_wgmma(type, a.major, b.major, args, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (args.splits > 1) launch_gemm_reduce_splits(type, args, stream);
+    return true;
+  }
+  if (a.major == Major::kMN && b.major == Major::kK) a = operand_for(input.contiguous(), false);  // not instantiated
   const int forced_tile = forced("TORCHEXT_GEMM_TILE", 0, kNumTcTiles - 1);
   const int tile = forced_tile >= 0 ? forced_tile : choose_tile(M, N, K, props->multiProcessorCount);
   const TcTile& t = kTcTiles[tile];
@@ -243,7 +272,6 @@ bool launch_linear_tensor_core(const at::Tensor& input, const at::Tensor& weight
   const int splits = forced_splits > 0 ? forced_splits : choose_splits(t.bm, t.bn, t.min_ctas, bk, M, N, K);
   at::Tensor partial;
   const GemmArgs args = gemm_args(a, b, input, weight, bias, out, relu, splits, bk, partial);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   switch (type) {
     case TcType::kHalf: launch_gemm_tc_f16(tile, a.major, b.major, args, stream); break;
     case TcType::kBFloat16: launch_gemm_tc_bf16(tile, a.major, b.major, args, stream); break;

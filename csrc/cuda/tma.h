@@ -3,7 +3,7 @@
 // box_inner x box_outer elements into shared memory with the 128-byte swizzle (box_inner * element
 // size = 128 bytes) or none. The driver's cuTensorMapEncodeTiled is reached through the runtime's
 // entry-point query, so the extension links no libcuda. The emulation (TORCHEXT_EMU) encodes its
-// own description into the same 128 bytes (tests/cuda_emu/include/emu_ptx_sm90.h).
+// own description into the same 128 bytes (tests/cuda_emu/include/emu_tma.h).
 #pragma once
 
 #include <cstdint>
