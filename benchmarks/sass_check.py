@@ -3,15 +3,17 @@
 Reads the sm_XX code embedded in the built extension (torchext/_C*.so, or any .so / .cubin given)
 with cuobjdump, and prints per kernel its registers, stack and local memory, static shared memory,
 the dynamic shared memory and threads of its launch (GEMMs: from the tile table in
-csrc/cuda/gemm.h), the theoretical occupancy that gives, and the counts of the instructions that
-tell whether a kernel is the one meant: LDGSTS (cp.async), LDSM (ldmatrix), HMMA.16816 / HMMA.1688
-(mma.sync m16n8k16 bf16/f16 / m16n8k8 tf32), LDG/STG.128 and LDS.128 (16-byte accesses), LDL/STL (local memory).
+csrc/cuda/gemm.h and the constants of csrc/cuda/gemm_wgmma.cuh), the theoretical occupancy that
+gives, and the counts of the instructions that tell whether a kernel is the one meant: LDGSTS
+(cp.async), LDSM (ldmatrix), HMMA.16816 / HMMA.1688 (mma.sync m16n8k16 bf16/f16 / m16n8k8 tf32),
+HGMMA (wgmma), UTMALDG (TMA tensor loads), SYNCS (mbarrier operations), LDG/STG.128 and LDS.128
+(16-byte accesses), LDL/STL (local memory).
 
 With --check it fails (exit 1) when a kernel spills or uses local memory, when a tensor-core GEMM
-lacks cp.async, ldmatrix or its mma, or when the float SIMT GEMM lacks LDS.128. CI runs it on
-every build.
+lacks cp.async, ldmatrix or its mma, when the float SIMT GEMM lacks LDS.128, or (sm_90a) when the
+Hopper GEMM lacks HGMMA, UTMALDG or SYNCS. CI runs it on every build, for sm_90a and sm_80.
 
-    python benchmarks/sass_check.py [--arch sm_90] [--check] [--markdown] [files...]
+    python benchmarks/sass_check.py [--arch sm_90a] [--check] [--markdown] [files...]
 
 cuobjdump comes from $CUOBJDUMP, the PATH, $CUDA_HOME/bin, or the copy that ships with triton (a
 dependency of torch's CUDA wheels); pip's nvidia-cuda-cuobjdump provides one too.
@@ -29,12 +31,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # sm_80 / sm_90 per-SM limits for the occupancy estimate.
 REGS_PER_SM = 65536
-MAX_WARPS_PER_SM = {"sm_80": 64, "sm_90": 64}
+MAX_WARPS_PER_SM = {"sm_80": 64, "sm_90": 64, "sm_90a": 64}
 MAX_BLOCKS_PER_SM = 32
-SMEM_PER_SM = {"sm_80": 164 * 1024, "sm_90": 228 * 1024}
+SMEM_PER_SM = {"sm_80": 164 * 1024, "sm_90": 228 * 1024, "sm_90a": 228 * 1024}
 SMEM_RESERVED_PER_BLOCK = 1024
 
-COUNTED = ["LDGSTS", "LDSM", "HMMA.16816", "HMMA.1688", "LDG.128", "STG.128", "LDS.128", "STS.128", "LDL", "STL",
+COUNTED = ["LDGSTS", "LDSM", "HMMA.16816", "HMMA.1688", "HGMMA", "UTMALDG", "SYNCS", "LDG.128", "STG.128", "LDS.128", "STS.128", "LDL", "STL",
            "FFMA", "DFMA"]
 
 
@@ -63,6 +65,14 @@ def tile_table():
     return tiles
 
 
+def wgmma_launch():
+    """(threads, dynamic shared memory bytes) of the Hopper GEMM, from csrc/cuda/gemm_wgmma.cuh."""
+    text = "".join(open(os.path.join(ROOT, "csrc", "cuda", f)).read() for f in ("gemm.h", "gemm_wgmma.cuh"))
+    c = {k: int(v) for k, v in re.findall(r"\b(k\w+) = (\d+)", text)}
+    c.update(kBM=c["kWgmmaTileM"], kBN=c["kWgmmaTileN"], kBK=c["kWgmmaSlice"])
+    return c["kThreads"], c["kStages"] * (c["kBM"] + c["kBN"]) * c["kBK"] * 2 + 1024
+
+
 def demangle(names):
     tool = shutil.which("c++filt")
     if not tool or not names:
@@ -77,7 +87,7 @@ def resource_usage(tool, path, arch):
     current_arch = arch if path.endswith(".cubin") else None  # a lone cubin has no "arch =" header
     lines = text.splitlines()
     for i, line in enumerate(lines):
-        m = re.match(r"\s*arch = (sm_\d+)", line)
+        m = re.match(r"\s*arch = (sm_\d+a?)", line)
         if m:
             current_arch = m.group(1)
         m = re.match(r"\s*Function (\S+):", line)
@@ -119,6 +129,8 @@ def launch_config(pretty, tiles):
     m = re.search(r"gemm_tc_kernel<[^,]+, (\d+),", pretty)
     if m:
         return tiles.get(int(m.group(1)), (None, 0))
+    if "gemm_wgmma_kernel<" in pretty:
+        return wgmma_launch()
     for name, threads in BLOCK_THREADS:
         if name in pretty:
             return (threads, 0)
@@ -148,7 +160,7 @@ def short(pretty):
     return pretty
 
 
-def problems(pretty, use, counts):
+def problems(pretty, use, counts, arch):
     out = []
     if use.get("STACK", 0) or use.get("LOCAL", 0) or counts["LDL"] or counts["STL"]:
         out.append("spills or local memory (stack %d, local %d, LDL %d, STL %d)" % (
@@ -158,6 +170,10 @@ def problems(pretty, use, counts):
         for op in ("LDGSTS", "LDSM", mma):
             if counts[op] == 0:
                 out.append("no %s in a tensor-core GEMM" % op)
+    if "gemm_wgmma_kernel<" in pretty and arch == "sm_90a":  # elsewhere its body is a trap
+        for op in ("HGMMA", "UTMALDG", "SYNCS"):
+            if counts[op] == 0:
+                out.append("no %s in the Hopper GEMM" % op)
     if "gemm_simt_kernel<float" in pretty and counts["LDS.128"] == 0:
         out.append("no LDS.128 in the float SIMT GEMM")
     return out
@@ -166,7 +182,7 @@ def problems(pretty, use, counts):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("files", nargs="*", help="extension .so or .cubin files (default: the built torchext/_C*.so)")
-    parser.add_argument("--arch", default="sm_90")
+    parser.add_argument("--arch", default="sm_90a")
     parser.add_argument("--check", action="store_true", help="fail on spills, local memory or missing instructions")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     parser.add_argument("--filter", default="", help="only kernels whose name contains this")
@@ -194,7 +210,7 @@ def main():
             occ = occupancy(args.arch, use.get("REG", 0), use.get("SHARED", 0), threads, dyn)
             rows.append((short(p), use.get("REG", 0), use.get("STACK", 0) + use.get("LOCAL", 0), use.get("SHARED", 0),
                          threads, dyn, occ, cnt))
-            failures += ["%s: %s" % (short(p), msg) for msg in problems(p, use, cnt)]
+            failures += ["%s: %s" % (short(p), msg) for msg in problems(p, use, cnt, args.arch)]
     header = ["kernel", "regs", "stack+local", "static smem", "threads", "dyn smem", "CTAs/SM (occupancy)"] + COUNTED
     fmt_occ = lambda o: "-" if o is None else "%d (%.0f%%)" % (o[0], 100 * o[1])
     table = [[r[0], r[1], r[2], r[3], r[4] or "-", r[5], fmt_occ(r[6])] + [r[7][k] for k in COUNTED] for r in rows]
