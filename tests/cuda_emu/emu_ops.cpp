@@ -14,8 +14,10 @@ void set_lr_as_device(bool on) { ::torchext_emu_rt::lr_as_device() = on; }
 void set_reverse_order(bool on) { ::torchext_emu_rt::reverse_order() = on; }
 void set_force_strided_gemm(bool on) { ::torchext_emu_rt::force_strided_gemm() = on; }
 bool reverse_order() { return ::torchext_emu_rt::reverse_order(); }
+// Launches, blocks, and launches over sm_80's shared memory (only the Hopper GEMM's), since the load.
 std::vector<int64_t> launch_stats() {
-  return {::torchext_emu_rt::stats().launches, ::torchext_emu_rt::stats().blocks};
+  const auto& s = ::torchext_emu_rt::stats();
+  return {s.launches, s.blocks, s.over_sm80_smem};
 }
 
 // Kernels that break the rules, to show that the emulation reports each break.

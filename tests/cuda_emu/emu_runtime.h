@@ -380,6 +380,7 @@ constexpr size_t param_bytes() {
 struct Stats {
   long long launches = 0;
   long long blocks = 0;
+  long long over_sm80_smem = 0;  // launches with more dynamic shared memory than sm_80 allows (166912 bytes)
 };
 inline Stats& stats() {
   static Stats s;
@@ -475,6 +476,7 @@ void launch(dim3 grid, dim3 blk, size_t dynamic_smem_bytes, cudaStream_t, void (
   g_block_dim = blk;
   g_grid_dim = grid;
   ++stats().launches;
+  if (dynamic_smem_bytes > 166912) ++stats().over_sm80_smem;
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
