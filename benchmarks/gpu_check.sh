@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a machine with a GPU and its own torch: build torchext there, run the CUDA tests, run a subset
 # of them under compute-sanitizer (memcheck, racecheck), run every benchmark on the GPU, and print
-# a short summary table last.
+# a short summary table last. On Hopper (sm_90) the Linear tests and bench_linear run a second time
+# with TORCHEXT_GEMM=wgmma, the Hopper GEMM that runs only when asked until it has passed here.
 #
 # Everything runs inside one time budget (BUDGET_S seconds, default 540) so that a whole check fits
 # one command with a 10-minute limit: each step gets its own cap or what is left of the budget,
@@ -82,6 +83,16 @@ if wants tests; then
   grep -qE '[0-9]+ passed' "$OUT_DIR/tests.log" || result="NOTHING RAN (no GPU visible?)"
   record "CUDA tests" "$result" "$(grep -E '(passed|failed|skipped|error)' "$OUT_DIR/tests.log" | tail -n 1)"
   grep -E '^(FAILED|ERROR)' "$OUT_DIR/tests.log" | head -n 20
+  # The Hopper GEMM (sm_90a) runs only when asked until it has passed here: its Linear tests again.
+  if [ "$("$PY" -c 'import torch; print(torch.cuda.get_device_capability()[0])' 2>/dev/null)" = 9 ]; then
+    run "CUDA Linear tests, TORCHEXT_GEMM=wgmma" 150 "$OUT_DIR/tests_wgmma.log" \
+      env TORCHEXT_GEMM=wgmma "$PY" -m pytest -q -rfE -p no:cacheprovider -k "cuda and (linear or gemm)" \
+      tests/test_linear.py tests/test_autograd_kernels.py tests/test_amp.py
+    result="$(verdict "$RC")"
+    grep -qE '[0-9]+ passed' "$OUT_DIR/tests_wgmma.log" || result="NOTHING RAN"
+    record "CUDA Linear tests, wgmma" "$result" "$(grep -E '(passed|failed|skipped|error)' "$OUT_DIR/tests_wgmma.log" | tail -n 1)"
+    grep -E '^(FAILED|ERROR)' "$OUT_DIR/tests_wgmma.log" | head -n 20
+  fi
 fi
 
 if wants sanitizer; then
@@ -117,6 +128,12 @@ if wants bench; then
       "$PY" "benchmarks/$name.py" --device cuda ${QUICK:+--quick} --json "$OUT_DIR/$name.json"
     [ "$RC" = 125 ] && continue
     record "$name" "$(verdict "$RC")" "$name.log, $name.json"
+    if [ "$name" = bench_linear ]; then  # the same table with the Hopper GEMM asked for
+      run "bench_linear, TORCHEXT_GEMM=wgmma" 150 "$OUT_DIR/bench_linear_wgmma.log" \
+        env TORCHEXT_GEMM=wgmma "$PY" benchmarks/bench_linear.py --device cuda ${QUICK:+--quick} \
+        --json "$OUT_DIR/bench_linear_wgmma.json"
+      [ "$RC" != 125 ] && record "bench_linear, wgmma" "$(verdict "$RC")" "bench_linear_wgmma.log, .json"
+    fi
   done
 fi
 
