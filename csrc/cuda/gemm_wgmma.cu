@@ -30,6 +30,9 @@ TmaMap operand_map(const void* base, Major major, int64_t ld, int64_t outer_exte
     box.inner = outer_extent, box.outer = K;
     box.box_inner = wg::kBox, box.box_outer = wg::kBK;
   }
+  // With a single row its stride is never used, but the encoder wants it at least a row long (a
+  // [M, 1] view reads as M-major with a nominal stride).
+  if (box.outer == 1) box.row_bytes = std::max<uint64_t>(box.row_bytes, (box.inner * 2 + 15) / 16 * 16);
   TmaMap map;
   encode_tma_map(&map, box);
   return map;
