@@ -2,6 +2,7 @@
 import torch
 
 from .. import _C, _distributed
+from .._ops.optim import ADAM_STEP_ARGS, step_args
 from ._base import FusedOptimizer, validate_like_torch
 
 _ops = torch.ops.torchext
@@ -85,13 +86,15 @@ class Adam(FusedOptimizer):
     def _step_call(self, group, params, grads, states, lr_tensor, grad_scale, found_inf):
         beta1, beta2 = group["betas"]
         amsgrad = bool(group["amsgrad"])
-        args = (params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                [s["max_exp_avg_sq"] for s in states] if amsgrad else [], [s["step"] for s in states],
-                self._masters(group, params, states), 0.0 if lr_tensor is not None else float(group["lr"]),
-                float(_to_scalar(beta1)), float(_to_scalar(beta2)), float(group["eps"]),
-                float(_to_scalar(group["weight_decay"])), amsgrad, bool(group["maximize"]),
-                bool(group["decoupled_weight_decay"]), lr_tensor, grad_scale, found_inf)
-        return args
+        return step_args(ADAM_STEP_ARGS, params=params, grads=grads, exp_avgs=[s["exp_avg"] for s in states],
+                         exp_avg_sqs=[s["exp_avg_sq"] for s in states],
+                         max_exp_avg_sqs=[s["max_exp_avg_sq"] for s in states] if amsgrad else [],
+                         state_steps=[s["step"] for s in states], master_params=self._masters(group, params, states),
+                         lr=0.0 if lr_tensor is not None else float(group["lr"]), beta1=float(_to_scalar(beta1)),
+                         beta2=float(_to_scalar(beta2)), eps=float(group["eps"]),
+                         weight_decay=float(_to_scalar(group["weight_decay"])), amsgrad=amsgrad,
+                         maximize=bool(group["maximize"]), decoupled_weight_decay=bool(group["decoupled_weight_decay"]),
+                         lr_tensor=lr_tensor, grad_scale=grad_scale, found_inf=found_inf)
 
 
 class AdamW(Adam):

@@ -3,6 +3,7 @@ import torch
 from torch.optim.sgd import sgd as _torch_sgd
 
 from .. import _C
+from .._ops.optim import SGD_STEP_ARGS, step_args
 from ._base import FusedOptimizer, validate_like_torch
 
 _ops = torch.ops.torchext
@@ -100,8 +101,10 @@ class SGD(FusedOptimizer):
         use_momentum = group["momentum"] != 0
         bufs = [s["momentum_buffer"] for s in states] if use_momentum else []
         counts = [s["momentum_count"] for s in states] if use_momentum else []
-        args = (params, grads, bufs, counts, self._masters(group, params, states),
-                0.0 if lr_tensor is not None else float(group["lr"]), float(group["momentum"]),
-                float(group["dampening"]), float(group["weight_decay"]), bool(group["nesterov"]),
-                bool(group["maximize"]), lr_tensor, grad_scale, found_inf)
-        return args
+        return step_args(SGD_STEP_ARGS, params=params, grads=grads, momentum_buffers=bufs, momentum_counts=counts,
+                         master_params=self._masters(group, params, states),
+                         lr=0.0 if lr_tensor is not None else float(group["lr"]),
+                         momentum=float(group["momentum"]), dampening=float(group["dampening"]),
+                         weight_decay=float(group["weight_decay"]), nesterov=bool(group["nesterov"]),
+                         maximize=bool(group["maximize"]), lr_tensor=lr_tensor, grad_scale=grad_scale,
+                         found_inf=found_inf)
