@@ -8,6 +8,7 @@
 #include "cpu/dispatch.h"
 #include "optim_args.h"
 #include "optim_checks.h"
+#include "optim_lowmem_checks.h"
 
 #ifndef TORCHEXT_TORCH_VERSION
 #define TORCHEXT_TORCH_VERSION "unknown"
@@ -49,6 +50,10 @@ TORCH_LIBRARY(torchext, m) {
   // The argument lists are declared once, in optim_args.h.
   m.def(TORCHEXT_OPTIM_SCHEMA(sgd_step_, TORCHEXT_SGD_STEP_ARGS));
   m.def(TORCHEXT_OPTIM_SCHEMA(adam_step_, TORCHEXT_ADAM_STEP_ARGS));
+  // The same steps with the low-memory modes: stochastic rounding, Kahan compensation, bfloat16 or
+  // int8 blockwise state (csrc/optim_lowmem.h).
+  m.def(TORCHEXT_OPTIM_SCHEMA(sgd_lowmem_step_, TORCHEXT_SGD_LOWMEM_STEP_ARGS));
+  m.def(TORCHEXT_OPTIM_SCHEMA(adam_lowmem_step_, TORCHEXT_ADAM_LOWMEM_STEP_ARGS));
 }
 
 namespace {
@@ -66,6 +71,19 @@ void check_adam_step_args(TORCHEXT_SHIM_PARAMS(TORCHEXT_ADAM_STEP_ARGS)) {
   if (params.empty()) return;
   torchext::check_adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, master_params,
                             amsgrad, grad_scale, found_inf, lr_tensor);
+}
+
+void check_sgd_lowmem_step_args(TORCHEXT_SHIM_PARAMS(TORCHEXT_SGD_LOWMEM_STEP_ARGS)) {
+  if (params.empty()) return;
+  torchext::check_sgd_lowmem_step(params, grads, momentum_buffers, momentum_counts, master_params, momentum != 0.0,
+                                  momentum_buffer_scales, kahan_comps, sr_state, grad_scale, found_inf, lr_tensor);
+}
+
+void check_adam_lowmem_step_args(TORCHEXT_SHIM_PARAMS(TORCHEXT_ADAM_LOWMEM_STEP_ARGS)) {
+  if (params.empty()) return;
+  torchext::check_adam_lowmem_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, master_params,
+                                   amsgrad, exp_avg_scales, exp_avg_sq_scales, kahan_comps, sr_state, grad_scale,
+                                   found_inf, lr_tensor);
 }
 
 // Eager entry points for the optimizer steps: the same ops through the dispatcher, called from C++
@@ -89,6 +107,17 @@ void adam_step_eager(TORCHEXT_SHIM_PARAMS(TORCHEXT_ADAM_STEP_ARGS)) {
   op.call(TORCHEXT_ARG_NAMES(TORCHEXT_ADAM_STEP_ARGS));
 }
 
+// The eager entry point of op `name` with argument list ARGS.
+#define TORCHEXT_EAGER_SHIM(fn, name, ARGS)                                                            \
+  void fn(TORCHEXT_SHIM_PARAMS(ARGS)) {                                                                \
+    static auto op =                                                                                   \
+        c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<TORCHEXT_KERNEL_SIGNATURE(ARGS)>(); \
+    at::AutoDispatchBelowADInplaceOrView below_autograd;                                               \
+    op.call(TORCHEXT_ARG_NAMES(ARGS));                                                                 \
+  }
+TORCHEXT_EAGER_SHIM(sgd_lowmem_step_eager, "torchext::sgd_lowmem_step_", TORCHEXT_SGD_LOWMEM_STEP_ARGS)
+TORCHEXT_EAGER_SHIM(adam_lowmem_step_eager, "torchext::adam_lowmem_step_", TORCHEXT_ADAM_LOWMEM_STEP_ARGS)
+
 bool with_cuda() {
 #ifdef TORCHEXT_WITH_CUDA
   return true;
@@ -110,6 +139,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("check_adam_step_args", &check_adam_step_args, "torchext::adam_step_'s argument checks, writing nothing");
   m.def("sgd_step_eager", &sgd_step_eager, "torchext::sgd_step_ called from C++, below the autograd keys");
   m.def("adam_step_eager", &adam_step_eager, "torchext::adam_step_ called from C++, below the autograd keys");
+  m.def("check_sgd_lowmem_step_args", &check_sgd_lowmem_step_args, "torchext::sgd_lowmem_step_'s argument checks");
+  m.def("check_adam_lowmem_step_args", &check_adam_lowmem_step_args,
+        "torchext::adam_lowmem_step_'s argument checks");
+  m.def("sgd_lowmem_step_eager", &sgd_lowmem_step_eager, "torchext::sgd_lowmem_step_ called from C++");
+  m.def("adam_lowmem_step_eager", &adam_lowmem_step_eager, "torchext::adam_lowmem_step_ called from C++");
   m.def("cpu_capability", [] { return std::string(torchext::cpu::level_name()); },
         "SIMD level the CPU kernels dispatch to on this machine");
   m.def("cpu_x86_kernels", [] { return TORCHEXT_X86_SIMD != 0; },

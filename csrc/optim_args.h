@@ -32,6 +32,18 @@
   NEXT(BOOL, decoupled_weight_decay, _) NEXT(OPT, lr_tensor, _) NEXT(OPT, grad_scale, _)                  \
   NEXT(OPT, found_inf, _)
 
+// The low-memory steps (csrc/optim_lowmem.h) take the same arguments and then: the per-block scales
+// of int8 state (empty for other state dtypes), the Kahan compensation buffers (empty: none) and
+// the stochastic-rounding state, int64 (seed, launch offset) on the params' device (None: round to
+// nearest).
+#define TORCHEXT_SGD_LOWMEM_STEP_ARGS(FIRST, NEXT)                                                       \
+  TORCHEXT_SGD_STEP_ARGS(FIRST, NEXT) NEXT(MUT_LIST, momentum_buffer_scales, e)                           \
+  NEXT(MUT_LIST, kahan_comps, f) NEXT(MUT_OPT, sr_state, g)
+
+#define TORCHEXT_ADAM_LOWMEM_STEP_ARGS(FIRST, NEXT)                                                      \
+  TORCHEXT_ADAM_STEP_ARGS(FIRST, NEXT) NEXT(MUT_LIST, exp_avg_scales, g)                                  \
+  NEXT(MUT_LIST, exp_avg_sq_scales, h) NEXT(MUT_LIST, kahan_comps, i) NEXT(MUT_OPT, sr_state, j)
+
 // ---- the schema: a string literal, "Tensor(a!)[] params, Tensor[] grads, ..."
 #define TORCHEXT_SCHEMA_MUT_LIST(alias) "Tensor(" #alias "!)[]"
 #define TORCHEXT_SCHEMA_LIST(alias) "Tensor[]"

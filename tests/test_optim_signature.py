@@ -35,3 +35,7 @@ def test_step_args_refuses_missing_and_unknown_names():
     with pytest.raises(TypeError, match="missing \\['lr'\\], unknown \\['learning_rate'\\]"):
         optim_ops.step_args(names, **values)
 
+
+def test_lowmem_lists_extend_the_default_ones():
+    assert optim_ops.SGD_LOWMEM_STEP_ARGS[:len(optim_ops.SGD_STEP_ARGS)] == optim_ops.SGD_STEP_ARGS
+    assert optim_ops.ADAM_LOWMEM_STEP_ARGS[:len(optim_ops.ADAM_STEP_ARGS)] == optim_ops.ADAM_STEP_ARGS

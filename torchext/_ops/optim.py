@@ -12,7 +12,11 @@ SGD_STEP_ARGS = ("params", "grads", "momentum_buffers", "momentum_counts", "mast
 ADAM_STEP_ARGS = ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "state_steps", "master_params",
                   "lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay",
                   "lr_tensor", "grad_scale", "found_inf")
-OPTIM_OPS = {"sgd_step_": SGD_STEP_ARGS, "adam_step_": ADAM_STEP_ARGS}
+# The low-memory steps: the same arguments, then these (csrc/optim_args.h).
+SGD_LOWMEM_STEP_ARGS = SGD_STEP_ARGS + ("momentum_buffer_scales", "kahan_comps", "sr_state")
+ADAM_LOWMEM_STEP_ARGS = ADAM_STEP_ARGS + ("exp_avg_scales", "exp_avg_sq_scales", "kahan_comps", "sr_state")
+OPTIM_OPS = {"sgd_step_": SGD_STEP_ARGS, "adam_step_": ADAM_STEP_ARGS, "sgd_lowmem_step_": SGD_LOWMEM_STEP_ARGS,
+             "adam_lowmem_step_": ADAM_LOWMEM_STEP_ARGS}
 
 
 def check_signature(op_name, names):
