@@ -35,11 +35,14 @@ for _op, _names in OPTIM_OPS.items():
 def step_args(names, **values):
     """The positional arguments of one launch of an op taking `names`, from keywords; a missing or
     unknown keyword raises (a TypeError naming it) before anything runs."""
-    if len(values) != len(names):
-        unknown = sorted(set(values) - set(names))
-        missing = [n for n in names if n not in values]
-        raise TypeError("torchext: optimizer step arguments: missing %s, unknown %s" % (missing, unknown))
-    return tuple(values[n] for n in names)
+    try:
+        if len(values) == len(names):
+            return tuple(values[n] for n in names)
+    except KeyError:
+        pass
+    unknown = sorted(set(values) - set(names))
+    missing = [n for n in names if n not in values]
+    raise TypeError("torchext: optimizer step arguments: missing %s, unknown %s" % (missing, unknown))
 
 
 def _fake(op_name):

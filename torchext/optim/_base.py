@@ -76,8 +76,13 @@ class FusedOptimizer(Optimizer):
         group = self.param_groups[-1]
         try:
             _lowmem.check_group(self._name, group)
-            if group.get("stochastic_rounding") and getattr(self, "_sr_seed", None) is None:
-                self._sr_seed = int(torch.randint(0, 2**62, ()))
+            if group.get("stochastic_rounding"):
+                if getattr(self, "_sr_seed", None) is None:
+                    self._sr_seed = int(torch.randint(0, 2**62, ()))
+                if getattr(self, "_sr_states", None) is None:
+                    self._sr_states = {}
+                for p in group["params"]:  # made here, not inside a compiled step
+                    self._sr_state(p.device)
         except ValueError:
             self.param_groups.pop()
             raise
@@ -92,10 +97,12 @@ class FusedOptimizer(Optimizer):
                 group["param_names"] = [group["param_names"][i] for i in keep]
 
     _sr_seed = None  # stochastic rounding's seed (None: off); pickles from before it had none
+    _sr_states = None
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        self.__dict__.setdefault("_sr_states", {})
+        if self.__dict__.get("_sr_states") is None:
+            self._sr_states = {}
         # torch's __setstate__ writes param_groups into the instance dict, under the property.
         if "param_groups" in self.__dict__:
             self._groups = self.__dict__.pop("param_groups")
@@ -441,7 +448,7 @@ class FusedOptimizer(Optimizer):
             if p is None:
                 continue
             for k, v in entry.items():
-                if isinstance(v, torch.Tensor) and k != "step" and v.shape != p.shape:
+                if isinstance(v, torch.Tensor) and k != "step" and not k.endswith("_scale") and v.shape != p.shape:
                     raise ValueError("torchext.optim.%s.load_state_dict: state '%s' of param %s has shape %s, "
                                      "but the param has shape %s" % (self._name, k, idx, tuple(v.shape),
                                                                      tuple(p.shape)))
