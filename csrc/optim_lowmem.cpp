@@ -42,6 +42,7 @@ void lowmem_blocks(const Slot<T, S>& s, int K, const bool* sqrt_coded, const Rul
                    int64_t first_block, int64_t last_block, bool stochastic, uint64_t seed, uint64_t offset) {
   constexpr bool kCodes = std::is_same_v<S, int8_t>;
   float nb[3][kQuantBlock];
+  lowmem::Philox words{};  // one Philox call per 4 consecutive elements
   for (int64_t blk = first_block; blk < last_block; ++blk) {
     const int64_t begin = blk * kQuantBlock, n = std::min<int64_t>(kQuantBlock, s.numel - begin);
     for (int64_t j = 0; j < n; ++j) {
@@ -50,7 +51,10 @@ void lowmem_blocks(const Slot<T, S>& s, int K, const bool* sqrt_coded, const Rul
       float b[3] = {0.f, 0.f, 0.f};
       for (int k = 0; k < K; ++k) b[k] = lowmem::load_state(s.buf[k], i, s.scale[k], blk, sqrt_coded[k]);
       const float delta = rule(t, pv, static_cast<float>(s.g[i]), b);
-      const uint32_t r = stochastic ? lowmem::random_word(seed, offset, t, i) : 0u;
+      if (stochastic && (j == 0 || (i & 3) == 0)) {
+        words = lowmem::random_quad(seed, offset, t, static_cast<uint64_t>(i) >> 2);
+      }
+      const uint32_t r = stochastic ? words.v[i & 3] : 0u;
       const auto a = lowmem::apply_delta<T>(pv, delta, s.comp ? static_cast<float>(s.comp[i]) : 0.f,
                                             s.comp != nullptr, stochastic, r);
       s.p[i] = a.param;

@@ -94,7 +94,9 @@ TORCHEXT_HD void mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
 // Four 32-bit words for counter (c0..c3) and key (seed).
 TORCHEXT_HD Philox philox(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint64_t seed) {
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+#if defined(__CUDACC__)
 #pragma unroll
+#endif
   for (int r = 0; r < 10; ++r) {
     uint32_t hi0, lo0, hi1, lo1;
     mulhilo(0xD2511F53u, c0, hi0, lo0);
@@ -110,13 +112,15 @@ TORCHEXT_HD Philox philox(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, ui
   return {{c0, c1, c2, c3}};
 }
 
-// The random word of element i of tensor t in the launch numbered `offset` (by the launch counter
-// of the optimizer's sr_state).
+// The random words of elements 4 * quad .. 4 * quad + 3 of tensor t in the launch numbered
+// `offset` (by the launch counter of the optimizer's sr_state).
+TORCHEXT_HD Philox random_quad(uint64_t seed, uint64_t offset, uint32_t t, uint64_t quad) {
+  return philox(static_cast<uint32_t>(quad), static_cast<uint32_t>(quad >> 32) ^ (t << 8),
+                static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32), seed);
+}
+// The random word of element i (a loop over consecutive elements may keep random_quad's four).
 TORCHEXT_HD uint32_t random_word(uint64_t seed, uint64_t offset, uint32_t t, int64_t i) {
-  const uint64_t quad = static_cast<uint64_t>(i) >> 2;
-  const Philox r = philox(static_cast<uint32_t>(quad), static_cast<uint32_t>(quad >> 32) ^ (t << 8),
-                          static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32), seed);
-  return r.v[i & 3];
+  return random_quad(seed, offset, t, static_cast<uint64_t>(i) >> 2).v[i & 3];
 }
 
 // ---------------------------------------------------------------- rounding to the param type
