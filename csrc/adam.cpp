@@ -13,6 +13,7 @@
 #include "cpu/convert.h"
 #include "cpu/dispatch.h"
 #include "cpu/optim.h"
+#include "optim_args.h"
 
 // The float16 path below passes __m256 by value to always-inline helpers that only ever run
 // inlined into AVX2 code, so GCC's note about the AVX calling convention does not apply.
@@ -139,11 +140,7 @@ void run_adam(c10::Half* p, const c10::Half* g, S* m, S* v, S* vmax, float* mast
 
 constexpr int64_t kGrain = 1 << 14;
 
-void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-                   at::TensorList max_exp_avg_sqs, at::TensorList state_steps, at::TensorList master_params,
-                   double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
-                   bool maximize, bool decoupled_weight_decay, const c10::optional<at::Tensor>& lr_tensor,
-                   const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf) {
+void adam_step_cpu(TORCHEXT_KERNEL_PARAMS(TORCHEXT_ADAM_STEP_ARGS)) {
   if (params.empty()) return;
   check_adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, master_params, amsgrad,
                   grad_scale, found_inf, lr_tensor);

@@ -6,7 +6,9 @@
 #include <vector>
 
 #include "cpu/dispatch.h"
+#include "optim_args.h"
 #include "optim_checks.h"
+#include "optim_lowmem_checks.h"
 
 #ifndef TORCHEXT_TORCH_VERSION
 #define TORCHEXT_TORCH_VERSION "unknown"
@@ -45,45 +47,43 @@ TORCH_LIBRARY(torchext, m) {
   // Adam's state `step`, and for SGD the number of momentum updates (0: the buffer is not yet
   // initialised and the next step copies the gradient into it). When found_inf != 0 nothing is
   // written; grads are divided by grad_scale. lr_tensor, when given, overrides lr.
-  m.def(
-      "sgd_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
-      "Tensor(c!)[] momentum_counts, Tensor(d!)[] master_params, float lr, float momentum, float dampening, "
-      "float weight_decay, bool nesterov, bool maximize, Tensor? lr_tensor, Tensor? grad_scale, "
-      "Tensor? found_inf) -> ()");
-  m.def(
-      "adam_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
-      "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, Tensor(f!)[] master_params, float lr, "
-      "float beta1, float beta2, float eps, float weight_decay, bool amsgrad, bool maximize, "
-      "bool decoupled_weight_decay, Tensor? lr_tensor, Tensor? grad_scale, Tensor? found_inf) -> ()");
+  // The argument lists are declared once, in optim_args.h.
+  m.def(TORCHEXT_OPTIM_SCHEMA(sgd_step_, TORCHEXT_SGD_STEP_ARGS));
+  m.def(TORCHEXT_OPTIM_SCHEMA(adam_step_, TORCHEXT_ADAM_STEP_ARGS));
+  // The same steps with the low-memory modes: stochastic rounding, Kahan compensation, bfloat16 or
+  // int8 blockwise state (csrc/optim_lowmem.h).
+  m.def(TORCHEXT_OPTIM_SCHEMA(sgd_lowmem_step_, TORCHEXT_SGD_LOWMEM_STEP_ARGS));
+  m.def(TORCHEXT_OPTIM_SCHEMA(adam_lowmem_step_, TORCHEXT_ADAM_LOWMEM_STEP_ARGS));
 }
 
 namespace {
 
-using Tensors = std::vector<at::Tensor>;
-using OptTensor = c10::optional<at::Tensor>;
-
 // The optimizer ops' argument checks alone, with the ops' signatures: an optimizer whose step
 // launches several ops (one per param group, device and dtype) runs every launch's checks first,
 // so a bad argument in a later launch cannot leave the earlier ones applied.
-void check_sgd_step_args(const Tensors& params, const Tensors& grads, const Tensors& momentum_buffers,
-                         const Tensors& momentum_counts, const Tensors& master_params, double /*lr*/,
-                         double momentum, double /*dampening*/, double /*weight_decay*/, bool /*nesterov*/,
-                         bool /*maximize*/, const OptTensor& lr_tensor, const OptTensor& grad_scale,
-                         const OptTensor& found_inf) {
+void check_sgd_step_args(TORCHEXT_SHIM_PARAMS(TORCHEXT_SGD_STEP_ARGS)) {
   if (params.empty()) return;
   torchext::check_sgd_step(params, grads, momentum_buffers, momentum_counts, master_params, momentum != 0.0,
                            grad_scale, found_inf, lr_tensor);
 }
 
-void check_adam_step_args(const Tensors& params, const Tensors& grads, const Tensors& exp_avgs,
-                          const Tensors& exp_avg_sqs, const Tensors& max_exp_avg_sqs, const Tensors& state_steps,
-                          const Tensors& master_params, double /*lr*/, double /*beta1*/, double /*beta2*/,
-                          double /*eps*/, double /*weight_decay*/, bool amsgrad, bool /*maximize*/,
-                          bool /*decoupled_weight_decay*/, const OptTensor& lr_tensor, const OptTensor& grad_scale,
-                          const OptTensor& found_inf) {
+void check_adam_step_args(TORCHEXT_SHIM_PARAMS(TORCHEXT_ADAM_STEP_ARGS)) {
   if (params.empty()) return;
   torchext::check_adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, master_params,
                             amsgrad, grad_scale, found_inf, lr_tensor);
+}
+
+void check_sgd_lowmem_step_args(TORCHEXT_SHIM_PARAMS(TORCHEXT_SGD_LOWMEM_STEP_ARGS)) {
+  if (params.empty()) return;
+  torchext::check_sgd_lowmem_step(params, grads, momentum_buffers, momentum_counts, master_params, momentum != 0.0,
+                                  momentum_buffer_scales, kahan_comps, sr_state, grad_scale, found_inf, lr_tensor);
+}
+
+void check_adam_lowmem_step_args(TORCHEXT_SHIM_PARAMS(TORCHEXT_ADAM_LOWMEM_STEP_ARGS)) {
+  if (params.empty()) return;
+  torchext::check_adam_lowmem_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, master_params,
+                                   amsgrad, exp_avg_scales, exp_avg_sq_scales, kahan_comps, sr_state, grad_scale,
+                                   found_inf, lr_tensor);
 }
 
 // Eager entry points for the optimizer steps: the same ops through the dispatcher, called from C++
@@ -91,34 +91,32 @@ void check_adam_step_args(const Tensors& params, const Tensors& grads, const Ten
 // re-taking the GIL per tensor when the boxed copies are released), and dispatched below the
 // autograd keys, which have nothing to record for an in-place update under no_grad. About half
 // the per-tensor overhead of a torch.ops call for lists of thousands of small tensors.
-void sgd_step_eager(const Tensors& params, const Tensors& grads, const Tensors& momentum_buffers,
-                    const Tensors& momentum_counts, const Tensors& master_params, double lr, double momentum,
-                    double dampening, double weight_decay, bool nesterov, bool maximize, const OptTensor& lr_tensor,
-                    const OptTensor& grad_scale, const OptTensor& found_inf) {
+void sgd_step_eager(TORCHEXT_SHIM_PARAMS(TORCHEXT_SGD_STEP_ARGS)) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("torchext::sgd_step_", "")
-                       .typed<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
-                                   double, double, double, double, bool, bool, const OptTensor&, const OptTensor&,
-                                   const OptTensor&)>();
+                       .typed<TORCHEXT_KERNEL_SIGNATURE(TORCHEXT_SGD_STEP_ARGS)>();
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  op.call(params, grads, momentum_buffers, momentum_counts, master_params, lr, momentum, dampening, weight_decay,
-          nesterov, maximize, lr_tensor, grad_scale, found_inf);
+  op.call(TORCHEXT_ARG_NAMES(TORCHEXT_SGD_STEP_ARGS));
 }
 
-void adam_step_eager(const Tensors& params, const Tensors& grads, const Tensors& exp_avgs, const Tensors& exp_avg_sqs,
-                     const Tensors& max_exp_avg_sqs, const Tensors& state_steps, const Tensors& master_params,
-                     double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
-                     bool maximize, bool decoupled_weight_decay, const OptTensor& lr_tensor,
-                     const OptTensor& grad_scale, const OptTensor& found_inf) {
+void adam_step_eager(TORCHEXT_SHIM_PARAMS(TORCHEXT_ADAM_STEP_ARGS)) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("torchext::adam_step_", "")
-                       .typed<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
-                                   at::TensorList, at::TensorList, double, double, double, double, double, bool, bool,
-                                   bool, const OptTensor&, const OptTensor&, const OptTensor&)>();
+                       .typed<TORCHEXT_KERNEL_SIGNATURE(TORCHEXT_ADAM_STEP_ARGS)>();
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  op.call(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, master_params, lr, beta1, beta2, eps,
-          weight_decay, amsgrad, maximize, decoupled_weight_decay, lr_tensor, grad_scale, found_inf);
+  op.call(TORCHEXT_ARG_NAMES(TORCHEXT_ADAM_STEP_ARGS));
 }
+
+// The eager entry point of op `name` with argument list ARGS.
+#define TORCHEXT_EAGER_SHIM(fn, name, ARGS)                                                            \
+  void fn(TORCHEXT_SHIM_PARAMS(ARGS)) {                                                                \
+    static auto op =                                                                                   \
+        c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<TORCHEXT_KERNEL_SIGNATURE(ARGS)>(); \
+    at::AutoDispatchBelowADInplaceOrView below_autograd;                                               \
+    op.call(TORCHEXT_ARG_NAMES(ARGS));                                                                 \
+  }
+TORCHEXT_EAGER_SHIM(sgd_lowmem_step_eager, "torchext::sgd_lowmem_step_", TORCHEXT_SGD_LOWMEM_STEP_ARGS)
+TORCHEXT_EAGER_SHIM(adam_lowmem_step_eager, "torchext::adam_lowmem_step_", TORCHEXT_ADAM_LOWMEM_STEP_ARGS)
 
 bool with_cuda() {
 #ifdef TORCHEXT_WITH_CUDA
@@ -141,6 +139,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("check_adam_step_args", &check_adam_step_args, "torchext::adam_step_'s argument checks, writing nothing");
   m.def("sgd_step_eager", &sgd_step_eager, "torchext::sgd_step_ called from C++, below the autograd keys");
   m.def("adam_step_eager", &adam_step_eager, "torchext::adam_step_ called from C++, below the autograd keys");
+  m.def("check_sgd_lowmem_step_args", &check_sgd_lowmem_step_args, "torchext::sgd_lowmem_step_'s argument checks");
+  m.def("check_adam_lowmem_step_args", &check_adam_lowmem_step_args,
+        "torchext::adam_lowmem_step_'s argument checks");
+  m.def("sgd_lowmem_step_eager", &sgd_lowmem_step_eager, "torchext::sgd_lowmem_step_ called from C++");
+  m.def("adam_lowmem_step_eager", &adam_lowmem_step_eager, "torchext::adam_lowmem_step_ called from C++");
   m.def("cpu_capability", [] { return std::string(torchext::cpu::level_name()); },
         "SIMD level the CPU kernels dispatch to on this machine");
   m.def("cpu_x86_kernels", [] { return TORCHEXT_X86_SIMD != 0; },

@@ -10,6 +10,7 @@
 #include "cpu/convert.h"
 #include "cpu/dispatch.h"
 #include "cpu/optim.h"
+#include "optim_args.h"
 
 // The float16 path below passes __m256 by value to always-inline helpers that only ever run
 // inlined into AVX2 code, so GCC's note about the AVX calling convention does not apply.
@@ -112,11 +113,7 @@ void run_sgd(c10::Half* p, const c10::Half* g, S* buf, float* master, int64_t n,
 
 constexpr int64_t kGrain = 1 << 14;
 
-void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                  at::TensorList momentum_counts, at::TensorList master_params, double lr, double momentum,
-                  double dampening, double weight_decay, bool nesterov, bool maximize,
-                  const c10::optional<at::Tensor>& lr_tensor, const c10::optional<at::Tensor>& grad_scale,
-                  const c10::optional<at::Tensor>& found_inf) {
+void sgd_step_cpu(TORCHEXT_KERNEL_PARAMS(TORCHEXT_SGD_STEP_ARGS)) {
   if (params.empty()) return;
   const bool use_momentum = momentum != 0.0;
   check_sgd_step(params, grads, momentum_buffers, momentum_counts, master_params, use_momentum, grad_scale,

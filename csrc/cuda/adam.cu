@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include "cuda/multi_tensor_apply.cuh"
+#include "optim_args.h"
 #include "optim_checks.h"
 
 namespace torchext {
@@ -146,11 +147,7 @@ struct AdamOp {
   }
 };
 
-void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-                    at::TensorList max_exp_avg_sqs, at::TensorList state_steps, at::TensorList master_params,
-                    double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
-                    bool maximize, bool decoupled_weight_decay, const c10::optional<at::Tensor>& lr_tensor,
-                    const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf) {
+void adam_step_cuda(TORCHEXT_KERNEL_PARAMS(TORCHEXT_ADAM_STEP_ARGS)) {
   if (params.empty()) return;
   check_adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, master_params, amsgrad,
                   grad_scale, found_inf, lr_tensor);

@@ -38,6 +38,7 @@ struct TensorMeta {
   float* counter;  // per-tensor step counter bumped after the update, or nullptr
   int64_t numel;
   int32_t aligned;  // every ptr is 16-byte aligned, so 16-byte vector accesses are legal
+  int32_t index;    // the tensor's position in the launch's lists (keys stochastic rounding's bits)
 };
 
 struct ChunkMeta {
@@ -156,6 +157,7 @@ std::vector<TensorMeta<N>> tensor_metas(const std::array<at::TensorList, N>& lis
     }
     t.counter = counters.empty() ? nullptr : counters[i].data_ptr<float>();
     t.numel = lists[0][i].numel();
+    t.index = static_cast<int32_t>(i);
   }
   return metas;
 }

@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "cuda/multi_tensor_apply.cuh"
+#include "optim_args.h"
 #include "optim_checks.h"
 
 namespace torchext {
@@ -119,11 +120,7 @@ struct SgdOp {
   }
 };
 
-void sgd_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                   at::TensorList momentum_counts, at::TensorList master_params, double lr, double momentum,
-                   double dampening, double weight_decay, bool nesterov, bool maximize,
-                   const c10::optional<at::Tensor>& lr_tensor, const c10::optional<at::Tensor>& grad_scale,
-                   const c10::optional<at::Tensor>& found_inf) {
+void sgd_step_cuda(TORCHEXT_KERNEL_PARAMS(TORCHEXT_SGD_STEP_ARGS)) {
   if (params.empty()) return;
   const bool use_momentum = momentum != 0.0;
   check_sgd_step(params, grads, momentum_buffers, momentum_counts, master_params, use_momentum, grad_scale,

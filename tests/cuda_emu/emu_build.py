@@ -91,7 +91,8 @@ def generate(out_dir):
         _write_if_changed(dst, src)
         if name.endswith(".cu"):
             sources.append(dst)
-    schemas = "// Generated from csrc/ops.cpp.\n#pragma once\n#include <torch/library.h>\n\n" + schema_block() + "\n"
+    schemas = ("// Generated from csrc/ops.cpp.\n#pragma once\n#include <torch/library.h>\n\n"
+               "#include \"optim_args.h\"\n\n" + schema_block() + "\n")
     _write_if_changed(os.path.join(out_dir, "emu_schemas.h"), schemas)
     own = []
     # the emulation's controls, the PTX models' tests (sm_80, sm_90a)

@@ -7,6 +7,7 @@ import torch
 from torch.optim import Optimizer
 
 from .. import _distributed
+from . import _lowmem
 
 _HALF = (torch.float16, torch.bfloat16)
 _COMPLEX = (torch.complex64, torch.complex128)
@@ -51,12 +52,19 @@ class FusedOptimizer(Optimizer):
     def param_groups(self, groups):
         self._groups = groups
 
-    def __init__(self, params, defaults, *, differentiable, fused, foreach, master_weights):
+    def __init__(self, params, defaults, *, differentiable, fused, foreach, master_weights,
+                 stochastic_rounding=False, kahan_summation=False, state_dtype=None, generator=None):
         if differentiable:
             raise NotImplementedError(
                 "torchext.optim.%s does not support differentiable=True; use torch.optim.%s for "
                 "differentiating through the optimizer step" % (self._name, self._name))
         defaults["master_weights"] = bool(master_weights)
+        # The low-memory options join the defaults only when set, so a default optimizer is torch's.
+        defaults.update(_lowmem.options(stochastic_rounding, kahan_summation, state_dtype))
+        # Stochastic rounding's seed, drawn from the default generator (or `generator`) once; the
+        # offset per device lives on that device (see _sr_state).
+        self._sr_seed = (int(torch.randint(0, 2**62, (), generator=generator)) if stochastic_rounding else None)
+        self._sr_states = {}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
@@ -66,6 +74,18 @@ class FusedOptimizer(Optimizer):
         refuse a list holding one param twice.)"""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        try:
+            _lowmem.check_group(self._name, group)
+            if group.get("stochastic_rounding"):
+                if getattr(self, "_sr_seed", None) is None:
+                    self._sr_seed = int(torch.randint(0, 2**62, ()))
+                if getattr(self, "_sr_states", None) is None:
+                    self._sr_states = {}
+                for p in group["params"]:  # made here, not inside a compiled step
+                    self._sr_state(p.device)
+        except ValueError:
+            self.param_groups.pop()
+            raise
         params = group["params"]
         if len(set(params)) != len(params):
             first = {}
@@ -76,8 +96,13 @@ class FusedOptimizer(Optimizer):
             if "param_names" in group:  # named parameters: the names follow their params
                 group["param_names"] = [group["param_names"][i] for i in keep]
 
+    _sr_seed = None  # stochastic rounding's seed (None: off); pickles from before it had none
+    _sr_states = None
+
     def __setstate__(self, state):
         super().__setstate__(state)
+        if self.__dict__.get("_sr_states") is None:
+            self._sr_states = {}
         # torch's __setstate__ writes param_groups into the instance dict, under the property.
         if "param_groups" in self.__dict__:
             self._groups = self.__dict__.pop("param_groups")
@@ -157,27 +182,67 @@ class FusedOptimizer(Optimizer):
                     lr_tensor = lr if isinstance(lr, torch.Tensor) else None
                     if lr_tensor is not None and lr_tensor.device != device and lr_tensor.device.type != "cpu":
                         lr_tensor = lr_tensor.to(device)
-                    calls.append(self._step_call(group, ps, grads, states, lr_tensor, _on(grad_scale, device),
-                                                 _on(found_inf, device)))
-            if torch.compiler.is_compiling():
-                run = self._op  # traceable; each launch validates its own arguments
-            else:
-                run = self._eager_op
+                    if _lowmem.active(group):
+                        for sub in self._split_by_state(ps, grads, states):
+                            calls.append((self._lowmem_ops,) + (self._lowmem_call(
+                                group, *sub, lr_tensor, _on(grad_scale, device), _on(found_inf, device)),))
+                    else:
+                        calls.append((self._ops, self._step_call(group, ps, grads, states, lr_tensor,
+                                                                 _on(grad_scale, device), _on(found_inf, device))))
+            compiling = torch.compiler.is_compiling()
+            if not compiling:
                 if len(calls) == 1:
-                    run(*calls.pop())  # validates everything before its first write
-                for args in calls:
-                    self._check_op(*args)
+                    ops, args = calls.pop()
+                    ops[1](*args)  # validates everything before its first write
+                for ops, args in calls:
+                    ops[2](*args)
         except Exception:
             for p in fresh:
                 self.state.pop(p, None)
             raise
-        for args in calls:
-            run(*args)
+        # traced: each launch validates its own arguments
+        for ops, args in calls:
+            (ops[0] if compiling else ops[1])(*args)
         if sparse:
             self._sparse_step(sparse, grad_scale, found_inf)
         return loss
 
     _sparse_error = None  # torch's error for sparse grads, where it refuses them
+
+    @property
+    def _ops(self):
+        return (self._op, self._eager_op, self._check_op)
+
+    def _split_by_state(self, params, grads, states):
+        """One launch's lists per state storage dtype (int8 state leaves small params in float32)."""
+        by = {}
+        for p, g, s in zip(params, grads, states):
+            buf = next((s[k] for k in self._buffer_keys if isinstance(s.get(k), torch.Tensor)), None)
+            key = buf.dtype if buf is not None else None
+            lists = by.setdefault(key, ([], [], []))
+            lists[0].append(p)
+            lists[1].append(g)
+            lists[2].append(s)
+        return list(by.values())
+
+    def _sr_state(self, device):
+        """The stochastic-rounding state on `device`: int64 (seed, offset), the offset counting the
+        launches the kernels made there (bumped on the device, not by a skipped step)."""
+        st = self._sr_states.get(device)
+        if st is None:
+            st = self._sr_states[device] = torch.tensor([self._sr_seed, 0], dtype=torch.int64, device=device)
+        return st
+
+    def _lowmem_extras(self, group, params, states):
+        """kahan_comps and sr_state of a low-memory launch."""
+        half = params[0].dtype in _HALF
+        comps = [s["kahan_comp"] for s in states] if group.get("kahan_summation") and half else []
+        sr = self._sr_state(params[0].device) if group.get("stochastic_rounding") and half else None
+        return comps, sr
+
+    @staticmethod
+    def _scales(states, key):
+        return [s[key + "_scale"] for s in states] if states and key + "_scale" in states[0] else []
 
     def _check_sparse(self, group, p):
         raise RuntimeError(self._sparse_error)
@@ -199,7 +264,11 @@ class FusedOptimizer(Optimizer):
             if state is None:
                 fresh.append(p)
                 state = state_of[p] = {}
-            init(p, state, group, want)
+            if _lowmem.active(group):
+                init(p, state, group, _lowmem.buffer_dtype(group, p, want))
+                _lowmem.prepare(group, p, state, self._buffer_keys)
+            else:
+                init(p, state, group, want)
             if master:
                 if "master_param" not in state:
                     state["master_param"] = p.detach().to(torch.float32, copy=True)
@@ -276,7 +345,7 @@ class FusedOptimizer(Optimizer):
     def _convert_buffers(self, state, dtype):
         for key in self._buffer_keys:
             t = state.get(key)
-            if isinstance(t, torch.Tensor) and t.dtype != dtype:
+            if isinstance(t, torch.Tensor) and t.dtype != dtype and t.dtype != torch.int8:
                 state[key] = t.to(dtype)
 
     def _masters(self, group, params, states):
@@ -341,6 +410,9 @@ class FusedOptimizer(Optimizer):
         for group in sd["param_groups"]:
             if not group.get("master_weights", True):
                 del group["master_weights"]
+        if self._sr_seed is not None:
+            sd[_lowmem.SR_KEY] = {"seed": self._sr_seed,
+                                  "offsets": {str(d): int(t[1]) for d, t in self._sr_states.items()}}
         for hook in post_hooks.values():
             result = hook(self, sd)
             if result is not None:
@@ -357,6 +429,7 @@ class FusedOptimizer(Optimizer):
             result = hook(self, state_dict)
             if result is not None:
                 state_dict = result
+        sr = state_dict.pop(_lowmem.SR_KEY, None)
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
@@ -375,7 +448,7 @@ class FusedOptimizer(Optimizer):
             if p is None:
                 continue
             for k, v in entry.items():
-                if isinstance(v, torch.Tensor) and k != "step" and v.shape != p.shape:
+                if isinstance(v, torch.Tensor) and k != "step" and not k.endswith("_scale") and v.shape != p.shape:
                     raise ValueError("torchext.optim.%s.load_state_dict: state '%s' of param %s has shape %s, "
                                      "but the param has shape %s" % (self._name, k, idx, tuple(v.shape),
                                                                      tuple(p.shape)))
@@ -384,7 +457,8 @@ class FusedOptimizer(Optimizer):
                     raise ValueError("torchext.optim.%s.load_state_dict: state '%s' of param %s is on %s, but the "
                                      "param is on %s" % (self._name, k, idx, v.device_mesh, p.device_mesh))
             float32_state[idx] = {k: v for k, v in entry.items()
-                                  if k in ("master_param",) + self._buffer_keys and isinstance(v, torch.Tensor)}
+                                  if (k in ("master_param", "kahan_comp") + self._buffer_keys or k.endswith("_scale"))
+                                  and isinstance(v, torch.Tensor)}
         pre_hooks, post_hooks = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
         self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = OrderedDict(), OrderedDict()
         try:
@@ -398,7 +472,9 @@ class FusedOptimizer(Optimizer):
             p = id_map[idx]
             state = self.state[p]
             for k, v in saved.items():
-                if k == "master_param" or self._keeps_master(groups[p], p.dtype):
+                if _lowmem.active(groups[p]):  # stored as saved: codes, scales, bfloat16 state
+                    state[k] = v.to(device=p.device, copy=True)
+                elif k == "master_param" or self._keeps_master(groups[p], p.dtype):
                     state[k] = v.to(device=p.device, dtype=torch.float32, copy=True)
         for p in id_map.values():
             if p in self.state:
@@ -406,6 +482,11 @@ class FusedOptimizer(Optimizer):
                     self._match_split(p, self.state[p])
                 self._match_layout(p, self.state[p])
                 self._after_load(p, self.state[p])
+        if sr is not None:
+            self._sr_seed = int(sr["seed"])
+            self._sr_states = {}
+            for d, off in sr.get("offsets", {}).items():
+                self._sr_state(torch.device(d))[1] = int(off)
         for hook in post_hooks.values():
             hook(self)
 

@@ -2,6 +2,7 @@
 import torch
 
 from .. import _C, _distributed
+from .._ops.optim import ADAM_LOWMEM_STEP_ARGS, ADAM_STEP_ARGS, step_args
 from ._base import FusedOptimizer, validate_like_torch
 
 _ops = torch.ops.torchext
@@ -27,11 +28,13 @@ class Adam(FusedOptimizer):
     _eager_op = staticmethod(_C.adam_step_eager)
     _check_op = staticmethod(_C.check_adam_step_args)
     _buffer_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    _lowmem_ops = (_ops.adam_lowmem_step_, _C.adam_lowmem_step_eager, _C.check_adam_lowmem_step_args)
     _sparse_error = "Adam does not support sparse gradients, please consider SparseAdam instead"  # torch's words
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
-                 decoupled_weight_decay=False, master_weights=False):
+                 decoupled_weight_decay=False, master_weights=False, stochastic_rounding=False,
+                 kahan_summation=False, state_dtype=None, generator=None):
         # Whatever torch.optim.Adam refuses is refused here, with its exception and message.
         validate_like_torch(torch.optim.Adam, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                             maximize=maximize, capturable=capturable, differentiable=differentiable, fused=fused,
@@ -42,7 +45,8 @@ class Adam(FusedOptimizer):
                     "differentiable": differentiable, "fused": fused,
                     "decoupled_weight_decay": decoupled_weight_decay}
         super().__init__(params, defaults, differentiable=differentiable, fused=fused, foreach=foreach,
-                         master_weights=master_weights)
+                         master_weights=master_weights, stochastic_rounding=stochastic_rounding,
+                         kahan_summation=kahan_summation, state_dtype=state_dtype, generator=generator)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -85,13 +89,21 @@ class Adam(FusedOptimizer):
     def _step_call(self, group, params, grads, states, lr_tensor, grad_scale, found_inf):
         beta1, beta2 = group["betas"]
         amsgrad = bool(group["amsgrad"])
-        args = (params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                [s["max_exp_avg_sq"] for s in states] if amsgrad else [], [s["step"] for s in states],
-                self._masters(group, params, states), 0.0 if lr_tensor is not None else float(group["lr"]),
-                float(_to_scalar(beta1)), float(_to_scalar(beta2)), float(group["eps"]),
-                float(_to_scalar(group["weight_decay"])), amsgrad, bool(group["maximize"]),
-                bool(group["decoupled_weight_decay"]), lr_tensor, grad_scale, found_inf)
-        return args
+        return step_args(ADAM_STEP_ARGS, params=params, grads=grads, exp_avgs=[s["exp_avg"] for s in states],
+                         exp_avg_sqs=[s["exp_avg_sq"] for s in states],
+                         max_exp_avg_sqs=[s["max_exp_avg_sq"] for s in states] if amsgrad else [],
+                         state_steps=[s["step"] for s in states], master_params=self._masters(group, params, states),
+                         lr=0.0 if lr_tensor is not None else float(group["lr"]), beta1=float(_to_scalar(beta1)),
+                         beta2=float(_to_scalar(beta2)), eps=float(group["eps"]),
+                         weight_decay=float(_to_scalar(group["weight_decay"])), amsgrad=amsgrad,
+                         maximize=bool(group["maximize"]), decoupled_weight_decay=bool(group["decoupled_weight_decay"]),
+                         lr_tensor=lr_tensor, grad_scale=grad_scale, found_inf=found_inf)
+
+
+    def _lowmem_call(self, group, params, grads, states, lr_tensor, grad_scale, found_inf):
+        comps, sr = self._lowmem_extras(group, params, states)
+        base = self._step_call(group, params, grads, states, lr_tensor, grad_scale, found_inf)
+        return base + (self._scales(states, "exp_avg"), self._scales(states, "exp_avg_sq"), comps, sr)
 
 
 class AdamW(Adam):
@@ -101,10 +113,13 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
                  maximize=False, foreach=None, capturable=False, differentiable=False, fused=None,
-                 master_weights=False):
+                 master_weights=False, stochastic_rounding=False, kahan_summation=False, state_dtype=None,
+                 generator=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
                          capturable=capturable, differentiable=differentiable, fused=fused,
-                         decoupled_weight_decay=True, master_weights=master_weights)
+                         decoupled_weight_decay=True, master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation,
+                         state_dtype=state_dtype, generator=generator)
 
     def __setstate__(self, state):
         super().__setstate__(state)

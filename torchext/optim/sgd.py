@@ -3,6 +3,7 @@ import torch
 from torch.optim.sgd import sgd as _torch_sgd
 
 from .. import _C
+from .._ops.optim import SGD_LOWMEM_STEP_ARGS, SGD_STEP_ARGS, step_args
 from ._base import FusedOptimizer, validate_like_torch
 
 _ops = torch.ops.torchext
@@ -10,6 +11,12 @@ _ops = torch.ops.torchext
 
 class SGD(FusedOptimizer):
     """Drop-in for torch.optim.SGD (same arguments, defaults, equations and state_dict layout).
+
+    Low-memory keywords (the same on Adam and AdamW; torchext/optim/_lowmem.py): stochastic_rounding=True
+    rounds each update of a float16/bfloat16 param stochastically (seeded from `generator`, else torch's
+    default generator); kahan_summation=True keeps a compensation buffer (state 'kahan_comp') in the
+    param dtype; state_dtype=torch.float32, torch.bfloat16 or "int8" (blockwise 8-bit codes) sets the
+    momentum buffer's storage. torchext.optim.to_torch_state_dict turns such a state_dict into torch's.
 
     Extra keyword: master_weights=True keeps a float32 copy of every float16/bfloat16 param in
     state['master_param'], updates it and writes its rounding to the param; those params'
@@ -25,9 +32,11 @@ class SGD(FusedOptimizer):
     _eager_op = staticmethod(_C.sgd_step_eager)
     _check_op = staticmethod(_C.check_sgd_step_args)
     _buffer_keys = ("momentum_buffer",)
+    _lowmem_ops = (_ops.sgd_lowmem_step_, _C.sgd_lowmem_step_eager, _C.check_sgd_lowmem_step_args)
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
-                 maximize=False, foreach=None, differentiable=False, fused=None, master_weights=False):
+                 maximize=False, foreach=None, differentiable=False, fused=None, master_weights=False,
+                 stochastic_rounding=False, kahan_summation=False, state_dtype=None, generator=None):
         # Whatever torch.optim.SGD refuses is refused here, with its exception and message.
         validate_like_torch(torch.optim.SGD, lr, momentum, dampening, weight_decay, nesterov, maximize=maximize,
                             foreach=foreach, differentiable=differentiable, fused=fused)
@@ -35,7 +44,8 @@ class SGD(FusedOptimizer):
                     "nesterov": nesterov, "maximize": maximize, "foreach": foreach,
                     "differentiable": differentiable, "fused": fused}
         super().__init__(params, defaults, differentiable=differentiable, fused=fused, foreach=foreach,
-                         master_weights=master_weights)
+                         master_weights=master_weights, stochastic_rounding=stochastic_rounding,
+                         kahan_summation=kahan_summation, state_dtype=state_dtype, generator=generator)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -100,8 +110,16 @@ class SGD(FusedOptimizer):
         use_momentum = group["momentum"] != 0
         bufs = [s["momentum_buffer"] for s in states] if use_momentum else []
         counts = [s["momentum_count"] for s in states] if use_momentum else []
-        args = (params, grads, bufs, counts, self._masters(group, params, states),
-                0.0 if lr_tensor is not None else float(group["lr"]), float(group["momentum"]),
-                float(group["dampening"]), float(group["weight_decay"]), bool(group["nesterov"]),
-                bool(group["maximize"]), lr_tensor, grad_scale, found_inf)
-        return args
+        return step_args(SGD_STEP_ARGS, params=params, grads=grads, momentum_buffers=bufs, momentum_counts=counts,
+                         master_params=self._masters(group, params, states),
+                         lr=0.0 if lr_tensor is not None else float(group["lr"]),
+                         momentum=float(group["momentum"]), dampening=float(group["dampening"]),
+                         weight_decay=float(group["weight_decay"]), nesterov=bool(group["nesterov"]),
+                         maximize=bool(group["maximize"]), lr_tensor=lr_tensor, grad_scale=grad_scale,
+                         found_inf=found_inf)
+
+    def _lowmem_call(self, group, params, grads, states, lr_tensor, grad_scale, found_inf):
+        use_momentum = group["momentum"] != 0
+        comps, sr = self._lowmem_extras(group, params, states)
+        base = self._step_call(group, params, grads, states, lr_tensor, grad_scale, found_inf)
+        return base + (self._scales(states, "momentum_buffer") if use_momentum else [], comps, sr)
