@@ -87,7 +87,9 @@ def main():
     if with_cuda and not archs:
         archs = ";".join("%d.%d" % torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count()))
 
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp"))) + sorted(glob.glob(os.path.join("csrc", "autograd", "*.cpp")))
+    # Every .cpp under csrc/ (csrc/cpu, csrc/autograd, ...), so a new file cannot be left out; the
+    # CUDA sources when building them.
+    sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
     if with_cuda:
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     macros = [("TORCHEXT_TORCH_VERSION", '"%s"' % torch.__version__),
