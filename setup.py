@@ -96,7 +96,9 @@ def main():
 
     archs = os.environ["TORCH_CUDA_ARCH_LIST"] if with_cuda else ""
 
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp"))) + sorted(glob.glob(os.path.join("csrc", "autograd", "*.cpp")))
+    # Every .cpp under csrc/ (csrc/cpu, csrc/autograd, ...), so a new file cannot be left out; the
+    # CUDA sources when building them.
+    sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
     if with_cuda:
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     macros = [("TORCHEXT_TORCH_VERSION", '"%s"' % torch.__version__),

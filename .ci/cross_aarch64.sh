@@ -37,13 +37,14 @@ read -r -a py_flags <<<"$PY_INCLUDES"
 
 echo "== cross-compiling for aarch64 with $CXX against torch $TORCH_VERSION ($STD)"
 status=0
-for src in "$ROOT"/csrc/*.cpp "$ROOT"/csrc/autograd/*.cpp; do
+# Every .cpp under csrc/, as setup.py builds them.
+while IFS= read -r src; do
   obj="$OUT/obj/$(echo "${src#"$ROOT"/}" | tr / _).o"
   if ! "$CXX" "${flags[@]}" "${py_flags[@]}" -c "$src" -o "$obj" 2>"$obj.log"; then
     echo "FAILED: $src"; grep -m 20 "error" "$obj.log" || true; status=1
   fi
   grep -h "warning:" "$obj.log" || true
-done
+done < <(find "$ROOT/csrc" -name "*.cpp" | sort)
 [ "$status" = 0 ] || exit 1
 # torch's wheels keep some libraries (OpenBLAS, libgomp) in torch.libs beside torch/.
 "$CXX" -shared -fopenmp "$OUT"/obj/*.o -o "$OUT/_C.$PY_SUFFIX.so" -L"$TORCH_DIR/lib" \

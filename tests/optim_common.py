@@ -1,6 +1,8 @@
 """Helpers for the optimizer tests: twin parameter sets driven by identical gradients."""
 import torch
 
+import torchext
+
 # Shapes of one parameter list: odd sizes, a zero-element param in the middle, a vector-unfriendly
 # tail and one param that never gets a gradient (index NO_GRAD).
 SHAPES = [(7, 13), (0, 5), (1,), (33,), (4, 3, 5), (1031,)]
@@ -92,3 +94,20 @@ def spoil_grad(p, case):
         p.grad = torch.randn(p.shape, dtype=p.dtype, device=p.device).to_sparse()
     else:
         raise ValueError(case)
+
+
+# The optimizer configurations the state, aliasing, scheduler and special-value tests run, and a
+# torch / torchext pair of each over twin float64 params.
+STATE_CASES = [
+    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.2)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("Adam", dict(lr=1e-2, amsgrad=True, weight_decay=0.1)),
+    ("AdamW", dict(lr=1e-2)),
+]
+STATE_IDS = ["%s-%d" % (c[0], i) for i, c in enumerate(STATE_CASES)]
+
+
+def optimizer_pair(name, kw, device, dtype=torch.float64):
+    a = make_params(dtype, device)
+    b = clone_params(a)
+    return a, b, getattr(torch.optim, name)(a, foreach=False, **kw), getattr(torchext.optim, name)(b, **kw)

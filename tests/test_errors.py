@@ -1,13 +1,18 @@
 """Bad inputs to every op and module: the exception type torch raises for the same call, a message
-naming the argument, and nothing written. Optimizer-specific cases live in tests/test_optim_*.py
-(constructor errors, failed step / load_state_dict leave everything unchanged); this file holds
-the cross-op table and the edges (non-finite values, aliasing, empty and single-element inputs).
+naming the argument, and nothing written. This file holds the cross-op table (Linear and LinearReLU,
+ReLU, MSE loss), the Linear refusals beyond it (integers on CUDA, complex mixes, biases that do not
+broadcast, linear_batched's arguments), the optimizer ops' refusal of half buffers beside master
+weights, and the edges (mixed devices, non-finite values, in-place aliasing, empty and
+single-element inputs). Optimizer-level cases live in tests/test_optim_*.py (constructor errors in
+test_optim_adam.py / test_optim_sgd.py, a failed step or load_state_dict leaving everything
+unchanged in test_optim_state.py, params that share memory in test_optim_aliasing.py).
 """
 import pytest
 import torch
 
 import torchext
-from conftest import DEVICES, HAS_CUDA
+from conftest import CUDA_ONLY, DEVICES, HAS_CUDA
+from optim_common import make_params
 
 F = torchext.functional
 TF = torch.nn.functional
@@ -17,29 +22,44 @@ def _x(*shape, dtype=torch.float32):
     return torch.randn(shape, dtype=dtype)
 
 
-# (id, torchext call, torch call or None, expected type when torch does not raise, message regex)
-# When torch raises, torchext must raise the same type. Where torch computes something torchext
+# (id, torchext call, torch call or None, exception type, message regex). When torch raises,
+# torchext must raise the same type, and it must be the type given where one is; when torch does not
+# raise, torchext raises the type given. Where torch computes something torchext
 # has no kernel for (sparse Linear, quantized ReLU), torchext raises NotImplementedError,
 # which is what torch's own kernels raise for a dtype or layout they were not built for.
 CASES = [
     # Linear
     ("linear in_features mismatch", lambda: F.linear(_x(4, 6), _x(3, 5)), lambda: TF.linear(_x(4, 6), _x(3, 5)),
-     None, "input.*weight|in_features"),
+     RuntimeError, "'input'.*'weight'.*shapes cannot be multiplied"),
     ("linear bias wrong length", lambda: F.linear(_x(4, 5), _x(3, 5), _x(4)),
-     lambda: TF.linear(_x(4, 5), _x(3, 5), _x(4)), None, "bias"),
+     lambda: TF.linear(_x(4, 5), _x(3, 5), _x(4)), RuntimeError, "'bias'"),
+    ("linear_relu bias wrong length", lambda: F.linear_relu(_x(4, 5), _x(3, 5), _x(4)),
+     lambda: TF.linear(_x(4, 5), _x(3, 5), _x(4)), RuntimeError, "'bias'"),
     ("linear bias 2-D", lambda: F.linear(_x(4, 5), _x(3, 5), _x(3, 1)),
      lambda: TF.linear(_x(4, 5), _x(3, 5), _x(3, 1)), None, "bias"),
     ("linear weight 3-D", lambda: F.linear(_x(4, 5), _x(2, 3, 5)), lambda: TF.linear(_x(4, 5), _x(2, 3, 5)),
-     None, "weight"),
+     RuntimeError, "'weight'"),
+    ("linear_relu weight 3-D", lambda: F.linear_relu(_x(4, 5), _x(2, 3, 5)),
+     lambda: TF.linear(_x(4, 5), _x(2, 3, 5)), RuntimeError, "'weight'"),
     ("linear 1-D weight with bias, 2-D input", lambda: F.linear(_x(4, 5), _x(5), _x()),
      lambda: TF.linear(_x(4, 5), _x(5), _x()), None, "bias"),
-    ("linear 0-dim input", lambda: F.linear(_x(), _x(3, 5)), lambda: TF.linear(_x(), _x(3, 5)), None, "1D|input"),
+    ("linear 0-dim input", lambda: F.linear(_x(), _x(3, 5)), lambda: TF.linear(_x(), _x(3, 5)), RuntimeError,
+     "at least 1D"),
+    ("linear_relu 0-dim input", lambda: F.linear_relu(_x(), _x(3, 5)), lambda: TF.linear(_x(), _x(3, 5)),
+     RuntimeError, "at least 1D"),
     ("linear input/weight dtypes", lambda: F.linear(_x(4, 5), _x(3, 5, dtype=torch.float64)),
-     lambda: TF.linear(_x(4, 5), _x(3, 5, dtype=torch.float64)), None, "dtype"),
+     lambda: TF.linear(_x(4, 5), _x(3, 5, dtype=torch.float64)), RuntimeError, "same dtype"),
+    ("linear_relu input/weight dtypes", lambda: F.linear_relu(_x(4, 5), _x(3, 5, dtype=torch.float64)),
+     lambda: TF.linear(_x(4, 5), _x(3, 5, dtype=torch.float64)), RuntimeError, "same dtype"),
     ("linear bias dtype", lambda: F.linear(_x(4, 5), _x(3, 5), _x(3, dtype=torch.float64)),
-     lambda: TF.linear(_x(4, 5), _x(3, 5), _x(3, dtype=torch.float64)), None, "bias"),
+     lambda: TF.linear(_x(4, 5), _x(3, 5), _x(3, dtype=torch.float64)), RuntimeError, "'bias' to have the same dtype"),
+    ("linear_relu bias dtype", lambda: F.linear_relu(_x(4, 5), _x(3, 5), _x(3, dtype=torch.float64)),
+     lambda: TF.linear(_x(4, 5), _x(3, 5), _x(3, dtype=torch.float64)), RuntimeError,
+     "'bias' to have the same dtype"),
     ("linear integer input only", lambda: F.linear(_x(4, 5).long(), _x(3, 5)),
-     lambda: TF.linear(_x(4, 5).long(), _x(3, 5)), None, "dtype"),
+     lambda: TF.linear(_x(4, 5).long(), _x(3, 5)), RuntimeError, "same dtype"),
+    ("linear_relu integer input only", lambda: F.linear_relu(_x(4, 5).long(), _x(3, 5)),
+     lambda: TF.linear(_x(4, 5).long(), _x(3, 5)), RuntimeError, "same dtype"),
     ("linear bool", lambda: F.linear(_x(4, 5).bool(), _x(3, 5).bool()),
      lambda: TF.linear(_x(4, 5).bool(), _x(3, 5).bool()), None, "input|Bool"),
     # (complex input with complex weights works, as in torch: test_linear.py)
@@ -48,7 +68,7 @@ CASES = [
     ("linear sparse input", lambda: F.linear(_x(4, 5).to_sparse(), _x(3, 5)), None, NotImplementedError,
      "input|Sparse"),
     ("linear_relu in_features mismatch", lambda: F.linear_relu(_x(4, 6), _x(3, 5)),
-     lambda: TF.linear(_x(4, 6), _x(3, 5)), None, "input.*weight|in_features"),
+     lambda: TF.linear(_x(4, 6), _x(3, 5)), RuntimeError, "'input'.*'weight'.*shapes cannot be multiplied"),
     ("linear not a tensor", lambda: F.linear([1.0], _x(3, 1)), lambda: TF.linear([1.0], _x(3, 1)), None, "input"),
     ("Linear negative features", lambda: torchext.nn.Linear(-1, 3), lambda: torch.nn.Linear(-1, 3), None,
      "negative"),
@@ -95,6 +115,7 @@ def test_bad_input_raises_like_torch(name, ours, theirs, fallback, pattern):
     expected = _torch_error(theirs)
     if theirs is not None:
         assert expected is not None, "torch accepts %r now: revisit this case" % name
+        assert fallback is None or issubclass(expected, fallback), (name, expected)
     else:
         expected = fallback
     with pytest.raises(expected, match=pattern):
@@ -170,3 +191,80 @@ def test_single_element_and_empty_inputs(device):
     e = torch.randn(0, device=device)
     assert F.mse_loss(e, e, reduction="sum").item() == 0
     assert F.mse_loss(e, e, reduction="mean").isnan().item()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ops_refuse_half_buffers_beside_master_weights(device):
+    # The kernels read float32 buffers when master weights are passed; half ones are refused by name
+    # before anything is written.
+    ps = [p.detach() for p in make_params(torch.bfloat16, device, [(5, 3), (9,)])]
+    grads = [torch.randn_like(p) for p in ps]
+    masters = [p.float() for p in ps]
+    counters = [torch.zeros((), device=device) for _ in ps]
+    before = [p.clone() for p in ps]
+    half = lambda: [torch.zeros_like(p) for p in ps]  # noqa: E731
+    with pytest.raises(RuntimeError, match="exp_avgs"):
+        torch.ops.torchext.adam_step_(ps, grads, half(), half(), [], counters, masters, 1e-3, 0.9, 0.999, 1e-8,
+                                      0.0, False, False, False, None, None, None)
+    with pytest.raises(RuntimeError, match="momentum_buffers"):
+        torch.ops.torchext.sgd_step_(ps, grads, half(), counters, masters, 1e-2, 0.9, 0.0, 0.0, False, False,
+                                     None, None, None)
+    assert all(torch.equal(a, b) for a, b in zip(ps, before))
+    assert all(float(c) == 0 for c in counters)
+
+
+# Linear refusals beyond the table.
+def _raises_like_torch(ours, theirs, exc, match):
+    with pytest.raises(exc):
+        theirs()
+    with pytest.raises(exc, match=match):
+        ours()
+
+
+@pytest.mark.parametrize("fn", [F.linear, F.linear_relu], ids=["linear", "linear_relu"])
+@pytest.mark.parametrize("device", CUDA_ONLY)
+def test_integer_linear_on_cuda_is_not_implemented(fn, device):
+    # torch has no integer Linear on CUDA either ("addmm_cuda" not implemented): NotImplementedError.
+    x, w = torch.ones(3, 4, dtype=torch.int64, device=device), torch.ones(5, 4, dtype=torch.int64, device=device)
+    _raises_like_torch(lambda: fn(x, w), lambda: TF.linear(x, w), NotImplementedError, "input")
+
+
+def test_complex_refusals():
+    x, w = torch.randn(3, 4, dtype=torch.complex64), torch.randn(2, 4, dtype=torch.complex64)
+    with pytest.raises(NotImplementedError, match="complex"):
+        F.linear_relu(x, w)  # torch.relu refuses complex tensors too
+    with pytest.raises(RuntimeError, match="same dtype"):
+        F.linear(x, w.to(torch.complex128))
+    with pytest.raises(RuntimeError, match="same dtype"):
+        F.linear(x, w.real)
+
+
+def test_bias_that_does_not_broadcast_is_refused():
+    x, w = torch.randn(6, 5), torch.randn(3, 5)
+    for bias in (torch.randn(4), torch.randn(2, 6, 3), torch.randn(6, 2)):
+        with pytest.raises(RuntimeError):
+            TF.linear(x, w, bias)
+        with pytest.raises(RuntimeError, match="'bias'"):
+            F.linear(x, w, bias)
+    with pytest.raises(RuntimeError, match="'bias'"):
+        F.linear(torch.randn(5), torch.randn(5), torch.randn(1))  # 1-D weight: only a 0-dim bias
+    with pytest.raises(RuntimeError):
+        TF.linear(x, w, torch.randn(6, 3, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="same dtype"):  # not promoted by the addition
+        F.linear(x, w, torch.randn(6, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_batched_errors(device):
+    op = torch.ops.torchext
+    x, w, b = torch.randn(3, 5, 7, device=device), torch.randn(3, 4, 7, device=device), torch.randn(3, 4, device=device)
+    with pytest.raises(RuntimeError, match="entries"):
+        op.linear_batched(x, w[:2], b[:2], False)
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        op.linear_batched(x, w[..., :6], None, False)
+    with pytest.raises(RuntimeError, match="'bias' of shape"):
+        op.linear_batched(x, w, b[:, :3], False)
+    with pytest.raises(RuntimeError, match="3-D"):
+        op.linear_batched(x[0], w, None, False)
+    with pytest.raises(RuntimeError, match="same dtype"):
+        op.linear_batched(x, w.double(), None, False)

@@ -1,10 +1,12 @@
 """torch.library.opcheck on every torchext op: schema, fake kernel, dispatcher registration and
-AOT dispatch agree with the real kernels, for every dtype on every device."""
+AOT dispatch agree with the real kernels, for every dtype on every device; and the optimizer ops
+once more on a first step as the optimizers launch it."""
 import pytest
 import torch
 
 import torchext  # noqa: F401
 from conftest import ALL_DTYPES, DEVICES
+from optim_common import make_params
 
 OPS = sorted(name.split("::")[1] for name in torch._C._dispatch_get_all_op_names() if name.startswith("torchext::"))
 
@@ -77,8 +79,8 @@ def samples(op, dtype, device):
             ((r(4, 7, 5).transpose(1, 2), r(4, 3, 7), None, False), {}), ((r(0, 5, 7), r(0, 3, 7), None, True), {})]
     if op == "linear_bias_grad":
         return [((r(5, 3),), {}), ((r(0, 3),), {})]
-    if op == "linear_relu_grad":
-        return [((r(5, 3), torch.relu(r(5, 3))), {})]
+    if op == "linear_relu_grad":  # a result from ReLU, and any tensor of the shape
+        return [((r(5, 3), torch.relu(r(5, 3))), {}), ((r(5, 7), r(5, 7)), {})]
     if op in ("mse_loss", "mse_loss_forward"):
         return [((r(5, 7), r(5, 7), red), {}) for red in (0, 1, 2)]
     if op == "mse_loss_backward":
@@ -92,6 +94,9 @@ def samples(op, dtype, device):
 
 def test_every_op_has_samples():
     assert "relu" in OPS
+    # One namespace for every op: the Linear family registered there, beside the rest.
+    for name in ["linear", "linear_relu", "linear_bias_grad", "linear_relu_grad"]:
+        assert name in OPS and hasattr(torch.ops.torchext, name)
     for op in OPS:
         assert samples(op, torch.float32, "cpu"), op
 
@@ -102,3 +107,22 @@ def test_every_op_has_samples():
 def test_opcheck(op, dtype, device):
     for args, kwargs in samples(op, dtype, device):
         torch.library.opcheck(getattr(torch.ops.torchext, op).default, args, kwargs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", ["adam_step_", "sgd_step_"])
+def test_optim_ops_pass_opcheck_on_a_first_step(op, device):
+    # A first step (counters at 0) with an empty param mid-list, as the optimizers launch it: schema
+    # mutation annotations, fake kernels and dispatch agree, so torch.compile can trace a step.
+    ps = make_params(torch.float32, device, [(5, 3), (0,), (7,)])
+    ps = [p.detach() for p in ps]
+    grads = [torch.randn_like(p) for p in ps]
+    zeros = lambda: [torch.zeros_like(p) for p in ps]
+    counters = [torch.zeros((), device=device) for _ in ps]
+    if op == "adam_step_":
+        args = (ps, grads, zeros(), zeros(), zeros(), counters, [], 1e-3, 0.9, 0.999, 1e-8, 0.1, True, False, True,
+                None, None, torch.zeros((), device=device))
+    else:
+        args = (ps, grads, zeros(), counters, [], 1e-2, 0.9, 0.0, 0.0, True, False, None,
+                torch.ones((), device=device), None)
+    torch.library.opcheck(getattr(torch.ops.torchext, op).default, args)

@@ -122,7 +122,7 @@ def test_differentiable_is_refused():
 
 
 
-# (A sparse grad is not a failure for SGD, which takes them as torch's does; see test_optim_state.py.)
+# (A sparse grad is not a failure for SGD, which takes them as torch's does; see test_optim_special_values.py.)
 @pytest.mark.parametrize("case", ["shape", "dtype"])
 def test_failed_step_changes_nothing(case):
     # The bad grad sits in the second group, so the first group must not be stepped either.

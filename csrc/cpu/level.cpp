@@ -1,4 +1,4 @@
-// CPUID-based SIMD level for the CPU kernels (see cpu/dispatch.h).
+// CPUID-based SIMD level for the CPU kernels (see dispatch.h).
 #include "cpu/dispatch.h"
 
 #include <cstdlib>
