@@ -28,12 +28,12 @@ void linear_cpu_into(const at::Tensor& input, const at::Tensor& weight, const c1
   if (linear_without_gemm(input, bias, out, relu)) return;
   if (at::isIntegralType(input.scalar_type(), /*includeBool=*/false)) {
     AT_DISPATCH_INTEGRAL_TYPES(input.scalar_type(), "torchext::linear", [&] {
-      integer_linear<scalar_t>(input, weight, bias, out, relu);
+      cpu::integer_linear<scalar_t>(input, weight, bias, out, relu);
     });
     return;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "torchext::linear", [&] {
-    run_gemm(linear_problem<scalar_t>(input, weight, bias, out, relu));
+    cpu::run_gemm(linear_problem<scalar_t>(input, weight, bias, out, relu));
   });
 }
 
@@ -80,7 +80,7 @@ at::Tensor linear_batched_cpu(const at::Tensor& input, const at::Tensor& weight,
           p.b += e * sw;
           if (p.bias) p.bias += e * sb;
           p.c += e * so;
-          run_gemm(p);
+          cpu::run_gemm(p);
         }
       };
     });
