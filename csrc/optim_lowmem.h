@@ -120,7 +120,9 @@ TORCHEXT_HD Philox random_quad(uint64_t seed, uint64_t offset, uint32_t t, uint6
 }
 // The random word of element i (a loop over consecutive elements may keep random_quad's four).
 TORCHEXT_HD uint32_t random_word(uint64_t seed, uint64_t offset, uint32_t t, int64_t i) {
-  return random_quad(seed, offset, t, static_cast<uint64_t>(i) >> 2).v[i & 3];
+  const Philox q = random_quad(seed, offset, t, static_cast<uint64_t>(i) >> 2);
+  const int w = static_cast<int>(i & 3);  // selected without a dynamic index, which would put q in local memory
+  return w == 0 ? q.v[0] : w == 1 ? q.v[1] : w == 2 ? q.v[2] : q.v[3];
 }
 
 // ---------------------------------------------------------------- rounding to the param type

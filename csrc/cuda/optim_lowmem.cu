@@ -70,7 +70,9 @@ struct SgdRule {
 template <typename Rule, typename T, typename S>
 struct LowmemOp {
   using Coeffs = LowmemCoeffs<typename Rule::C>;
-  static constexpr int kBlocksPerSm = 2;
+  // One block of the engine per SM: the per-lane arrays of a 256-element block (up to three state
+  // buffers) need more registers than two blocks per SM leave, and would spill.
+  static constexpr int kBlocksPerSm = 1;
   LowmemArgs a;
   Rule rule;
 
@@ -110,7 +112,10 @@ struct LowmemOp {
         const int64_t i = start + j;
         const float pv = master ? master[i] : static_cast<float>(p[i]);
         float b[3] = {0.f, 0.f, 0.f};
-        for (int s = 0; s < K; ++s) b[s] = lowmem::load_state(buf[s], i, scale[s], blk, a.sqrt_coded[s]);
+#pragma unroll
+        for (int s = 0; s < 3; ++s) {  // unrolled over the most buffers, so the arrays stay in registers
+          if (s < K) b[s] = lowmem::load_state(buf[s], i, scale[s], blk, a.sqrt_coded[s]);
+        }
         const float delta = rule.delta(pv, static_cast<float>(g[i]), b, cf.c);
         const uint32_t r = stochastic ? lowmem::random_word(cf.seed, cf.offset, static_cast<uint32_t>(t.index), i) : 0u;
         const auto out = lowmem::apply_delta<T>(pv, delta, comp ? static_cast<float>(comp[i]) : 0.f, comp != nullptr,
@@ -118,9 +123,12 @@ struct LowmemOp {
         p[i] = out.param;
         if (master) master[i] = out.master;
         if (comp) comp[i] = static_cast<T>(out.comp);
-        for (int s = 0; s < K; ++s) nb[s][k] = b[s];
+#pragma unroll
+        for (int s = 0; s < 3; ++s) nb[s][k] = b[s];
       }
-      for (int s = 0; s < K; ++s) {
+#pragma unroll
+      for (int s = 0; s < 3; ++s) {
+        if (s >= K) break;
         if constexpr (kCodes) {
           float amax = 0.f;
 #pragma unroll
