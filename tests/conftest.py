@@ -1,4 +1,6 @@
 import os
+import platform
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +17,33 @@ CUDA_ONLY = DEVICES[1:]  # for tests of what differs on CUDA
 ALL_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+# ------------------------------------------------------------------------ the CUDA emulation
+# tests/cuda_emu runs csrc/cuda's kernels on the CPU; it needs Linux (ucontext fibers) and a C++
+# compiler. Tests take the `emu` fixture (its ops, torch.ops.torchext_emu, built once per session)
+# and are skipped where it cannot be built.
+EMULATION_UNAVAILABLE = (
+    "the CUDA emulation needs Linux (ucontext) and a C++ compiler"
+    if platform.system() != "Linux" or shutil.which(os.environ.get("CXX", "c++")) is None else None)
+
+
+@pytest.fixture(scope="session")
+def emu():
+    if EMULATION_UNAVAILABLE:
+        pytest.skip(EMULATION_UNAVAILABLE)
+    sys.path.insert(0, os.path.join(TESTS_DIR, "cuda_emu"))
+    import emu_build
+    return emu_build.load()
+
+
+@pytest.fixture(params=[False, True], ids=["forward", "reverse"])
+def thread_order(emu, request):
+    """Runs the test with a block's threads first to last, then last to first."""
+    previous = emu.emu_reverse_order()
+    emu.emu_set_reverse_order(request.param)
+    yield request.param
+    emu.emu_set_reverse_order(previous)
 
 
 def run_at_cpu_level(level, *argv):

@@ -18,37 +18,10 @@ as the GEMM kernels do, with operands built by the ISA's fragment formulas. PTX 
   bytes).
 """
 import math
-import os
-import platform
-import shutil
 import struct
-import sys
 
 import pytest
 import torch
-
-from conftest import TESTS_DIR
-
-sys.path.insert(0, os.path.join(TESTS_DIR, "cuda_emu"))
-import emu_build  # noqa: E402
-
-pytestmark = pytest.mark.skipif(
-    platform.system() != "Linux" or shutil.which(os.environ.get("CXX", "c++")) is None,
-    reason="the CUDA emulation needs Linux (ucontext) and a C++ compiler")
-
-
-@pytest.fixture(scope="module")
-def emu():
-    return emu_build.load()
-
-
-@pytest.fixture(params=[False, True], ids=["forward", "reverse"])
-def thread_order(emu, request):
-    """Runs the test with a block's threads first to last, then last to first."""
-    previous = emu.emu_reverse_order()
-    emu.emu_set_reverse_order(request.param)
-    yield request.param
-    emu.emu_set_reverse_order(previous)
 
 
 def u16(t):

@@ -25,36 +25,9 @@ every layout is applied here. PTX ISA sections (ISA 8.x/9.0 numbering):
   time the wait covers the group).
 - "setmaxnreg": checked at compile time only (R a multiple of 8 in 24..256).
 """
-import os
-import platform
-import shutil
-import sys
 
 import pytest
 import torch
-
-from conftest import TESTS_DIR
-
-sys.path.insert(0, os.path.join(TESTS_DIR, "cuda_emu"))
-import emu_build  # noqa: E402
-
-pytestmark = pytest.mark.skipif(
-    platform.system() != "Linux" or shutil.which(os.environ.get("CXX", "c++")) is None,
-    reason="the CUDA emulation needs Linux (ucontext) and a C++ compiler")
-
-
-@pytest.fixture(scope="module")
-def emu():
-    return emu_build.load()
-
-
-@pytest.fixture(params=[False, True], ids=["forward", "reverse"])
-def thread_order(emu, request):
-    """Runs the test with a block's threads first to last, then last to first."""
-    previous = emu.emu_reverse_order()
-    emu.emu_set_reverse_order(request.param)
-    yield request.param
-    emu.emu_set_reverse_order(previous)
 
 
 # ------------------------------------------------------------------------------------ TMA boxes

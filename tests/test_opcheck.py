@@ -62,6 +62,68 @@ def _adam_samples(dtype, device):
     return out
 
 
+
+LOWMEM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # the param dtypes the low-memory steps take
+
+
+def _lowmem_state(params, kind, device, signed=True):
+    """State buffers of one storage kind ("int8" codes with per-256 block scales, or a dtype) and
+    their scales (empty unless int8)."""
+    if kind == "int8":
+        low = -127 if signed else 0
+        codes = [torch.randint(low, 128, p.shape, dtype=torch.int8, device=device) for p in params]
+        scales = [torch.rand((p.numel() + 255) // 256, device=device) + 0.5 for p in params]
+        return codes, scales
+    return [torch.rand_like(p, dtype=kind) if not signed else torch.randn_like(p, dtype=kind) for p in params], []
+
+
+def _lowmem_cases(dtype):
+    """(state kind, kahan, stochastic rounding, master weights) for params of dtype."""
+    half = dtype != torch.float32
+    cases = [("int8", False, False, False), (torch.bfloat16, False, half, False), (torch.float32, half, half, False)]
+    if half:
+        cases.append(("int8", False, False, True))
+    return cases
+
+
+def _sr_state(device):
+    return torch.tensor([12345, 7], dtype=torch.int64, device=device)
+
+
+def _sgd_lowmem_samples(dtype, device):
+    out = []
+    for kind, kahan, sr, master in _lowmem_cases(dtype):
+        params, grads = _optim_lists(dtype, device)
+        params.append(_rand(600, dtype=dtype, device=device))  # three int8 blocks, the last one partial
+        grads.append(_rand(600, dtype=dtype, device=device))
+        bufs, scales = _lowmem_state(params, kind, device)
+        counts = [_scalar(2.0, device) for _ in params]
+        masters = [p.float() for p in params] if master else []
+        comps = [torch.zeros_like(p) for p in params] if kahan else []
+        out.append(((params, grads, bufs, counts, masters, 0.1, 0.9, 0.0, 1e-2, False, False,
+                     _scalar(0.05, device), _scalar(4.0, device), _scalar(0.0, device),
+                     scales, comps, _sr_state(device) if sr else None), {}))
+    return out
+
+
+def _adam_lowmem_samples(dtype, device):
+    out = []
+    for kind, kahan, sr, master in _lowmem_cases(dtype):
+        params, grads = _optim_lists(dtype, device)
+        params.append(_rand(600, dtype=dtype, device=device))
+        grads.append(_rand(600, dtype=dtype, device=device))
+        m, m_scales = _lowmem_state(params, kind, device)
+        v, v_scales = _lowmem_state(params, kind, device, signed=False)
+        amsgrad = kind != "int8"  # int8 state does not take amsgrad
+        vmax = [x.clone() for x in v] if amsgrad else []
+        steps = [_scalar(2.0, device) for _ in params]
+        masters = [p.float() for p in params] if master else []
+        comps = [torch.zeros_like(p) for p in params] if kahan else []
+        out.append(((params, grads, m, v, vmax, steps, masters, 1e-3, 0.9, 0.999, 1e-8, 1e-2, amsgrad, False, True,
+                     None, _scalar(8.0, device), _scalar(0.0, device), m_scales, v_scales, comps,
+                     _sr_state(device) if sr else None), {}))
+    return out
+
 def samples(op, dtype, device):
     """(args, kwargs) pairs for op, covering its optional arguments."""
     r = lambda *s: _rand(*s, dtype=dtype, device=device)  # noqa: E731
@@ -89,6 +151,10 @@ def samples(op, dtype, device):
         return _sgd_samples(dtype, device)
     if op == "adam_step_":
         return _adam_samples(dtype, device)
+    if op in ("sgd_lowmem_step_", "adam_lowmem_step_"):
+        if dtype not in LOWMEM_DTYPES:
+            return []  # the op refuses other param dtypes with a clear error
+        return (_sgd_lowmem_samples if op == "sgd_lowmem_step_" else _adam_lowmem_samples)(dtype, device)
     raise AssertionError("no opcheck samples for torchext::%s: add them here" % op)
 
 
@@ -105,7 +171,10 @@ def test_every_op_has_samples():
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("op", OPS)
 def test_opcheck(op, dtype, device):
-    for args, kwargs in samples(op, dtype, device):
+    cases = samples(op, dtype, device)
+    if not cases:
+        pytest.skip("torchext::%s takes no %s inputs" % (op, dtype))
+    for args, kwargs in cases:
         torch.library.opcheck(getattr(torch.ops.torchext, op).default, args, kwargs)
 
 

@@ -2,23 +2,12 @@
 emulation (tests/cuda_emu) as torch.ops.torchext_emu.*, against the CPU kernels: every mode must
 give the same bits (params, state, int8 codes and scales, compensation, generator offset), since
 both run csrc/optim_lowmem.h's element math with the same Philox keys."""
-import os
-import platform
-import shutil
-import sys
 
 import pytest
 import torch
 
 import torchext  # noqa: F401
-from conftest import TESTS_DIR
 
-sys.path.insert(0, os.path.join(TESTS_DIR, "cuda_emu"))
-import emu_build  # noqa: E402
-
-pytestmark = pytest.mark.skipif(
-    platform.system() != "Linux" or shutil.which(os.environ.get("CXX", "c++")) is None,
-    reason="the CUDA emulation needs Linux (ucontext) and a C++ compiler")
 
 # sizes: under one quantization block, a partial last block, two engine chunks (1 << 16 each)
 SIZES = [7, 4096 + 77, (1 << 16) + 300]
@@ -29,11 +18,6 @@ MODES = {
     "sr+kahan+int8": dict(sr=True, kahan=True, state=torch.int8),
     "sr+bf16": dict(sr=True, kahan=False, state=torch.bfloat16),
 }
-
-
-@pytest.fixture(scope="module")
-def emu():
-    return emu_build.load()
 
 
 def _blocks(n):
