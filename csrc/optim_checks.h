@@ -198,6 +198,45 @@ inline void check_lr_tensor(const char* op, const c10::optional<at::Tensor>& lr_
               " with ", lr_tensor->numel(), " elements");
 }
 
+// The checks of SGD's momentum state and master weights, shared by sgd_step_ and sgd_lowmem_step_
+// (their buffers' dtypes are checked by each).
+inline void check_sgd_state(const char* op, const at::TensorList& params, const at::TensorList& momentum_buffers,
+                            const at::TensorList& momentum_counts, const at::TensorList& master_params,
+                            bool use_momentum) {
+  TORCH_CHECK(momentum_buffers.empty() || momentum_buffers.size() == params.size(), "torchext.", op,
+              ": expected 'momentum_buffers' to be empty or hold one tensor per param");
+  TORCH_CHECK(!use_momentum || momentum_buffers.size() == params.size(), "torchext.", op,
+              ": momentum != 0 needs one momentum buffer per param");
+  check_counters(op, "momentum_counts", momentum_counts, params, params[0].device());
+  TORCH_CHECK(!use_momentum || momentum_counts.size() == params.size(), "torchext.", op,
+              ": momentum != 0 needs one momentum count per param");
+  TORCH_CHECK(master_params.empty() || params[0].scalar_type() == at::kHalf || params[0].scalar_type() == at::kBFloat16,
+              "torchext.", op, ": master_params are only supported for float16 and bfloat16 params");
+}
+
+// The same for Adam's moments, step counters and master weights (adam_step_, adam_lowmem_step_).
+inline void check_adam_state(const char* op, const at::TensorList& params, const at::TensorList& exp_avgs,
+                             const at::TensorList& exp_avg_sqs, const at::TensorList& max_exp_avg_sqs,
+                             const at::TensorList& state_steps, const at::TensorList& master_params, bool amsgrad) {
+  TORCH_CHECK(exp_avgs.size() == params.size() && exp_avg_sqs.size() == params.size(), "torchext.", op,
+              ": expected one exp_avg and one exp_avg_sq per param");
+  TORCH_CHECK(!amsgrad || max_exp_avg_sqs.size() == params.size(), "torchext.", op,
+              ": amsgrad needs one max_exp_avg_sq per param");
+  check_counters(op, "state_steps", state_steps, params, params[0].device());
+  TORCH_CHECK(state_steps.size() == params.size(), "torchext.", op, ": expected one state step per param");
+  TORCH_CHECK(master_params.empty() || params[0].scalar_type() == at::kHalf || params[0].scalar_type() == at::kBFloat16,
+              "torchext.", op, ": master_params are only supported for float16 and bfloat16 params");
+}
+
+// grad_scale, found_inf and lr_tensor, as every step takes them.
+inline void check_step_scalars(const char* op, const at::Device& device, const c10::optional<at::Tensor>& grad_scale,
+                               const c10::optional<at::Tensor>& found_inf,
+                               const c10::optional<at::Tensor>& lr_tensor) {
+  check_amp_scalar(op, "grad_scale", grad_scale, device);
+  check_amp_scalar(op, "found_inf", found_inf, device);
+  check_lr_tensor(op, lr_tensor);
+}
+
 inline void check_sgd_step(const at::TensorList& params, const at::TensorList& grads,
                            const at::TensorList& momentum_buffers, const at::TensorList& momentum_counts,
                            const at::TensorList& master_params, bool use_momentum,
@@ -208,17 +247,8 @@ inline void check_sgd_step(const at::TensorList& params, const at::TensorList& g
   const bool fp32_state = !master_params.empty();
   check_optimizer_lists(op, params, grads,
                         {{"momentum_buffers", &momentum_buffers, fp32_state}, {"master_params", &master_params, true}});
-  TORCH_CHECK(!use_momentum || momentum_buffers.size() == params.size(), "torchext.", op,
-              ": momentum != 0 needs one momentum buffer per param");
-  const at::Device device = params[0].device();
-  check_counters(op, "momentum_counts", momentum_counts, params, device);
-  TORCH_CHECK(!use_momentum || momentum_counts.size() == params.size(), "torchext.", op,
-              ": momentum != 0 needs one momentum count per param");
-  TORCH_CHECK(master_params.empty() || params[0].scalar_type() == at::kHalf || params[0].scalar_type() == at::kBFloat16,
-              "torchext.", op, ": master_params are only supported for float16 and bfloat16 params");
-  check_amp_scalar(op, "grad_scale", grad_scale, device);
-  check_amp_scalar(op, "found_inf", found_inf, device);
-  check_lr_tensor(op, lr_tensor);
+  check_sgd_state(op, params, momentum_buffers, momentum_counts, master_params, use_momentum);
+  check_step_scalars(op, params[0].device(), grad_scale, found_inf, lr_tensor);
 }
 
 inline void check_adam_step(const at::TensorList& params, const at::TensorList& grads, const at::TensorList& exp_avgs,
@@ -236,18 +266,8 @@ inline void check_adam_step(const at::TensorList& params, const at::TensorList& 
                          {"exp_avg_sqs", &exp_avg_sqs, fp32_state},
                          {"max_exp_avg_sqs", &max_exp_avg_sqs, fp32_state},
                          {"master_params", &master_params, true}});
-  TORCH_CHECK(exp_avgs.size() == params.size() && exp_avg_sqs.size() == params.size(), "torchext.", op,
-              ": expected one exp_avg and one exp_avg_sq per param");
-  TORCH_CHECK(!amsgrad || max_exp_avg_sqs.size() == params.size(), "torchext.", op,
-              ": amsgrad needs one max_exp_avg_sq per param");
-  const at::Device device = params[0].device();
-  check_counters(op, "state_steps", state_steps, params, device);
-  TORCH_CHECK(state_steps.size() == params.size(), "torchext.", op, ": expected one state step per param");
-  TORCH_CHECK(master_params.empty() || params[0].scalar_type() == at::kHalf || params[0].scalar_type() == at::kBFloat16,
-              "torchext.", op, ": master_params are only supported for float16 and bfloat16 params");
-  check_amp_scalar(op, "grad_scale", grad_scale, device);
-  check_amp_scalar(op, "found_inf", found_inf, device);
-  check_lr_tensor(op, lr_tensor);
+  check_adam_state(op, params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, master_params, amsgrad);
+  check_step_scalars(op, params[0].device(), grad_scale, found_inf, lr_tensor);
 }
 
 }  // namespace torchext

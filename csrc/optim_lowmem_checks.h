@@ -95,21 +95,10 @@ inline void check_sgd_lowmem_step(const at::TensorList& params, const at::Tensor
                                   const c10::optional<at::Tensor>& lr_tensor) {
   const char* op = "sgd_lowmem_step_";
   check_optimizer_lists(op, params, grads, {{"master_params", &master_params, true}});
-  TORCH_CHECK(momentum_buffers.empty() || momentum_buffers.size() == params.size(), "torchext.", op,
-              ": expected 'momentum_buffers' to be empty or hold one tensor per param");
-  TORCH_CHECK(!use_momentum || momentum_buffers.size() == params.size(), "torchext.", op,
-              ": momentum != 0 needs one momentum buffer per param");
-  const at::Device device = params[0].device();
-  check_counters(op, "momentum_counts", momentum_counts, params, device);
-  TORCH_CHECK(!use_momentum || momentum_counts.size() == params.size(), "torchext.", op,
-              ": momentum != 0 needs one momentum count per param");
-  TORCH_CHECK(master_params.empty() || params[0].scalar_type() == at::kHalf || params[0].scalar_type() == at::kBFloat16,
-              "torchext.", op, ": master_params are only supported for float16 and bfloat16 params");
+  check_sgd_state(op, params, momentum_buffers, momentum_counts, master_params, use_momentum);
   check_lowmem_state(op, params, {{"momentum_buffers", use_momentum ? &momentum_buffers : &kNoTensors, false}},
                      {{"momentum_buffer_scales", &momentum_buffer_scales, true}}, kahan_comps, master_params, sr_state);
-  check_amp_scalar(op, "grad_scale", grad_scale, device);
-  check_amp_scalar(op, "found_inf", found_inf, device);
-  check_lr_tensor(op, lr_tensor);
+  check_step_scalars(op, params[0].device(), grad_scale, found_inf, lr_tensor);
 }
 
 inline void check_adam_lowmem_step(const at::TensorList& params, const at::TensorList& grads,
@@ -123,15 +112,8 @@ inline void check_adam_lowmem_step(const at::TensorList& params, const at::Tenso
                                    const c10::optional<at::Tensor>& lr_tensor) {
   const char* op = "adam_lowmem_step_";
   check_optimizer_lists(op, params, grads, {{"master_params", &master_params, true}});
-  TORCH_CHECK(exp_avgs.size() == params.size() && exp_avg_sqs.size() == params.size(), "torchext.", op,
-              ": expected one exp_avg and one exp_avg_sq per param");
-  TORCH_CHECK(amsgrad ? max_exp_avg_sqs.size() == params.size() : max_exp_avg_sqs.empty(), "torchext.", op,
-              ": amsgrad needs one max_exp_avg_sq per param (and none without it)");
-  const at::Device device = params[0].device();
-  check_counters(op, "state_steps", state_steps, params, device);
-  TORCH_CHECK(state_steps.size() == params.size(), "torchext.", op, ": expected one state step per param");
-  TORCH_CHECK(master_params.empty() || params[0].scalar_type() == at::kHalf || params[0].scalar_type() == at::kBFloat16,
-              "torchext.", op, ": master_params are only supported for float16 and bfloat16 params");
+  check_adam_state(op, params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, master_params, amsgrad);
+  TORCH_CHECK(amsgrad || max_exp_avg_sqs.empty(), "torchext.", op, ": max_exp_avg_sqs must be empty without amsgrad");
   TORCH_CHECK(!amsgrad || exp_avgs[0].scalar_type() != at::kChar, "torchext.", op,
               ": amsgrad is not supported with int8 state");
   check_lowmem_state(op, params,
@@ -139,9 +121,7 @@ inline void check_adam_lowmem_step(const at::TensorList& params, const at::Tenso
                       {"max_exp_avg_sqs", &max_exp_avg_sqs, false}},
                      {{"exp_avg_scales", &exp_avg_scales, true}, {"exp_avg_sq_scales", &exp_avg_sq_scales, true}},
                      kahan_comps, master_params, sr_state);
-  check_amp_scalar(op, "grad_scale", grad_scale, device);
-  check_amp_scalar(op, "found_inf", found_inf, device);
-  check_lr_tensor(op, lr_tensor);
+  check_step_scalars(op, params[0].device(), grad_scale, found_inf, lr_tensor);
 }
 
 // f(T(), S()) for param type T (float, Half, BFloat16) and state storage S (float, BFloat16, T, int8).

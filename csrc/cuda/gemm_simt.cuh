@@ -17,6 +17,7 @@
 
 #include "cuda/gemm.h"
 #include "cuda/hooks.cuh"
+#include "cuda/vectorized.cuh"
 
 namespace torchext {
 namespace cuda {
@@ -30,9 +31,7 @@ template <typename T, Major AM, Major BMJ>
 struct Kernel {
   static constexpr int kV = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte vector
   static constexpr int kLd = kTile + kV;                        // padded row of a k-major slice
-  struct alignas(16) Vec {
-    T v[kV];
-  };
+  using Vec = Vec16<T>;                                          // one 16-byte access
 
   // One operand's part of a slice: the vectors this thread loads, set up once per CTA (source
   // pointer, advanced a slice per fetch; the bound that stays fixed; the K position that moves).
