@@ -44,6 +44,9 @@ CONFIGS = {
     "adam-lr-tensor-capturable": (Adam, dict(lr=torch.tensor(0.01), capturable=True), torch.float32, False),
     "adamw-bf16-master": (AdamW, dict(lr=0.01, master_weights=True), torch.bfloat16, False),
     "sgd-momentum-bf16-master": (SGD, dict(lr=0.1, momentum=0.9, master_weights=True), torch.bfloat16, False),
+    # The low-memory modes that are elementwise over a shard (the others are refused, below).
+    "adamw-bf16-kahan": (AdamW, dict(lr=0.01, kahan_summation=True), torch.bfloat16, False),
+    "sgd-momentum-bf16-state": (SGD, dict(lr=0.1, momentum=0.9, state_dtype=torch.bfloat16), torch.float32, False),
 }
 STEPS = 3
 NO_GRAD = 7  # the index of the param that never gets a grad
@@ -95,12 +98,17 @@ def _whole(t):
 
 def _count_launches(opt):
     calls = []
-    run = opt._eager_op
+    run, lowmem = opt._eager_op, opt._lowmem_ops
 
     def counted(*args):
         calls.append(len(args[0]))
         return run(*args)
+
+    def counted_lowmem(*args):
+        calls.append(len(args[0]))
+        return lowmem[1](*args)
     opt._eager_op = counted
+    opt._lowmem_ops = (lowmem[0], counted_lowmem, lowmem[2])
     return calls
 
 
@@ -175,8 +183,10 @@ def test_dtensor_params_step_like_whole_tensors_and_torch(gloo_ranks, name):
             else:
                 assert is_dtensor == (mesh is not None), (i, key)
                 assert got_placements == placements, (i, key)
-                assert got_dtype == (torch.float32 if master else dtype), (i, key)
+                want = dtype if key == "kahan_comp" else torch.float32 if master else kwargs.get("state_dtype", dtype)
+                assert got_dtype == want, (i, key)
         expected = {"master_param"} if master else set()
+        expected |= {"kahan_comp"} if kwargs.get("kahan_summation") else set()
         expected |= {"step", "exp_avg", "exp_avg_sq"} if cls is not SGD else set()
         expected |= {"max_exp_avg_sq"} if kwargs.get("amsgrad") else set()
         expected |= {"momentum_buffer", "momentum_count"} if kwargs.get("momentum") else set()
@@ -444,3 +454,37 @@ def test_state_on_another_mesh_is_refused_by_load_state_dict(gloo_ranks):
     for message, loaded in gloo_ranks.run(_state_on_other_mesh_on_rank):
         assert message is not None and "state 'exp_avg' of param 0 is on" in message
         assert loaded == 0
+
+
+def _refused_lowmem_on_rank(rank, world_size):
+    out = []
+    for kwargs in (dict(stochastic_rounding=True), dict(state_dtype="int8")):
+        # At construction ...
+        try:
+            AdamW(_params(0, torch.bfloat16), lr=0.01, **kwargs)
+            out.append(None)
+        except ValueError as e:
+            out.append(str(e))
+        # ... and at a step, for params that became DTensors after it: nothing written.
+        whole = _params(0, torch.bfloat16, split=False)
+        opt = AdamW([torch.nn.Parameter(w.detach().clone()) for w in whole], lr=0.01, **kwargs)
+        split = _params(0, torch.bfloat16)
+        opt.param_groups[0]["params"] = split
+        _set_grads(split, 1)
+        before = [_whole(p) for p in split]
+        try:
+            opt.step()
+            out.append(None)
+        except ValueError as e:
+            out.append(str(e))
+        out.append(all(torch.equal(a, _whole(b)) for a, b in zip(before, split)) and not opt.state)
+    return out
+
+
+def test_low_memory_modes_that_need_whole_tensors_refuse_dtensor_params(gloo_ranks):
+    for out in gloo_ranks.run(_refused_lowmem_on_rank):
+        for i, what in enumerate(("stochastic_rounding=True", 'state_dtype="int8"')):
+            at_init, at_step, unchanged = out[3 * i:3 * i + 3]
+            for message in (at_init, at_step):
+                assert message is not None and what in message and "DTensor params" in message, message
+            assert unchanged

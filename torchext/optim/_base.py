@@ -175,6 +175,8 @@ class FusedOptimizer(Optimizer):
                     states = self._prepare_state(group, dtype, ps, fresh)
                     if dtensor is not None and not (_PLAIN.issuperset(map(type, ps))
                                                     and _PLAIN.issuperset(map(type, grads))):
+                        if _lowmem.active(group):  # params made DTensors after construction
+                            _lowmem.check_dtensors(self._name, group, ps)
                         ps, grads, states = self._local_shards(gi, group, ps, grads, states)
                     if dtype in _COMPLEX:
                         ps, grads, states = self._as_real(ps, grads, states)

@@ -12,6 +12,8 @@ State layout, per param, beside torch's keys:
     the number of launches made (the generator's offset)."""
 import torch
 
+from .. import _distributed
+
 _HALF = (torch.float16, torch.bfloat16)
 QUANT_BLOCK = 256
 MIN_QUANT_NUMEL = 4096
@@ -61,6 +63,23 @@ def check_group(name, group):
                          "the fp32 master already keeps the low bits" % name)
     if group.get("state_dtype") == "int8" and group.get("amsgrad"):
         raise ValueError("torchext.optim.%s: state_dtype=\"int8\" does not support amsgrad=True" % name)
+    check_dtensors(name, group, group["params"])
+
+
+def check_dtensors(name, group, params):
+    """ValueError for DTensor params under the modes that are not elementwise over a shard: int8
+    state (its per-block scales are no DTensor of the param's layout, so checkpoints could not
+    reshard them) and stochastic rounding (its random stream is keyed on the element index, which
+    a shard does not know globally). Kahan summation and bfloat16 state are elementwise and take
+    DTensor params."""
+    dtensor = _distributed.DTensor
+    if dtensor is None or not (group.get("stochastic_rounding") or group.get("state_dtype") == "int8"):
+        return
+    for p in params:
+        if isinstance(p, dtensor):
+            what = "stochastic_rounding=True" if group.get("stochastic_rounding") else "state_dtype=\"int8\""
+            raise ValueError("torchext.optim.%s: %s does not support DTensor params (FSDP2, tensor parallel) yet; "
+                             "kahan_summation=True and state_dtype=torch.bfloat16 do" % (name, what))
 
 
 def buffer_dtype(group, p, default):
