@@ -11,6 +11,8 @@ Environment:
                            becomes "9.0a": sm_90a code runs on every compute capability 9.0 GPU
                            and is the only target with the Hopper GEMM (wgmma, setmaxnreg)
   MAX_JOBS                 parallel compile jobs (ninja)
+  TORCHEXT_NO_EXTENSION=1  build nothing: the package only, for an editable install beside an
+                           extension already built in place (`build_ext --inplace`, as .ci/env.sh does)
 """
 import glob
 import os
@@ -83,6 +85,9 @@ def nvidia_pip_includes(cuda_home):
 
 
 def main():
+    if os.environ.get("TORCHEXT_NO_EXTENSION", "0") not in ("", "0"):
+        setup(**package_metadata())
+        return
     import torch
 
     cpu_only = os.environ.get("TORCHEXT_CPU_ONLY", "0") not in ("", "0")
@@ -137,13 +142,16 @@ def main():
         f.write("CUDA_ARCHS = %r\n" % archs)
         f.write("PORTABLE = %r\n" % portable)
 
-    setup(
+    setup(ext_modules=[ext], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+          **package_metadata())
+
+
+def package_metadata():
+    return dict(
         name="torchext",
         version=VERSION,
         description="Hand-written C++/CUDA kernels for Linear, ReLU, MSE loss and fused optimizers",
         packages=find_packages(include=["torchext", "torchext.*"]),
-        ext_modules=[ext],
-        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
         python_requires=">=3.9",
         install_requires=["torch"],
         zip_safe=False,

@@ -42,23 +42,57 @@ else
   valid_env || { echo "environment $VENV failed validation after install" >&2; exit 1; }
 fi
 
-# Without build isolation: an isolated build would fetch another torch and compile against its ABI.
-echo "== building torchext (MAX_JOBS=$MAX_JOBS${TORCHEXT_CPU_ONLY:+, TORCHEXT_CPU_ONLY=$TORCHEXT_CPU_ONLY})"
+# The build: `setup.py build_ext --inplace` into a persistent build directory per configuration, so
+# that ninja recompiles only what changed (nothing, on a second run; torch's build puts ccache or
+# sccache in front of the compilers when one is on PATH), then, once, an editable install of the
+# Python package that builds nothing (TORCHEXT_NO_EXTENSION=1) and points the environment at this
+# checkout. Without build isolation: an isolated build would fetch another torch and compile
+# against its ABI. One progress line per compiled object, with the build's elapsed time.
+CONFIG="$([ "${TORCHEXT_CPU_ONLY:-0}" != 0 ] && echo cpu || echo full)$([ "${TORCHEXT_PORTABLE:-0}" != 0 ] && echo -portable || true)"
+BUILD_TEMP="$ROOT/build/temp-$CONFIG"
+echo "== building torchext into $BUILD_TEMP (MAX_JOBS=$MAX_JOBS${TORCHEXT_CPU_ONLY:+, TORCHEXT_CPU_ONLY=$TORCHEXT_CPU_ONLY})"
 LOG="$(mktemp)"
 t0=$(date +%s)
-if ! (cd "$ROOT" && "$VENV/bin/python" -m pip install -v --no-build-isolation --no-deps -e . >"$LOG" 2>&1); then
+progress() {  # "[3/27 41s] csrc/cuda/relu.cu" from ninja's status lines
+  while IFS= read -r line; do
+    case "$line" in
+      "["*/*"s] "*)
+        src=$(printf '%s\n' "$line" | grep -oE "[^ ]+\.(cpp|cu) -o " | head -n 1 | sed 's/ -o $//' || true)
+        if [ -n "$src" ]; then echo "   ${line%%] *}] ${src#"$ROOT"/}"; fi ;;
+    esac
+  done
+  return 0
+}
+# --force relinks even when no object changed (a .so left by the other configuration would look
+# newer than this one's objects); ninja still compiles only what changed.
+if ! (cd "$ROOT" && NINJA_STATUS="[%f/%t %es] " "$VENV/bin/python" setup.py build_ext --inplace --force \
+        --build-temp "$BUILD_TEMP" 2>&1 | tee "$LOG" | progress); then
   tail -n 60 "$LOG" >&2
   echo "build failed (full log: $LOG)" >&2
   exit 1
 fi
 t1=$(date +%s)
 { grep -oE "torchext: building.*" "$LOG" || true; } | head -n 1
-# One line per CUDA object, showing the targets it was compiled for.
+# The targets each CUDA object was compiled for (from the compile commands this build ran).
 { grep -E "nvcc .* -c [^ ]+\.cu " "$LOG" || true; } | while read -r line; do
   src=$(echo "$line" | grep -oE "[^ /]+/[^ /]+\.cu " | head -n 1 || true)
-  archs=$(echo "$line" | grep -oE "code=(sm|compute)_[0-9]+" | sed 's/code=//' | sort -u | tr '\n' ' ' || true)
+  archs=$(echo "$line" | grep -oE "code=(sm|compute)_[0-9]+a?" | sed 's/code=//' | sort -u | tr '\n' ' ' || true)
   echo "   nvcc compiled ${src% } for: $archs"
 done
 echo "== build took $((t1 - t0)) s"
 rm -f "$LOG"
+installed() {  # torchext imports from this checkout, outside it
+  (cd / && "$VENV/bin/python" -c 'import os, sys, torchext; sys.exit(os.path.dirname(torchext.__file__) != sys.argv[1])' \
+    "$ROOT/torchext") >/dev/null 2>&1
+}
+if ! installed; then
+  LOG="$(mktemp)"
+  if ! (cd "$ROOT" && TORCHEXT_NO_EXTENSION=1 "$VENV/bin/python" -m pip install -v --no-build-isolation --no-deps -e . \
+          >"$LOG" 2>&1) || ! installed; then
+    tail -n 60 "$LOG" >&2
+    echo "editable install failed (full log: $LOG)" >&2
+    exit 1
+  fi
+  rm -f "$LOG"
+fi
 "$VENV/bin/python" -m torchext.info
