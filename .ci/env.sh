@@ -63,15 +63,20 @@ progress() {  # "[3/27 41s] csrc/cuda/relu.cu" from ninja's status lines
   done
   return 0
 }
-# --force relinks even when no object changed (a .so left by the other configuration would look
-# newer than this one's objects); ninja still compiles only what changed.
-if ! (cd "$ROOT" && NINJA_STATUS="[%f/%t %es] " "$VENV/bin/python" setup.py build_ext --inplace --force \
+# After a build of the other configuration, --force relinks even if no object changed (that
+# configuration's .so would look newer than this one's objects); ninja still compiles only what
+# changed. Otherwise a build with nothing changed writes nothing.
+STAMP="$ROOT/build/last-config"
+FORCE=()
+[ "$(cat "$STAMP" 2>/dev/null || true)" = "$CONFIG" ] || FORCE=(--force)
+if ! (cd "$ROOT" && NINJA_STATUS="[%f/%t %es] " "$VENV/bin/python" setup.py build_ext --inplace ${FORCE[@]+"${FORCE[@]}"} \
         --build-temp "$BUILD_TEMP" 2>&1 | tee "$LOG" | progress); then
   tail -n 60 "$LOG" >&2
   echo "build failed (full log: $LOG)" >&2
   exit 1
 fi
 t1=$(date +%s)
+echo "$CONFIG" >"$STAMP"
 { grep -oE "torchext: building.*" "$LOG" || true; } | head -n 1
 # The targets each CUDA object was compiled for (from the compile commands this build ran).
 { grep -E "nvcc .* -c [^ ]+\.cu " "$LOG" || true; } | while read -r line; do

@@ -18,9 +18,10 @@ export TORCHEXT_EMU_REVERSE=1
 export ASAN_OPTIONS="detect_leaks=0:detect_stack_use_after_return=0:${ASAN_OPTIONS:-}"
 # libstdc++ goes in with it, so that ASan's exception interceptor finds the real __cxa_throw.
 CXX_LIB="$("${CXX:-c++}" -print-file-name=libstdc++.so)"
-# The emulated test files (the kernels, and the PTX models in test_emulated_ptx*.py), unless the
-# arguments name test files or node ids of their own.
-FILES=(tests/test_emulated_kernels.py tests/test_emulated_ptx.py tests/test_emulated_ptx_sm90.py)
+# The emulated test files (the kernels, the PTX models in test_emulated_ptx*.py, and the
+# test_*_emulated.py files of one family's kernels), unless the arguments name test files or node
+# ids of their own.
+FILES=(tests/test_emulated_*.py tests/test_*_emulated.py)
 for arg in "$@"; do
   case "$arg" in *.py | *.py::*) FILES=(); break ;; esac
 done
