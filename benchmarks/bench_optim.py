@@ -7,6 +7,12 @@ read of every destination line, so copy bandwidth would understate the ceiling).
 param and step: Adam 28 (reads p, g, m, v; writes p, m, v), SGD with momentum 20 (reads p, g, buf;
 writes p, buf); half the bytes for float16 / bfloat16.
 
+The low-memory modes of torchext's AdamW (stochastic rounding, Kahan summation, int8 state; see
+bench_lowmem.py for their convergence and bytes) are timed against torch's fused AdamW on the
+same params, on the first size of each device; their bytes per param and step: bf16 with SR 14
+(p, g, m, v read; p, m, v written), with Kahan 18 (and the compensation), bf16 with int8 state 10,
+fp32 with int8 state 16 (per-block scales add under 1%).
+
     python benchmarks/bench_optim.py [--device cpu|cuda|all] [--quick] [--json PATH]
 """
 import gc
@@ -22,6 +28,11 @@ BYTES_PER_PARAM = {"Adam": 28, "SGD": 20}  # float32; scaled by element size / 4
 HALF_DTYPES = {"cpu": [torch.bfloat16, torch.float16], "cuda": [torch.bfloat16]}
 KWARGS = {"Adam": dict(lr=1e-3), "SGD": dict(lr=1e-3, momentum=0.9)}
 TORCH_MODES = [("for-loop", dict(foreach=False)), ("foreach", dict(foreach=True)), ("fused", dict(fused=True))]
+# (mode, param dtype, AdamW options, bytes per param and step)
+LOWMEM_MODES = [("stochastic rounding", torch.bfloat16, dict(stochastic_rounding=True), 14),
+                ("Kahan summation", torch.bfloat16, dict(kahan_summation=True), 18),
+                ("SR + int8 state", torch.bfloat16, dict(stochastic_rounding=True, state_dtype="int8"), 10),
+                ("int8 state", torch.float32, dict(state_dtype="int8"), 16)]
 
 
 def gpt2_small_shapes():
@@ -35,7 +46,8 @@ def gpt2_small_shapes():
 
 def cases(device, quick):
     if device == "cpu":
-        yield "10 x 1M", [(1 << 20,)] * (2 if quick else 10)
+        count = 2 if quick else 10
+        yield "%d x 1M" % count, [(1 << 20,)] * count
         if not quick:  # per-tensor overhead (Python and launch) against memory traffic
             yield "2000 x 4K", [(4096,)] * 2000
         return
@@ -75,7 +87,7 @@ def main():
             bw, ceiling = inplace_bandwidth_gbps(device), "in-place BW"
         else:
             bw, ceiling = copy_bandwidth_gbps(device), "copy BW"
-        for label, shapes in cases(device, args.quick):
+        for first, (label, shapes) in enumerate(cases(device, args.quick)):
             numel = sum(torch.Size(s).numel() for s in shapes)
             runs = [(torch.float32, TORCH_MODES)]
             if not args.quick:
@@ -92,6 +104,13 @@ def main():
                         gbps = BYTES_PER_PARAM[name] * scale * numel / (ours.median_ms * 1e-3) / 1e9
                         rows.append(row(name, device, dtype, label, "vs torch " + mode, ref, ours,
                                         pct_ceiling=100 * gbps / bw, ceiling=ceiling))
+            if first == 0:
+                for mode, dtype, kw, nbytes in LOWMEM_MODES:
+                    ours = time_step(torchext.optim.AdamW, dict(lr=1e-3, **kw), shapes, device, dtype)
+                    ref = time_step(torch.optim.AdamW, dict(lr=1e-3, fused=True), shapes, device, dtype)
+                    gbps = nbytes * numel / (ours.median_ms * 1e-3) / 1e9
+                    rows.append(row("AdamW " + mode, device, dtype, label, "vs torch fused", ref, ours,
+                                    pct_ceiling=100 * gbps / bw, ceiling=ceiling))
     report(rows, "torchext.optim step vs torch.optim (ms per step)", args.json)
 
 
