@@ -3,8 +3,15 @@
 // codes, in one pass per 256-element block: read p, g, each state buffer (1 byte per element for
 // int8 codes, plus one fp32 scale per block), update, write them back, requantizing the block from
 // its new values. The math is csrc/optim_lowmem.h's, shared with the CUDA twin, so both write the
-// same bits. These loops are scalar (compiled at the base ISA level, which has no FMA to contract
-// into): these modes trade speed for memory.
+// same bits. The element loop is compiled for each SIMD level (csrc/cpu/dispatch.h) and vectorised
+// by the compiler, with FMA contraction off for this whole file: vector IEEE add, mul, div and sqrt
+// round as the scalar ones (and the GPU's _rn intrinsics) do, so every level writes the same bits.
+// The Philox words of a block are formed first, in a loop of their own.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("fp-contract=off")
+#elif defined(__clang__)
+#pragma clang fp contract(off)
+#endif
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -13,6 +20,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu/dispatch.h"
 #include "cpu/optim.h"
 #include "optim_args.h"
 #include "optim_checks.h"
@@ -36,54 +44,133 @@ struct Slot {
   int64_t numel;
 };
 
-// Rule: float delta(int64_t t, float p, float g, float* b) updating the buffers b[0..K).
-template <typename T, typename S, typename Rule>
-void lowmem_blocks(const Slot<T, S>& s, int K, const bool* sqrt_coded, const Rule& rule, uint32_t t,
-                   int64_t first_block, int64_t last_block, bool stochastic, uint64_t seed, uint64_t offset) {
+// The rules: the change of p from one step, updating the K state values b[0..K).
+struct SgdRule {
+  lowmem::SgdC c;
+  TORCHEXT_INLINE float operator()(float p, float g, float* b) const { return lowmem::sgd_delta(p, g, b[0], c); }
+};
+template <bool kAmsgrad>
+struct AdamRule {
+  lowmem::AdamC c;
+  TORCHEXT_INLINE float operator()(float p, float g, float* b) const {
+    return lowmem::adam_delta(p, g, b[0], b[1], b[2], kAmsgrad, c);
+  }
+};
+
+// Blocks [first_block, last_block) of one tensor. K state buffers, those in kSqrtMask (bit k)
+// stored through their square root; kStochastic: stochastic rounding.
+template <typename T, typename S, int K, unsigned kSqrtMask, bool kStochastic, typename Rule>
+TORCHEXT_INLINE void lowmem_blocks_impl(const Slot<T, S>* slot, const Rule* rule_of_tensor, uint32_t t,
+                                        int64_t first_block, int64_t last_block, uint64_t seed, uint64_t offset) {
+  const Slot<T, S>& s = *slot;
+  const Rule rule = *rule_of_tensor;  // a local copy: no store to the tensors can change it
   constexpr bool kCodes = std::is_same_v<S, int8_t>;
-  float nb[3][kQuantBlock];
-  lowmem::Philox words{};  // one Philox call per 4 consecutive elements
+  constexpr int kBufs = K > 0 ? K : 1;
+  alignas(64) float nb[kBufs][kQuantBlock];
+  alignas(64) uint32_t words[kQuantBlock];
+  T* const __restrict__ p = s.p;
+  const T* const __restrict__ g = s.g;
+  float* const __restrict__ master = s.master;
+  T* const __restrict__ comp = s.comp;
   for (int64_t blk = first_block; blk < last_block; ++blk) {
     const int64_t begin = blk * kQuantBlock, n = std::min<int64_t>(kQuantBlock, s.numel - begin);
-    for (int64_t j = 0; j < n; ++j) {
-      const int64_t i = begin + j;
-      const float pv = s.master ? s.master[i] : static_cast<float>(s.p[i]);
-      float b[3] = {0.f, 0.f, 0.f};
-      for (int k = 0; k < K; ++k) b[k] = lowmem::load_state(s.buf[k], i, s.scale[k], blk, sqrt_coded[k]);
-      const float delta = rule(t, pv, static_cast<float>(s.g[i]), b);
-      if (stochastic && (j == 0 || (i & 3) == 0)) {
-        words = lowmem::random_quad(seed, offset, t, static_cast<uint64_t>(i) >> 2);
+    if constexpr (kStochastic) {  // begin is a multiple of 4: element begin + j takes word j
+      for (int64_t q = 0; q < (n + 3) / 4; ++q) {
+        const lowmem::Philox w = lowmem::random_quad(seed, offset, t, static_cast<uint64_t>(begin / 4 + q));
+        for (int l = 0; l < 4; ++l) words[4 * q + l] = w.v[l];
       }
-      const uint32_t r = stochastic ? words.v[i & 3] : 0u;
-      const auto a = lowmem::apply_delta<T>(pv, delta, s.comp ? static_cast<float>(s.comp[i]) : 0.f,
-                                            s.comp != nullptr, stochastic, r);
-      s.p[i] = a.param;
-      if (s.master) s.master[i] = a.master;
-      if (s.comp) s.comp[i] = static_cast<T>(a.comp);
+    }
+    float scale[kBufs];
+    const S* buf[kBufs];
+    for (int k = 0; k < K; ++k) {
+      buf[k] = s.buf[k] + begin;
+      scale[k] = kCodes ? s.scale[k][blk] : 0.f;
+    }
+    const T* const pb = p + begin;
+    const T* const gb = g + begin;
+    for (int64_t j = 0; j < n; ++j) {
+      const float pv = master ? master[begin + j] : static_cast<float>(pb[j]);
+      float b[3] = {0.f, 0.f, 0.f};
+      for (int k = 0; k < K; ++k) {
+        if constexpr (kCodes) {
+          const float x = lowmem::decode(buf[k][j], scale[k]);
+          b[k] = (kSqrtMask >> k) & 1u ? lowmem::mul(x, x) : x;
+        } else {
+          b[k] = static_cast<float>(buf[k][j]);
+        }
+      }
+      const float delta = rule(pv, static_cast<float>(gb[j]), b);
+      const auto a = lowmem::apply_delta<T>(pv, delta, comp ? static_cast<float>(comp[begin + j]) : 0.f,
+                                            comp != nullptr, kStochastic, kStochastic ? words[j] : 0u);
+      p[begin + j] = a.param;
+      if (master) master[begin + j] = a.master;
+      if (comp) comp[begin + j] = static_cast<T>(a.comp);
       for (int k = 0; k < K; ++k) nb[k][j] = b[k];
     }
     for (int k = 0; k < K; ++k) {
+      S* const out = s.buf[k] + begin;
       if constexpr (kCodes) {
+        const bool sq = (kSqrtMask >> k) & 1u;
         float amax = 0.f;
         for (int64_t j = 0; j < n; ++j) {
-          const float x = sqrt_coded[k] ? lowmem::root(nb[k][j]) : std::fabs(nb[k][j]);
-          nb[k][j] = sqrt_coded[k] ? x : nb[k][j];
+          const float x = sq ? lowmem::root(nb[k][j]) : std::fabs(nb[k][j]);
+          nb[k][j] = sq ? x : nb[k][j];
           amax = x > amax ? x : amax;
         }
         s.scale[k][blk] = amax;
         const float inv = lowmem::inverse_scale(amax);
-        for (int64_t j = 0; j < n; ++j) s.buf[k][begin + j] = lowmem::encode(nb[k][j], inv);
+        for (int64_t j = 0; j < n; ++j) out[j] = lowmem::encode(nb[k][j], inv);
       } else {
-        for (int64_t j = 0; j < n; ++j) s.buf[k][begin + j] = static_cast<S>(nb[k][j]);
+        for (int64_t j = 0; j < n; ++j) out[j] = static_cast<S>(nb[k][j]);
       }
     }
   }
 }
 
-// Runs the blocks of every tensor over the threads (a block never straddles two workers).
-template <typename T, typename S, typename Rule>
-void lowmem_launch(const std::vector<Slot<T, S>>& slots, int K, const bool* sqrt_coded, const Rule& rule,
+#if TORCHEXT_X86_SIMD
+template <typename T, typename S, int K, unsigned M, bool R, typename Rule, typename... Args>
+TORCHEXT_TARGET_AVX512 void lowmem_blocks_avx512(Args... args) {
+  lowmem_blocks_impl<T, S, K, M, R, Rule>(args...);
+}
+template <typename T, typename S, int K, unsigned M, bool R, typename Rule, typename... Args>
+TORCHEXT_TARGET_AVX2 void lowmem_blocks_avx2(Args... args) {
+  lowmem_blocks_impl<T, S, K, M, R, Rule>(args...);
+}
+#endif
+template <typename T, typename S, int K, unsigned M, bool R, typename Rule, typename... Args>
+void lowmem_blocks_default(Args... args) {
+  lowmem_blocks_impl<T, S, K, M, R, Rule>(args...);
+}
+
+// The SIMD level's variant; stochastic rounding only where it changes something (half params).
+template <typename T, typename S, int K, unsigned M, typename Rule>
+void lowmem_blocks(const Slot<T, S>& s, const Rule& rule, uint32_t t, int64_t first_block, int64_t last_block,
                    bool stochastic, uint64_t seed, uint64_t offset) {
+  constexpr bool kHalf = !std::is_same_v<T, float>;
+  auto run = [&](auto sr) {
+    constexpr bool R = decltype(sr)::value;
+#if TORCHEXT_X86_SIMD
+    switch (cpu::level()) {
+      case cpu::Level::AVX512:
+        return lowmem_blocks_avx512<T, S, K, M, R, Rule>(&s, &rule, t, first_block, last_block, seed, offset);
+      case cpu::Level::AVX2:
+        return lowmem_blocks_avx2<T, S, K, M, R, Rule>(&s, &rule, t, first_block, last_block, seed, offset);
+      default: break;
+    }
+#endif
+    lowmem_blocks_default<T, S, K, M, R, Rule>(&s, &rule, t, first_block, last_block, seed, offset);
+  };
+  if (kHalf && stochastic) {
+    run(std::integral_constant<bool, kHalf>());
+  } else {
+    run(std::false_type());
+  }
+}
+
+// Runs the blocks of every tensor over the threads (a block never straddles two workers).
+template <int K, unsigned M, typename T, typename S, typename Rule>
+void lowmem_launch(const std::vector<Slot<T, S>>& slots, const std::vector<Rule>& rules, bool stochastic,
+                   uint64_t seed, uint64_t offset) {
   std::vector<int64_t> offsets(slots.size() + 1, 0);
   for (size_t i = 0; i < slots.size(); ++i) offsets[i + 1] = offsets[i] + (slots[i].numel + kQuantBlock - 1) / kQuantBlock;
   at::parallel_for(0, offsets.back(), 64, [&](int64_t begin, int64_t end) {
@@ -91,8 +178,8 @@ void lowmem_launch(const std::vector<Slot<T, S>>& slots, int K, const bool* sqrt
     while (begin < end) {
       const int64_t stop = std::min(end, offsets[t + 1]);
       if (stop > begin) {
-        lowmem_blocks(slots[t], K, sqrt_coded, rule, static_cast<uint32_t>(t), begin - offsets[t], stop - offsets[t],
-                      stochastic, seed, offset);
+        lowmem_blocks<T, S, K, M>(slots[t], rules[t], static_cast<uint32_t>(t), begin - offsets[t],
+                                  stop - offsets[t], stochastic, seed, offset);
       }
       begin = stop;
       ++t;
@@ -151,21 +238,23 @@ void sgd_lowmem_step_cpu(TORCHEXT_KERNEL_PARAMS(TORCHEXT_SGD_LOWMEM_STEP_ARGS)) 
   std::vector<at::Tensor> grad_copies;
   grads = grads_in_param_layout(params, grads, grad_copies);
   const double inv_scale = grad_scale.has_value() ? 1.0 / static_cast<double>(grad_scale->item<float>()) : 1.0;
-  std::vector<lowmem::SgdC> consts(params.size());
+  std::vector<SgdRule> rules(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     const bool first = use_momentum && cpu::counter_value(momentum_counts[i]) == 0.f;
-    consts[i] = lowmem::sgd_constants(lr, momentum, dampening, weight_decay, nesterov, maximize, first, inv_scale);
+    rules[i].c = lowmem::sgd_constants(lr, momentum, dampening, weight_decay, nesterov, maximize, first, inv_scale);
   }
   const SrState sr(sr_state);
-  const bool sqrt_coded[3] = {false, false, false};
-  const auto rule = [&](uint32_t t, float p, float g, float* b) { return lowmem::sgd_delta(p, g, b[0], consts[t]); };
   const at::ScalarType state_type = use_momentum ? momentum_buffers[0].scalar_type() : at::kFloat;
   dispatch_lowmem_types(params[0].scalar_type(), state_type, "torchext::sgd_lowmem_step_", [&](auto tp, auto sp) {
     using T = decltype(tp);
     using S = decltype(sp);
     const auto slots = make_slots<T, S>(params, grads, {use_momentum ? momentum_buffers : at::TensorList()},
                                         {momentum_buffer_scales}, master_params, kahan_comps);
-    lowmem_launch(slots, use_momentum ? 1 : 0, sqrt_coded, rule, sr.on, sr.seed, sr.offset);
+    if (use_momentum) {
+      lowmem_launch<1, 0u>(slots, rules, sr.on, sr.seed, sr.offset);
+    } else {
+      lowmem_launch<0, 0u>(slots, rules, sr.on, sr.seed, sr.offset);
+    }
   });
   cpu::bump_counters(momentum_counts);
   SrState::bump(sr_state);
@@ -190,17 +279,24 @@ void adam_lowmem_step_cpu(TORCHEXT_KERNEL_PARAMS(TORCHEXT_ADAM_LOWMEM_STEP_ARGS)
                                        inv_scale);
   }
   const SrState sr(sr_state);
-  const bool sqrt_coded[3] = {false, true, true};
-  const auto rule = [&](uint32_t t, float p, float g, float* b) {
-    return lowmem::adam_delta(p, g, b[0], b[1], b[2], amsgrad, consts[t]);
-  };
+  // The second moments (and their maximum) are stored through their square root: mask 0b110.
   dispatch_lowmem_types(params[0].scalar_type(), exp_avgs[0].scalar_type(), "torchext::adam_lowmem_step_",
                         [&](auto tp, auto sp) {
     using T = decltype(tp);
     using S = decltype(sp);
     const auto slots = make_slots<T, S>(params, grads, {exp_avgs, exp_avg_sqs, amsgrad ? max_exp_avg_sqs : at::TensorList()},
                                         {exp_avg_scales, exp_avg_sq_scales}, master_params, kahan_comps);
-    lowmem_launch(slots, amsgrad ? 3 : 2, sqrt_coded, rule, sr.on, sr.seed, sr.offset);
+    auto launch = [&](auto ams) {
+      constexpr bool kAms = decltype(ams)::value;
+      std::vector<AdamRule<kAms>> rules(consts.size());
+      for (size_t i = 0; i < consts.size(); ++i) rules[i].c = consts[i];
+      lowmem_launch<kAms ? 3 : 2, 6u>(slots, rules, sr.on, sr.seed, sr.offset);
+    };
+    if (amsgrad) {
+      launch(std::true_type());
+    } else {
+      launch(std::false_type());
+    }
   });
   cpu::bump_counters(state_steps);
   SrState::bump(sr_state);

@@ -4,8 +4,8 @@
 // on is written here once, as host-device code, so that both backends give the same bits:
 //  - float arithmetic goes through add/mul/div/sqrt below, which on the GPU are the IEEE
 //    round-to-nearest intrinsics (nvcc would otherwise fuse a*b+c into one FMA, rounding once
-//    where the CPU rounds twice); the CPU build has no FMA contraction (no -mfma at the base level,
-//    and these kernels are not compiled for the AVX2 level);
+//    where the CPU rounds twice); the CPU file (optim_lowmem.cpp) turns FMA contraction off, so
+//    its AVX2 and AVX-512 variants, vectorised by the compiler, round as the scalar code does;
 //  - the random bits of stochastic rounding come from Philox4x32-10 keyed on the seed, counted by
 //    (element index / 4, tensor index in the launch, launch offset), so they depend on nothing
 //    that differs between backends (thread counts, block order);

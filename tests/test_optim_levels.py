@@ -77,3 +77,60 @@ def test_optimizers_match_torch_at_every_simd_level(level, tmp_path):
             assert g.dtype == DTYPES[dname]
             torch.testing.assert_close(g.float(), w.detach(), **TOL[dname], msg=lambda m: "%s %s master=%s: %s" % (
                 CASES[i][0], dname, master, m))
+
+
+# The low-memory modes: the same bits at every level (the element loop is vectorised per level
+# with FMA contraction off; tests/test_optim_lowmem_emulated.py checks the CUDA twin's bits).
+LOWMEM_CASES = [
+    ("AdamW", torch.bfloat16, dict(lr=1e-3, stochastic_rounding=True)),
+    ("AdamW", torch.float16, dict(lr=1e-3, stochastic_rounding=True, state_dtype="int8")),
+    ("Adam", torch.bfloat16, dict(lr=1e-3, kahan_summation=True, amsgrad=True, weight_decay=0.1)),
+    ("AdamW", torch.float32, dict(lr=1e-3, state_dtype="int8", maximize=True)),
+    ("SGD", torch.bfloat16, dict(lr=0.1, momentum=0.9, nesterov=True, stochastic_rounding=True, state_dtype="int8")),
+    ("SGD", torch.float16, dict(lr=0.1, kahan_summation=True, weight_decay=0.01)),
+]
+LOWMEM_SHAPES = [(5000,), (7,), (64, 80)]  # int8 state for the two of at least 4096 elements
+
+
+def run_lowmem_cases(out_path):
+    results = {}
+    for i, (name, dtype, kw) in enumerate(LOWMEM_CASES):
+        gen = torch.Generator().manual_seed(2000 + i)
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen).to(dtype)) for s in LOWMEM_SHAPES]
+        opt = getattr(torchext.optim, name)(params, generator=torch.Generator().manual_seed(7), **kw)
+        for _ in range(STEPS):
+            for p in params:
+                p.grad = (torch.randn(p.shape, generator=gen) * 1e-2).to(dtype)
+            opt.step()
+        results[i] = ([p.detach().clone() for p in params],
+                      [{k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v)} for p in params])
+    torch.save({"level": torchext._C.cpu_capability(), "results": results}, out_path)
+
+
+def _lowmem_at(level, out):
+    code = "import sys; sys.path.insert(0, %r); import test_optim_levels as t; t.run_lowmem_cases(%r)" % (HERE, str(out))
+    env = dict(os.environ, TORCHEXT_CPU_CAPABILITY=level)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return torch.load(out)
+
+
+@pytest.mark.parametrize("level", LEVELS[1:])
+def test_low_memory_modes_give_the_same_bits_at_every_simd_level(level, tmp_path):
+    got = _lowmem_at(level, tmp_path / "level.pt")
+    if got["level"] != level:
+        pytest.skip("this CPU has no %s" % level)
+    base = _lowmem_at("default", tmp_path / "default.pt")
+    assert len(base["results"]) == len(LOWMEM_CASES)
+    start = [torch.randn(s, generator=torch.Generator().manual_seed(2000)) for s in LOWMEM_SHAPES[:1]]
+    assert not torch.equal(base["results"][0][0][0].float(), start[0].to(torch.bfloat16).float())  # it trained
+    for i in base["results"]:
+        (bp, bs), (gp, gs) = base["results"][i], got["results"][i]
+        for j, (a, b) in enumerate(zip(bp, gp)):
+            assert torch.equal(a.view(torch.int16) if a.element_size() == 2 else a, b.view(torch.int16)
+                               if b.element_size() == 2 else b), (LOWMEM_CASES[i], "param", j)
+        for j, (sa, sb) in enumerate(zip(bs, gs)):
+            assert sa.keys() == sb.keys()
+            for k in sa:
+                assert torch.equal(sa[k], sb[k]) or (sa[k].isnan().any() and torch.equal(
+                    sa[k].nan_to_num(), sb[k].nan_to_num())), (LOWMEM_CASES[i], j, k)
