@@ -142,7 +142,11 @@ def main():
                     "CUDA_ARCHS = %r\n" % archs,
                     "PORTABLE = %r\n" % portable])
     info_path = os.path.join(ROOT, "torchext", "_build_info.py")
-    if not os.path.isfile(info_path) or open(info_path).read() != info:
+    old_info = None
+    if os.path.isfile(info_path):
+        with open(info_path) as f:
+            old_info = f.read()
+    if old_info != info:
         with open(info_path, "w") as f:
             f.write(info)
 

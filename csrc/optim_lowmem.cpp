@@ -57,13 +57,31 @@ struct AdamRule {
   }
 };
 
-// Blocks [first_block, last_block) of one tensor. K state buffers, those in kSqrtMask (bit k)
-// stored through their square root; kStochastic: stochastic rounding.
-template <typename T, typename S, int K, unsigned kSqrtMask, bool kStochastic, typename Rule>
-TORCHEXT_INLINE void lowmem_blocks_impl(const Slot<T, S>* slot, const Rule* rule_of_tensor, uint32_t t,
-                                        int64_t first_block, int64_t last_block, uint64_t seed, uint64_t offset) {
+// What a variant of the block loop is compiled for: param type T, state storage S, K state
+// buffers, those in kSqrtMask (bit k) stored through their square root, kStochastic: stochastic
+// rounding, and the update rule.
+template <typename T_, typename S_, int K_, unsigned kSqrtMask_, bool kStochastic_, typename Rule_>
+struct BlockConfig {
+  using T = T_;
+  using S = S_;
+  using Rule = Rule_;
+  static constexpr int K = K_;
+  static constexpr unsigned kSqrtMask = kSqrtMask_;
+  static constexpr bool kStochastic = kStochastic_;
+};
+
+// Blocks [first_block, last_block) of one tensor.
+template <typename Cfg>
+TORCHEXT_INLINE void lowmem_blocks_impl(const Slot<typename Cfg::T, typename Cfg::S>* slot,
+                                        const typename Cfg::Rule* rule_of_tensor, uint32_t t, int64_t first_block,
+                                        int64_t last_block, uint64_t seed, uint64_t offset) {
+  using T = typename Cfg::T;
+  using S = typename Cfg::S;
+  constexpr int K = Cfg::K;
+  constexpr unsigned kSqrtMask = Cfg::kSqrtMask;
+  constexpr bool kStochastic = Cfg::kStochastic;
   const Slot<T, S>& s = *slot;
-  const Rule rule = *rule_of_tensor;  // a local copy: no store to the tensors can change it
+  const typename Cfg::Rule rule = *rule_of_tensor;  // a local copy: no store to the tensors can change it
   constexpr bool kCodes = std::is_same_v<S, int8_t>;
   constexpr int kBufs = K > 0 ? K : 1;
   alignas(64) float nb[kBufs][kQuantBlock];
@@ -91,14 +109,8 @@ TORCHEXT_INLINE void lowmem_blocks_impl(const Slot<T, S>* slot, const Rule* rule
     for (int64_t j = 0; j < n; ++j) {
       const float pv = master ? master[begin + j] : static_cast<float>(pb[j]);
       float b[3] = {0.f, 0.f, 0.f};
-      for (int k = 0; k < K; ++k) {
-        if constexpr (kCodes) {
-          const float x = lowmem::decode(buf[k][j], scale[k]);
-          b[k] = (kSqrtMask >> k) & 1u ? lowmem::mul(x, x) : x;
-        } else {
-          b[k] = static_cast<float>(buf[k][j]);
-        }
-      }
+      // (the block's scales are read from the local copy: scale[k] is "block" k of it)
+      for (int k = 0; k < K; ++k) b[k] = lowmem::load_state(buf[k], j, scale, k, (kSqrtMask >> k) & 1u);
       const float delta = rule(pv, static_cast<float>(gb[j]), b);
       const auto a = lowmem::apply_delta<T>(pv, delta, comp ? static_cast<float>(comp[begin + j]) : 0.f,
                                             comp != nullptr, kStochastic, kStochastic ? words[j] : 0u);
@@ -127,44 +139,19 @@ TORCHEXT_INLINE void lowmem_blocks_impl(const Slot<T, S>* slot, const Rule* rule
   }
 }
 
-#if TORCHEXT_X86_SIMD
-template <typename T, typename S, int K, unsigned M, bool R, typename Rule, typename... Args>
-TORCHEXT_TARGET_AVX512 void lowmem_blocks_avx512(Args... args) {
-  lowmem_blocks_impl<T, S, K, M, R, Rule>(args...);
-}
-template <typename T, typename S, int K, unsigned M, bool R, typename Rule, typename... Args>
-TORCHEXT_TARGET_AVX2 void lowmem_blocks_avx2(Args... args) {
-  lowmem_blocks_impl<T, S, K, M, R, Rule>(args...);
-}
-#endif
-template <typename T, typename S, int K, unsigned M, bool R, typename Rule, typename... Args>
-void lowmem_blocks_default(Args... args) {
-  lowmem_blocks_impl<T, S, K, M, R, Rule>(args...);
-}
+TORCHEXT_CPU_DISPATCH(lowmem_blocks_at_level, lowmem_blocks_impl)
 
-// The SIMD level's variant; stochastic rounding only where it changes something (half params).
+// Stochastic rounding is compiled in only where it changes something (half params).
 template <typename T, typename S, int K, unsigned M, typename Rule>
 void lowmem_blocks(const Slot<T, S>& s, const Rule& rule, uint32_t t, int64_t first_block, int64_t last_block,
                    bool stochastic, uint64_t seed, uint64_t offset) {
-  constexpr bool kHalf = !std::is_same_v<T, float>;
-  auto run = [&](auto sr) {
-    constexpr bool R = decltype(sr)::value;
-#if TORCHEXT_X86_SIMD
-    switch (cpu::level()) {
-      case cpu::Level::AVX512:
-        return lowmem_blocks_avx512<T, S, K, M, R, Rule>(&s, &rule, t, first_block, last_block, seed, offset);
-      case cpu::Level::AVX2:
-        return lowmem_blocks_avx2<T, S, K, M, R, Rule>(&s, &rule, t, first_block, last_block, seed, offset);
-      default: break;
+  if constexpr (!std::is_same_v<T, float>) {
+    if (stochastic) {
+      return lowmem_blocks_at_level<BlockConfig<T, S, K, M, true, Rule>>(&s, &rule, t, first_block, last_block, seed,
+                                                                          offset);
     }
-#endif
-    lowmem_blocks_default<T, S, K, M, R, Rule>(&s, &rule, t, first_block, last_block, seed, offset);
-  };
-  if (kHalf && stochastic) {
-    run(std::integral_constant<bool, kHalf>());
-  } else {
-    run(std::false_type());
   }
+  lowmem_blocks_at_level<BlockConfig<T, S, K, M, false, Rule>>(&s, &rule, t, first_block, last_block, seed, offset);
 }
 
 // Runs the blocks of every tensor over the threads (a block never straddles two workers).
